@@ -1,0 +1,127 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * State shared by the ingress and egress programs. Every map that must
+ * outlive the agent (or a program swap) is pinned under MC_PIN_DIR, so a
+ * newly loaded program set picks up the same cache, counters and config.
+ */
+#ifndef MCACHE_MAPS_H
+#define MCACHE_MAPS_H
+
+#include "mcache_shared.h"
+
+#ifndef MC_PIN_DIR
+#define MC_PIN_DIR "/sys/fs/bpf/mcache"
+#endif
+#ifndef MC_SHAPE
+#define MC_SHAPE "default"
+#endif
+
+#define MC_ROUND8(x) (((x) + 7) & ~7)
+#define MC_KEY_BUF MC_ROUND8(MC_MAX_KEY)
+#define MC_VAL_BUF MC_ROUND8(MC_MAX_VALUE)
+
+/* Scratch buffers: power-of-two sizes so that "& MC_BUF_MASK" bounds an index. */
+#define MC_BUF 2048
+#define MC_BUF_MASK (MC_BUF - 1)
+#define MC_BUF_PAD 512 /* lets a helper read up to 512 bytes from any masked offset */
+#define MC_WIN 384     /* bytes of the packet looked at per command line */
+
+struct mc_slot {
+	struct bpf_spin_lock lock;
+	__u32 valid;
+	__u32 hash;
+	__u16 key_len;
+	__u16 val_len;
+	__u32 flags;          /* memcached client flags */
+	__u8 flags_str_len;   /* decimal text of flags, as memcached prints it */
+	__u8 len_str_len;     /* decimal text of val_len */
+	__u8 has_cas;         /* filled from a binary reply: cas is memcached's */
+	__u8 pad;
+	__u8 flags_str[16];
+	__u8 len_str[16];
+	__u64 cas;
+	__u64 gen;            /* cache generation at fill; older is dead */
+	__u64 write_ns;       /* last write seen for any key of this slot */
+	__u64 fill_ns;
+	__u8 key[MC_KEY_BUF];
+	__u8 val[MC_VAL_BUF];
+};
+
+/* A GET that missed, remembered until its reply passes egress. */
+struct mc_pending_key {
+	__u32 client_addr;
+	__u16 client_port;
+	__u16 request_id;
+};
+
+struct mc_pending {
+	__u64 get_ns;   /* when the GET arrived: fills older than a write are refused */
+	__u64 gen;
+	__u32 opaque;   /* binary: the reply must carry it */
+	__u16 key_len;  /* binary GET/GETQ: the reply has no key, so keep it here */
+	__u8 binary;
+	__u8 pad;
+	__u8 key[MC_KEY_LIMIT + 6];
+};
+
+/* TCP write-stream parser state, per connection. */
+struct mc_conn_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+};
+
+struct mc_conn {
+	__u32 resume_seq; /* first byte after the value being skipped */
+	__u32 partial;    /* a command line was cut at a segment end */
+};
+
+BPF_TABLE_PINNED("percpu_array", u32, u64, mc_stats, MC_V_COUNT, MC_PIN_DIR "/stats");
+BPF_TABLE_PINNED("array", u32, struct mc_state, mc_state, 1, MC_PIN_DIR "/state");
+BPF_TABLE("array", u32, struct mc_config, mc_cfg_tmpl, 1);
+BPF_TABLE_PINNED("array_of_maps$mc_cfg_tmpl", u32, int, mc_cfg, 1, MC_PIN_DIR "/cfg");
+BPF_TABLE_PINNED("array", u32, struct mc_slot, mc_cache, MC_CACHE_ENTRIES,
+		 MC_PIN_DIR "/cache_" MC_SHAPE);
+BPF_TABLE_PINNED("lru_hash", struct mc_pending_key, struct mc_pending, mc_pending, 65536,
+		 MC_PIN_DIR "/pending");
+BPF_TABLE_PINNED("lru_hash", struct mc_conn_key, struct mc_conn, mc_conn, 65536,
+		 MC_PIN_DIR "/conn");
+
+static __always_inline void mc_count(__u32 verdict)
+{
+	u64 *c = mc_stats.lookup(&verdict);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline struct mc_config *mc_config(void)
+{
+	u32 zero = 0;
+	void *inner = mc_cfg.lookup(&zero);
+	if (!inner)
+		return NULL;
+	return bpf_map_lookup_elem(inner, &zero);
+}
+
+static __always_inline __u64 mc_gen(void)
+{
+	u32 zero = 0;
+	struct mc_state *st = mc_state.lookup(&zero);
+	return st ? st->gen : 0;
+}
+
+/* Empties the whole cache at once: entries of an older generation are dead. */
+static __always_inline void mc_bump_gen(__u32 verdict)
+{
+	u32 zero = 0;
+	struct mc_state *st = mc_state.lookup(&zero);
+	if (st)
+		__sync_fetch_and_add(&st->gen, 1);
+	mc_count(verdict);
+}
+
+#define FNV_OFFSET 2166136261u
+#define FNV_PRIME 16777619u
+
+#endif /* MCACHE_MAPS_H */

@@ -1,0 +1,114 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * mcache: the one place where constants, verdicts and map value layouts live.
+ *
+ * The C programs include this file; the agent reads it too
+ * (mcache_agent/constants.py parses the #defines and the verdict enum, and
+ * takes struct layouts from bcc's BTF-derived ctypes), so nothing here is
+ * copied into Python.
+ *
+ * Program-shape parameters (MC_CACHE_ENTRIES, MC_MAX_KEY, MC_MAX_VALUE) are
+ * passed as -D flags by the agent at compile time; the defaults below are
+ * what tests use when they compile without a config.
+ */
+#ifndef MCACHE_SHARED_H
+#define MCACHE_SHARED_H
+
+/* --- shape: changing any of these is a program hot swap (new cache map) --- */
+#ifndef MC_CACHE_ENTRIES
+#define MC_CACHE_ENTRIES 4096 /* slots; a power of two */
+#endif
+#ifndef MC_MAX_KEY
+#define MC_MAX_KEY 250 /* memcached's own key limit */
+#endif
+#ifndef MC_MAX_VALUE
+#define MC_MAX_VALUE 1024 /* bytes of value data a slot holds */
+#endif
+
+/* --- fixed limits of the parsers (verifier bounds) --- */
+#define MC_KEY_LIMIT 250        /* memcached refuses longer keys */
+#define MC_MAX_VALUE_LIMIT 1400 /* a cached reply must fit one UDP datagram */
+#define MC_MAX_ENTRIES_LIMIT 1048576
+#define MC_MAX_PREFIX 32     /* key prefix filter bytes */
+#define MC_MAX_ALLOWED 16    /* client CIDRs in the allow-list */
+#define MC_MAX_SERVE_IFS 8   /* interfaces that answer GETs */
+#define MC_MAX_MULTIGET 8    /* keys in one ASCII multi-get answered by XDP */
+#define MC_MAX_TCP_CMDS 8    /* commands parsed in one TCP segment */
+#define MC_MAX_FILL_ITEMS 8  /* VALUE items filled from one reply */
+#define MC_MAX_LINE 320      /* bytes of an ASCII command line parsed */
+#define MC_UDP_FRAME_HDR 8   /* memcached UDP frame: id, seq, count, reserved */
+#define MC_BIN_HDR 24        /* memcached binary header */
+#define MC_PROG_SETS 1       /* slots in the root dispatchers' prog arrays */
+
+/* cache.protocols bits */
+#define MC_PROTO_ASCII 1
+#define MC_PROTO_BINARY 2
+
+/* interface roles in the config map */
+#define MC_ROLE_SERVE 1 /* answer GET hits and watch writes */
+#define MC_ROLE_WATCH 2 /* watch writes only (e.g. lo) */
+
+/* binary protocol */
+#define MC_BIN_REQ_MAGIC 0x80
+#define MC_BIN_RES_MAGIC 0x81
+
+/* Tail-call indexes inside one program set's own prog array. */
+#define MC_TAIL_XDP_TCP 0 /* parse writes in a TCP segment */
+#define MC_TAIL_XDP_MAX 4
+
+/*
+ * Verdicts, counted per CPU in the "mc_stats" map (index = verdict).
+ * Keep MC_V_COUNT last; names are lower-cased without the MC_V_ prefix
+ * by the agent ("hit", "miss", ...).
+ */
+enum mc_verdict {
+	MC_V_HIT = 0,          /* GET answered from the cache with XDP_TX */
+	MC_V_MISS = 1,         /* GET passed to memcached (no entry, or stale) */
+	MC_V_PASS = 2,         /* not memcached traffic: passed untouched */
+	MC_V_TOO_BIG = 3,      /* key or value over the configured limits */
+	MC_V_INVALIDATE = 4,   /* a write invalidated one key's slot */
+	MC_V_FLUSH = 5,        /* flush_all emptied the cache (generation bump) */
+	MC_V_FALLBACK_FLUSH = 6, /* parser unsure of a write stream: emptied all */
+	MC_V_FILL = 7,         /* a GET reply filled a slot */
+	MC_V_FILL_REJECTED = 8, /* a fill refused by the race guard */
+	MC_V_MALFORMED = 9,    /* memcached port, not well formed: passed */
+	MC_V_DENIED = 10,      /* client outside cache.allowed_clients: passed */
+	MC_V_DISABLED = 11,    /* kill switch off: passed */
+	MC_V_EXPIRED = 12,     /* entry older than ttl_ms: treated as a miss */
+	MC_V_REWRITE = 13,     /* binary GET/GETQ rewritten to GETK/GETKQ */
+	MC_V_GETS = 14,        /* gets (needs CAS): passed to memcached */
+	MC_V_COUNT = 15,
+};
+
+/*
+ * Config: one element of an inner array map, swapped as a whole into
+ * mc_cfg (array of maps, slot 0) -- the map hot swap. Addresses and ports
+ * in network byte order.
+ */
+struct mc_cidr {
+	__u32 addr;
+	__u32 mask;
+};
+
+struct mc_config {
+	__u32 version;       /* config version this map belongs to */
+	__u32 enabled;       /* kill switch: 0 = pass everything */
+	__u64 ttl_ns;        /* cap on an entry's age */
+	__u64 fill_hold_ns;  /* fills refused this long after a write to the slot */
+	__u32 server_addr;   /* memcached IPv4; 0 = any local address */
+	__u16 port;          /* memcached port (network order) */
+	__u16 protocols;     /* MC_PROTO_* bits */
+	__u32 prefix_len;    /* 0 = cache every key */
+	__u8 prefix[MC_MAX_PREFIX];
+	__u32 n_allowed;     /* 0 = nobody may read from the cache */
+	struct mc_cidr allowed[MC_MAX_ALLOWED];
+	__u32 serve_ifindex[MC_MAX_SERVE_IFS]; /* 0-terminated; others watch only */
+};
+
+/* Global state (mc_state[0]): the cache generation. */
+struct mc_state {
+	__u64 gen;           /* bumped by flush_all and fallbacks; older entries are dead */
+	__u64 hold_until_ns; /* flush_all <delay>: no fills until the flush has happened */
+};
+
+#endif /* MCACHE_SHARED_H */

@@ -1,0 +1,991 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * XDP ingress: answer memcached UDP GET hits from the cache (XDP_TX) and
+ * invalidate every key a command changes (UDP and TCP, ASCII and binary).
+ *
+ * Programs of one set, chained by tail calls through the set's own prog
+ * array (mc_xdp_jmp):
+ *   xdp_main     parse L2-L4, classify, copy the payload window to scratch
+ *   xdp_get_key  look up one key of a GET (once per key)
+ *   xdp_reply    write the reply into the packet and XDP_TX it
+ *   xdp_scan     parse one command of a write stream, invalidate its key(s)
+ * Anything not understood is passed to memcached untouched.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+
+#include "mcache_parse.h"
+
+#define TAIL_GET_KEY 0
+#define TAIL_REPLY 1
+#define TAIL_SCAN 2
+#define TAIL_GET_PARSE 3
+
+#define MC_MAX_SCAN_STEPS 30 /* tail calls are capped at 33 per packet */
+
+BPF_PROG_ARRAY(mc_xdp_jmp, 4);
+
+struct mc_hit {
+	__u16 key_off; /* in scratch buf */
+	__u16 key_len;
+	__u16 val_len;
+	__u8 flags_str_len;
+	__u8 len_str_len;
+	__u32 flags;
+	__u32 pad;
+	__u64 cas;
+	__u8 flags_str[16];
+	__u8 len_str[16];
+	__u8 val[MC_VAL_BUF];
+};
+
+struct mc_xscratch {
+	__u8 buf[MC_BUF + MC_BUF_PAD];
+	/* where the L4 payload is, and what the packet was */
+	__u32 payload_off;
+	__u32 payload_len;
+	__u32 tcp;
+	__u32 seq;
+	struct mc_conn_key ck;
+	__u32 client_addr;
+	__u32 server_addr;
+	__u16 client_port;
+	__u16 server_port;
+	__u8 client_mac[6];
+	__u8 server_mac[6];
+	__u16 request_id;
+	__u16 pad0;
+	/* write scanner */
+	__u32 pos;
+	__u32 steps;
+	__u32 skipping; /* inside a line longer than the window */
+	/* GET */
+	__u32 binary;
+	__u32 opcode;
+	__u32 opaque;
+	__u32 nkeys;
+	__u32 done;
+	struct mc_tokens tok;
+	struct mc_pending pend;
+	struct mc_hit hits[MC_MAX_MULTIGET];
+};
+
+BPF_PERCPU_ARRAY(mc_xscratch, struct mc_xscratch, 1);
+
+static __always_inline struct mc_xscratch *scratch(void)
+{
+	u32 zero = 0;
+	return mc_xscratch.lookup(&zero);
+}
+
+static __always_inline int client_allowed(struct mc_config *cfg, __u32 addr)
+{
+	for (int i = 0; i < MC_MAX_ALLOWED; i++) {
+		MC_OPAQUE(i);
+		if (i >= cfg->n_allowed)
+			break;
+		if ((addr & cfg->allowed[i].mask) == cfg->allowed[i].addr)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int serves_on(struct mc_config *cfg, __u32 ifindex)
+{
+	for (int i = 0; i < MC_MAX_SERVE_IFS; i++) {
+		MC_OPAQUE(i);
+		if (cfg->serve_ifindex[i] == 0)
+			break;
+		if (cfg->serve_ifindex[i] == ifindex)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int key_cacheable(struct mc_config *cfg, const __u8 *buf, __u32 off,
+					 __u32 len)
+{
+	if (len == 0 || len > MC_MAX_KEY)
+		return 0;
+	if (cfg->prefix_len > len || cfg->prefix_len > MC_MAX_PREFIX)
+		return 0;
+	for (__u32 i = 0; i < MC_MAX_PREFIX; i++) {
+		MC_OPAQUE(i);
+		if (i >= cfg->prefix_len)
+			break;
+		if (MC_AT(buf, off + i) != cfg->prefix[i])
+			return 0;
+	}
+	return 1;
+}
+
+/* A write to a key: whatever its slot holds is dead, and fills wait. */
+static __always_inline void invalidate(const __u8 *buf, __u32 off, __u32 len)
+{
+	if (len == 0 || len > MC_KEY_LIMIT)
+		return;
+	__u32 idx = mc_hash(buf, off, len) & (MC_CACHE_ENTRIES - 1);
+	struct mc_slot *slot = mc_cache.lookup(&idx);
+	if (!slot)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	bpf_spin_lock(&slot->lock);
+	slot->valid = 0;
+	slot->write_ns = now;
+	bpf_spin_unlock(&slot->lock);
+	mc_count(MC_V_INVALIDATE);
+}
+
+/* flush_all [delay]: everything cached now is dead, and so is every fill until the delay ends. */
+static __always_inline void flush_all(__u32 delay_s)
+{
+	u32 zero = 0;
+	struct mc_state *st = mc_state.lookup(&zero);
+	if (st && delay_s) {
+		__u64 until = bpf_ktime_get_ns() + ((__u64)delay_s + 1) * 1000000000ULL;
+		if (until > st->hold_until_ns)
+			st->hold_until_ns = until;
+	}
+	mc_bump_gen(MC_V_FLUSH);
+}
+
+/* A miss: remember when the GET came (and, for binary GET, its key) for the fill guard. */
+static __always_inline void remember_get(struct mc_xscratch *s, __u32 key_off, __u32 key_len)
+{
+	struct mc_pending_key pk = {
+		.client_addr = s->client_addr,
+		.client_port = s->client_port,
+		.request_id = s->request_id,
+	};
+	struct mc_pending *p = &s->pend;
+	p->get_ns = bpf_ktime_get_ns();
+	p->gen = mc_gen();
+	p->binary = s->binary;
+	p->opaque = s->opaque;
+	p->key_len = 0;
+	if (key_len && key_len <= MC_KEY_LIMIT) {
+		p->key_len = key_len;
+		for (__u32 j = 0; j < MC_KEY_LIMIT; j++) {
+			MC_OPAQUE(j);
+			if (j >= key_len)
+				break;
+			p->key[j & 255] = MC_AT(s->buf, key_off + j);
+		}
+	}
+	mc_pending.update(&pk, p);
+}
+
+/* ------------------------------------------------------------------ */
+/* Entry: parse, classify, dispatch.                                   */
+/* ------------------------------------------------------------------ */
+
+static __always_inline int start_scan(struct xdp_md *ctx, struct mc_xscratch *s, __u32 pos)
+{
+	s->pos = pos;
+	s->steps = 0;
+	s->skipping = 0;
+	mc_xdp_jmp.call(ctx, TAIL_SCAN);
+	/* The tail call failed: nothing may slip past, so empty the cache. */
+	mc_bump_gen(MC_V_FALLBACK_FLUSH);
+	return XDP_PASS;
+}
+
+static __always_inline int tcp_segment(struct xdp_md *ctx, struct mc_xscratch *s,
+				       struct tcphdr *th)
+{
+	struct mc_conn_key ck = s->ck;
+	if (th->rst || th->fin) {
+		mc_conn.delete(&ck);
+		if (s->payload_len == 0)
+			return XDP_PASS;
+	}
+	if (s->payload_len == 0)
+		return XDP_PASS;
+	__u32 pos = 0;
+	struct mc_conn *c = mc_conn.lookup(&ck);
+	if (c) {
+		__u32 seq = s->seq;
+		__s32 ahead = (__s32)(c->resume_seq - seq);
+		if (c->partial) {
+			/* The last segment ended inside a command line: it may have been a
+			 * write, and we cannot read it now. */
+			mc_conn.delete(&ck);
+			mc_bump_gen(MC_V_FALLBACK_FLUSH);
+			return start_scan(ctx, s, 0);
+		}
+		if (ahead < 0) {
+			/* A gap: bytes we never saw hold the start of a command. */
+			mc_conn.delete(&ck);
+			mc_bump_gen(MC_V_FALLBACK_FLUSH);
+			return start_scan(ctx, s, 0);
+		}
+		if ((__u32)ahead >= s->payload_len)
+			return XDP_PASS; /* all of it is value bytes (or a retransmission) */
+		pos = ahead;
+		mc_conn.delete(&ck);
+	}
+	return start_scan(ctx, s, pos);
+}
+
+static __always_inline int udp_binary(struct xdp_md *ctx, struct mc_xscratch *s,
+				      struct mc_config *cfg, __u32 len)
+{
+	const __u8 *b = s->buf + MC_UDP_FRAME_HDR;
+	if (len < MC_UDP_FRAME_HDR + MC_BIN_HDR) {
+		mc_count(MC_V_MALFORMED);
+		return XDP_PASS;
+	}
+	__u8 op = b[1];
+	__u32 klen = ((__u32)b[2] << 8) | b[3];
+	__u32 elen = b[4];
+	__u32 body = ((__u32)b[8] << 24) | ((__u32)b[9] << 16) | ((__u32)b[10] << 8) | b[11];
+	int is_get = op == 0x00 || op == 0x09 || op == 0x0c || op == 0x0d;
+	if (!is_get || MC_UDP_FRAME_HDR + MC_BIN_HDR + body != len)
+		return start_scan(ctx, s, MC_UDP_FRAME_HDR); /* writes, or several requests */
+	if (elen != 0 || klen != body || klen == 0) {
+		mc_count(MC_V_MALFORMED);
+		return XDP_PASS;
+	}
+	if (!(cfg->protocols & MC_PROTO_BINARY)) {
+		mc_count(MC_V_PASS);
+		return XDP_PASS;
+	}
+	__u32 off = MC_UDP_FRAME_HDR + MC_BIN_HDR;
+	if (!key_cacheable(cfg, s->buf, off, klen)) {
+		mc_count(klen > MC_MAX_KEY ? MC_V_TOO_BIG : MC_V_MISS);
+		return XDP_PASS;
+	}
+	s->binary = 1;
+	s->opcode = op;
+	s->opaque = ((__u32)b[12] << 24) | ((__u32)b[13] << 16) | ((__u32)b[14] << 8) | b[15];
+	s->hits[0].key_off = off;
+	s->hits[0].key_len = klen;
+	s->nkeys = 1;
+	s->done = 0;
+	mc_xdp_jmp.call(ctx, TAIL_GET_KEY);
+	return XDP_PASS;
+}
+
+int xdp_main(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	if (eth->h_proto != bpf_htons(ETH_P_IP)) {
+		mc_count(MC_V_PASS);
+		return XDP_PASS;
+	}
+	struct iphdr *iph = (void *)(eth + 1);
+	if ((void *)(iph + 1) > data_end)
+		return XDP_PASS;
+	struct mc_config *cfg = mc_config();
+	struct mc_xscratch *s = scratch();
+	if (!cfg || !s)
+		return XDP_PASS;
+	if (cfg->server_addr && iph->daddr != cfg->server_addr) {
+		mc_count(MC_V_PASS);
+		return XDP_PASS;
+	}
+	__u32 ihl = iph->ihl * 4;
+	if (ihl < sizeof(*iph)) {
+		mc_count(MC_V_MALFORMED);
+		return XDP_PASS;
+	}
+	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP) {
+		mc_count(MC_V_PASS);
+		return XDP_PASS;
+	}
+	__u16 frag = bpf_ntohs(iph->frag_off);
+	if (frag & 0x1fff) {
+		/* A later fragment: its port is unknown. A TCP write could hide in it. */
+		if (iph->protocol == IPPROTO_TCP)
+			mc_bump_gen(MC_V_FALLBACK_FLUSH);
+		mc_count(MC_V_PASS);
+		return XDP_PASS;
+	}
+	void *l4 = (void *)iph + ihl;
+	__u32 tot = bpf_ntohs(iph->tot_len);
+	if (tot < ihl || (void *)iph + tot > data_end) {
+		mc_count(MC_V_MALFORMED);
+		return XDP_PASS;
+	}
+	s->client_addr = iph->saddr;
+	s->server_addr = iph->daddr;
+	__builtin_memcpy(s->client_mac, eth->h_source, 6);
+	__builtin_memcpy(s->server_mac, eth->h_dest, 6);
+
+	if (iph->protocol == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > data_end)
+			return XDP_PASS;
+		if (th->dest != cfg->port) {
+			mc_count(MC_V_PASS);
+			return XDP_PASS;
+		}
+		__u32 doff = th->doff * 4;
+		if (doff < sizeof(*th) || ihl + doff > tot) {
+			mc_count(MC_V_MALFORMED);
+			return XDP_PASS;
+		}
+		if (frag & 0x2000) /* first fragment of a TCP segment to memcached */
+			mc_bump_gen(MC_V_FALLBACK_FLUSH);
+		s->tcp = 1;
+		s->seq = bpf_ntohl(th->seq);
+		s->payload_off = sizeof(*eth) + ihl + doff;
+		s->payload_len = tot - ihl - doff;
+		s->ck.saddr = iph->saddr;
+		s->ck.daddr = iph->daddr;
+		s->ck.sport = th->source;
+		s->ck.dport = th->dest;
+		return tcp_segment(ctx, s, th);
+	}
+
+	struct udphdr *uh = l4;
+	if ((void *)(uh + 1) > data_end)
+		return XDP_PASS;
+	if (uh->dest != cfg->port) {
+		mc_count(MC_V_PASS);
+		return XDP_PASS;
+	}
+	__u32 ulen = bpf_ntohs(uh->len);
+	if (frag & 0x2000) {
+		/* The head of a fragmented datagram: a write may be in it. */
+		mc_bump_gen(MC_V_FALLBACK_FLUSH);
+		return XDP_PASS;
+	}
+	if (ulen < sizeof(*uh) + MC_UDP_FRAME_HDR + 1 || ihl + ulen > tot) {
+		mc_count(MC_V_MALFORMED);
+		return XDP_PASS;
+	}
+	s->tcp = 0;
+	s->payload_off = sizeof(*eth) + ihl + sizeof(*uh);
+	s->payload_len = ulen - sizeof(*uh);
+	s->client_port = uh->source;
+	s->server_port = uh->dest;
+
+	__u64 len = s->payload_len;
+	if (len > MC_BUF)
+		return start_scan(ctx, s, MC_UDP_FRAME_HDR);
+	if (!MC_SIZE_OK(len, MC_BUF))
+		return XDP_PASS;
+	if (bpf_xdp_load_bytes(ctx, s->payload_off, s->buf, len) < 0)
+		return XDP_PASS;
+	/* Frame header: request id, sequence 0 of 1 datagram. */
+	s->request_id = ((__u16)s->buf[0] << 8) | s->buf[1];
+	if (s->buf[2] != 0 || s->buf[3] != 0 || s->buf[4] != 0 || s->buf[5] != 1) {
+		mc_count(MC_V_MALFORMED);
+		return start_scan(ctx, s, MC_UDP_FRAME_HDR);
+	}
+
+	int is_get = len > MC_UDP_FRAME_HDR + 4 && s->buf[8] == 'g' && s->buf[9] == 'e' &&
+		     s->buf[10] == 't' && s->buf[11] == ' ';
+	int is_gets = len > MC_UDP_FRAME_HDR + 5 && s->buf[8] == 'g' && s->buf[9] == 'e' &&
+		      s->buf[10] == 't' && s->buf[11] == 's' && s->buf[12] == ' ';
+	int is_binary = s->buf[8] == MC_BIN_REQ_MAGIC;
+	if (!is_get && !is_binary) {
+		if (is_gets)
+			mc_count(MC_V_GETS);
+		return start_scan(ctx, s, MC_UDP_FRAME_HDR);
+	}
+	if (!cfg->enabled) {
+		mc_count(MC_V_DISABLED);
+		return is_binary ? start_scan(ctx, s, MC_UDP_FRAME_HDR) : XDP_PASS;
+	}
+	if (!serves_on(cfg, ctx->ingress_ifindex) || !client_allowed(cfg, iph->saddr)) {
+		mc_count(MC_V_DENIED);
+		return is_binary ? start_scan(ctx, s, MC_UDP_FRAME_HDR) : XDP_PASS;
+	}
+	if (ihl != sizeof(*iph)) {
+		mc_count(MC_V_PASS); /* replies are built for plain IPv4 headers only */
+		return XDP_PASS;
+	}
+	if (is_binary)
+		return udp_binary(ctx, s, cfg, len);
+	if (!(cfg->protocols & MC_PROTO_ASCII)) {
+		mc_count(MC_V_PASS);
+		return XDP_PASS;
+	}
+	mc_xdp_jmp.call(ctx, TAIL_GET_PARSE);
+	return XDP_PASS;
+}
+
+/*
+ * ASCII get: buf holds frame header (8) + "get k1 k2...\r\n". Only a datagram
+ * that is exactly one get line is answered.
+ */
+int xdp_get_parse(struct xdp_md *ctx)
+{
+	struct mc_config *cfg = mc_config();
+	struct mc_xscratch *s = scratch();
+	if (!cfg || !s)
+		return XDP_PASS;
+	__u32 len = s->payload_len;
+	struct mc_tokens *t = &s->tok;
+	t->eol = mc_find_crlf(s->buf, MC_UDP_FRAME_HDR, len);
+	/* Reload what the loop compared against: see MC_LOAD. */
+	len = MC_LOAD(s->payload_len);
+	int eol = MC_LOAD(t->eol);
+	if (eol < 0) {
+		if (len > MC_UDP_FRAME_HDR + MC_WIN)
+			return start_scan(ctx, s, MC_UDP_FRAME_HDR); /* a long line: skip it */
+		mc_count(MC_V_MALFORMED);
+		return XDP_PASS;
+	}
+	if ((__u32)eol + 2 != len)
+		return start_scan(ctx, s, MC_UDP_FRAME_HDR); /* more commands follow */
+	if (eol - MC_UDP_FRAME_HDR > MC_WIN) {
+		remember_get(s, 0, 0);
+		mc_count(MC_V_MISS); /* a longer line than we read: memcached answers */
+		return XDP_PASS;
+	}
+	mc_tokenize(s->buf, MC_UDP_FRAME_HDR, eol, t);
+	__u32 n = MC_LOAD(t->n);
+	if (n > MC_MAX_TOK)
+		return XDP_PASS;
+	if (n < 2) {
+		mc_count(MC_V_MALFORMED);
+		return XDP_PASS;
+	}
+	if (t->overflow || n - 1 > MC_MAX_MULTIGET) {
+		remember_get(s, 0, 0);
+		mc_count(MC_V_MISS);
+		return XDP_PASS;
+	}
+	__u32 nkeys = 0;
+	for (int i = 1; i < MC_MAX_TOK; i++) {
+		MC_OPAQUE(i);
+		if (i >= n)
+			break;
+		__u32 off = MC_LOAD(t->off[i]);
+		__u32 kl = MC_LOAD(t->len[i]);
+		if (!key_cacheable(cfg, s->buf, off, kl)) {
+			mc_count(kl > MC_MAX_KEY ? MC_V_TOO_BIG : MC_V_MISS);
+			return XDP_PASS;
+		}
+		struct mc_hit *h = &s->hits[nkeys & (MC_MAX_MULTIGET - 1)];
+		h->key_off = off;
+		h->key_len = kl;
+		nkeys++;
+	}
+	s->nkeys = nkeys;
+	s->done = 0;
+	s->binary = 0;
+	mc_xdp_jmp.call(ctx, TAIL_GET_KEY);
+	return XDP_PASS;
+}
+
+/* ------------------------------------------------------------------ */
+/* GET: one key per call; a miss anywhere passes the whole request.   */
+/* ------------------------------------------------------------------ */
+
+int xdp_get_key(struct xdp_md *ctx)
+{
+	struct mc_config *cfg = mc_config();
+	struct mc_xscratch *s = scratch();
+	if (!cfg || !s)
+		return XDP_PASS;
+	__u32 i = s->done;
+	if (i >= MC_MAX_MULTIGET || i >= s->nkeys)
+		return XDP_PASS;
+	struct mc_hit *h = &s->hits[i & (MC_MAX_MULTIGET - 1)];
+	__u32 ko = h->key_off & MC_BUF_MASK;
+	__u32 kl = h->key_len;
+	if (kl == 0 || kl > MC_MAX_KEY)
+		return XDP_PASS;
+	s->pend.opaque = mc_hash(s->buf, ko, kl); /* parked in map memory: see MC_LOAD */
+	__u32 hash = MC_LOAD(s->pend.opaque);
+	ko = MC_LOAD(h->key_off) & MC_BUF_MASK;
+	kl = MC_LOAD(h->key_len);
+	if (kl == 0 || kl > MC_MAX_KEY)
+		return XDP_PASS;
+	__u32 idx = hash & (MC_CACHE_ENTRIES - 1);
+	struct mc_slot *slot = mc_cache.lookup(&idx);
+	if (!slot)
+		return XDP_PASS;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 gen = mc_gen();
+	__u64 ttl = cfg->ttl_ns;
+	int ok = 0, expired = 0;
+
+	bpf_spin_lock(&slot->lock);
+	if (slot->valid && slot->gen == gen && slot->hash == hash && slot->key_len == kl &&
+	    (!s->binary || slot->has_cas)) {
+		ok = 1;
+		for (__u32 j = 0; j < MC_MAX_KEY; j++) {
+			MC_OPAQUE(j);
+			if (j >= kl || j >= MC_MAX_KEY)
+				break;
+			if (slot->key[j] != MC_AT(s->buf, ko + j)) {
+				ok = 0;
+				break;
+			}
+		}
+		if (ok && now - slot->fill_ns > ttl) {
+			ok = 0;
+			expired = 1;
+			slot->valid = 0;
+		}
+	}
+	if (ok) {
+		__u32 vl = slot->val_len;
+		for (__u32 w = 0; w < MC_VAL_BUF / 8; w++) {
+			MC_OPAQUE(w);
+			if (w * 8 >= vl || w >= MC_VAL_BUF / 8)
+				break;
+			((__u64 *)h->val)[w] = ((__u64 *)slot->val)[w];
+		}
+		h->val_len = vl;
+		h->flags = slot->flags;
+		h->cas = slot->cas;
+		h->flags_str_len = slot->flags_str_len;
+		h->len_str_len = slot->len_str_len;
+		((__u64 *)h->flags_str)[0] = ((__u64 *)slot->flags_str)[0];
+		((__u64 *)h->flags_str)[1] = ((__u64 *)slot->flags_str)[1];
+		((__u64 *)h->len_str)[0] = ((__u64 *)slot->len_str)[0];
+	}
+	bpf_spin_unlock(&slot->lock);
+
+	if (!ok) {
+		if (expired)
+			mc_count(MC_V_EXPIRED);
+		mc_count(MC_V_MISS);
+		remember_get(s, ko, s->binary ? kl : 0);
+		return XDP_PASS;
+	}
+	s->done = i + 1;
+	if (s->done < s->nkeys)
+		mc_xdp_jmp.call(ctx, TAIL_GET_KEY);
+	else
+		mc_xdp_jmp.call(ctx, TAIL_REPLY);
+	return XDP_PASS;
+}
+
+/* ------------------------------------------------------------------ */
+/* Reply: grow or shrink at the head, rewrite headers, copy the items. */
+/* ------------------------------------------------------------------ */
+
+struct mc_l2l4 {
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct udphdr udp;
+} __attribute__((packed));
+
+static __always_inline __u16 csum_fold(__u64 sum)
+{
+	for (int i = 0; i < 4; i++) {
+		MC_OPAQUE(i);
+		if (sum >> 16)
+			sum = (sum & 0xffff) + (sum >> 16);
+	}
+	return ~sum;
+}
+
+static __always_inline __u32 ascii_reply_len(struct mc_xscratch *s)
+{
+	__u32 total = MC_UDP_FRAME_HDR + 5; /* "END\r\n" */
+	for (int i = 0; i < MC_MAX_MULTIGET; i++) {
+		MC_OPAQUE(i);
+		if (i >= s->nkeys)
+			break;
+		struct mc_hit *h = &s->hits[i];
+		total += 6 + h->key_len + 1 + h->flags_str_len + 1 + h->len_str_len + 2 +
+			 h->val_len + 2;
+	}
+	return total;
+}
+
+int xdp_reply(struct xdp_md *ctx)
+{
+	struct mc_xscratch *s = scratch();
+	if (!s)
+		return XDP_PASS;
+	__u32 body;
+	if (s->binary) {
+		struct mc_hit *h = &s->hits[0];
+		int with_key = s->opcode == 0x0c || s->opcode == 0x0d;
+		body = MC_UDP_FRAME_HDR + MC_BIN_HDR + 4 + (with_key ? h->key_len : 0) + h->val_len;
+	} else {
+		body = ascii_reply_len(s);
+	}
+	__u32 hdrs = sizeof(struct mc_l2l4);
+	if (hdrs - sizeof(struct ethhdr) + body > 1500) {
+		mc_count(MC_V_TOO_BIG);
+		remember_get(s, s->hits[0].key_off, s->binary ? s->hits[0].key_len : 0);
+		return XDP_PASS;
+	}
+	int delta = (int)s->payload_len - (int)body;
+	if (bpf_xdp_adjust_head(ctx, delta))
+		return XDP_PASS;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (data + hdrs > data_end)
+		return XDP_DROP; /* the packet is already changed: never send half a reply */
+
+	struct mc_l2l4 hdr = {};
+	__builtin_memcpy(hdr.eth.h_dest, s->client_mac, 6);
+	__builtin_memcpy(hdr.eth.h_source, s->server_mac, 6);
+	hdr.eth.h_proto = bpf_htons(ETH_P_IP);
+	hdr.ip.version = 4;
+	hdr.ip.ihl = 5;
+	hdr.ip.ttl = 64;
+	hdr.ip.protocol = IPPROTO_UDP;
+	hdr.ip.saddr = s->server_addr;
+	hdr.ip.daddr = s->client_addr;
+	hdr.ip.tot_len = bpf_htons(sizeof(struct iphdr) + sizeof(struct udphdr) + body);
+	hdr.ip.frag_off = bpf_htons(0x4000); /* DF, as memcached's replies carry */
+	hdr.ip.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&hdr.ip, sizeof(hdr.ip), 0));
+	hdr.udp.source = s->server_port;
+	hdr.udp.dest = s->client_port;
+	hdr.udp.len = bpf_htons(sizeof(struct udphdr) + body);
+	hdr.udp.check = 0; /* optional for IPv4 */
+	if (bpf_xdp_store_bytes(ctx, 0, &hdr, sizeof(hdr)))
+		return XDP_DROP;
+
+	__u32 off = hdrs;
+	__u8 frame[8] = {s->request_id >> 8, s->request_id & 0xff, 0, 0, 0, 1, 0, 0};
+	bpf_xdp_store_bytes(ctx, off, frame, sizeof(frame));
+	off += sizeof(frame);
+
+	if (s->binary) {
+		struct mc_hit *h = &s->hits[0];
+		int with_key = s->opcode == 0x0c || s->opcode == 0x0d;
+		__u64 kl = with_key ? h->key_len : 0;
+		__u32 total_body = 4 + kl + h->val_len;
+		__u8 bh[MC_BIN_HDR + 4] = {};
+		bh[0] = MC_BIN_RES_MAGIC;
+		bh[1] = s->opcode;
+		bh[2] = kl >> 8;
+		bh[3] = kl & 0xff;
+		bh[4] = 4;
+		bh[8] = total_body >> 24;
+		bh[9] = total_body >> 16;
+		bh[10] = total_body >> 8;
+		bh[11] = total_body;
+		bh[12] = s->opaque >> 24;
+		bh[13] = s->opaque >> 16;
+		bh[14] = s->opaque >> 8;
+		bh[15] = s->opaque;
+		for (int i = 0; i < 8; i++)
+			bh[16 + i] = h->cas >> (56 - 8 * i);
+		bh[24] = h->flags >> 24;
+		bh[25] = h->flags >> 16;
+		bh[26] = h->flags >> 8;
+		bh[27] = h->flags;
+		bpf_xdp_store_bytes(ctx, off, bh, sizeof(bh));
+		off += sizeof(bh);
+		if (MC_SIZE_OK(kl, MC_KEY_LIMIT)) {
+			bpf_xdp_store_bytes(ctx, off, s->buf + (h->key_off & MC_BUF_MASK), kl);
+			off += kl;
+		}
+		__u64 vl = h->val_len;
+		if (MC_SIZE_OK(vl, MC_VAL_BUF))
+			bpf_xdp_store_bytes(ctx, off, h->val, vl);
+		mc_count(MC_V_HIT);
+		return XDP_TX;
+	}
+
+	__u64 txt_value = MC_W6('V', 'A', 'L', 'U', 'E', ' ');
+	__u64 txt_end = MC_W5('E', 'N', 'D', '\r', '\n');
+	__u64 txt_crlf = MC_W2('\r', '\n');
+	__u64 txt_space = ' ';
+	for (int i = 0; i < MC_MAX_MULTIGET; i++) {
+		MC_OPAQUE(i);
+		if (i >= s->nkeys)
+			break;
+		struct mc_hit *h = &s->hits[i];
+		__u64 kl = h->key_len;
+		__u64 fl = h->flags_str_len;
+		__u64 ll = h->len_str_len;
+		__u64 vl = h->val_len;
+		if (!MC_SIZE_OK(kl, MC_KEY_LIMIT) || !MC_SIZE_OK(fl, 10) || !MC_SIZE_OK(ll, 10) ||
+		    vl > MC_VAL_BUF)
+			return XDP_DROP;
+		bpf_xdp_store_bytes(ctx, off, &txt_value, 6);
+		off += 6;
+		bpf_xdp_store_bytes(ctx, off, s->buf + (h->key_off & MC_BUF_MASK), kl);
+		off += kl;
+		bpf_xdp_store_bytes(ctx, off, &txt_space, 1);
+		off += 1;
+		bpf_xdp_store_bytes(ctx, off, h->flags_str, fl);
+		off += fl;
+		bpf_xdp_store_bytes(ctx, off, &txt_space, 1);
+		off += 1;
+		bpf_xdp_store_bytes(ctx, off, h->len_str, ll);
+		off += ll;
+		bpf_xdp_store_bytes(ctx, off, &txt_crlf, 2);
+		off += 2;
+		if (MC_SIZE_OK(vl, MC_VAL_BUF)) {
+			bpf_xdp_store_bytes(ctx, off, h->val, vl);
+			off += vl;
+		}
+		bpf_xdp_store_bytes(ctx, off, &txt_crlf, 2);
+		off += 2;
+	}
+	bpf_xdp_store_bytes(ctx, off, &txt_end, 5);
+	mc_count(MC_V_HIT);
+	return XDP_TX;
+}
+
+/* ------------------------------------------------------------------ */
+/* Write scanner: one command per call, through the whole payload.    */
+/* ------------------------------------------------------------------ */
+
+static __always_inline int scan_done(struct mc_xscratch *s)
+{
+	if (s->tcp && s->pos > s->payload_len) {
+		/* The value runs on into the next segments: skip them by sequence. */
+		struct mc_conn c = {.resume_seq = s->seq + s->pos, .partial = 0};
+		mc_conn.update(&s->ck, &c);
+	}
+	return XDP_PASS;
+}
+
+static __always_inline int scan_unsure(struct mc_xscratch *s, int partial)
+{
+	mc_bump_gen(MC_V_FALLBACK_FLUSH);
+	if (s->tcp && partial) {
+		struct mc_conn c = {.resume_seq = s->seq + s->payload_len, .partial = 1};
+		mc_conn.update(&s->ck, &c);
+	}
+	return XDP_PASS;
+}
+
+static __always_inline int is_binary_write(__u8 op)
+{
+	switch (op) {
+	case 0x01: case 0x02: case 0x03: case 0x04: case 0x05: case 0x06: /* set..decr */
+	case 0x0e: case 0x0f:                                             /* append, prepend */
+	case 0x11: case 0x12: case 0x13: case 0x14: case 0x15: case 0x16: /* quiet forms */
+	case 0x19: case 0x1a:                                             /* appendq, prependq */
+	case 0x1c: case 0x1d: case 0x1e: case 0x23: case 0x24:            /* touch, gat(q), gatk(q) */
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int scan_binary(struct mc_xscratch *s, __u32 n)
+{
+	const __u8 *b = s->buf;
+	if (n < MC_BIN_HDR)
+		return scan_unsure(s, 1);
+	__u8 op = b[1];
+	__u32 klen = ((__u32)b[2] << 8) | b[3];
+	__u32 elen = b[4];
+	__u32 body = ((__u32)b[8] << 24) | ((__u32)b[9] << 16) | ((__u32)b[10] << 8) | b[11];
+	if (op == 0x08 || op == 0x18) { /* flush, flushq (optional 4-byte delay) */
+		__u32 delay = 0;
+		if (elen == 4 && n >= MC_BIN_HDR + 4)
+			delay = ((__u32)b[24] << 24) | ((__u32)b[25] << 16) | ((__u32)b[26] << 8) |
+				b[27];
+		flush_all(delay);
+	} else if (is_binary_write(op)) {
+		if (klen == 0 || klen > MC_KEY_LIMIT || elen + klen > body)
+			goto skip; /* memcached refuses it: nothing changes */
+		if (MC_BIN_HDR + elen + klen > n)
+			return scan_unsure(s, 1); /* the key is cut by the segment end */
+		invalidate(s->buf, MC_BIN_HDR + elen, klen);
+	}
+skip:
+	s->pos += MC_BIN_HDR + body;
+	return -1;
+}
+
+enum mc_cmd {
+	CMD_OTHER,
+	CMD_STORE,  /* key flags exptime bytes [cas] [noreply] + data */
+	CMD_KEY,    /* incr, decr, touch, delete: key first */
+	CMD_GAT,    /* gat/gats exptime key... */
+	CMD_FLUSH,  /* flush_all [delay] [noreply] */
+	CMD_MSET,   /* ms key datalen flags* + data */
+	CMD_META,   /* md, ma, mg with flags */
+};
+
+static __always_inline int classify(const __u8 *buf, __u32 off, __u32 len)
+{
+	if (len < 2 || len > 9)
+		return CMD_OTHER;
+	__u64 w = mc_word64(buf, off, len);
+	switch (len) {
+	case 2:
+		if (w == MC_W2('m', 's'))
+			return CMD_MSET;
+		if (w == MC_W2('m', 'd') || w == MC_W2('m', 'a') || w == MC_W2('m', 'g'))
+			return CMD_META;
+		break;
+	case 3:
+		if (w == MC_W3('s', 'e', 't') || w == MC_W3('a', 'd', 'd') || w == MC_W3('c', 'a', 's'))
+			return CMD_STORE;
+		if (w == MC_W3('g', 'a', 't'))
+			return CMD_GAT;
+		break;
+	case 4:
+		if (w == MC_W4('i', 'n', 'c', 'r') || w == MC_W4('d', 'e', 'c', 'r'))
+			return CMD_KEY;
+		if (w == MC_W4('g', 'a', 't', 's'))
+			return CMD_GAT;
+		break;
+	case 5:
+		if (w == MC_W5('t', 'o', 'u', 'c', 'h'))
+			return CMD_KEY;
+		break;
+	case 6:
+		if (w == MC_W6('d', 'e', 'l', 'e', 't', 'e'))
+			return CMD_KEY;
+		if (w == MC_W6('a', 'p', 'p', 'e', 'n', 'd'))
+			return CMD_STORE;
+		break;
+	case 7:
+		if (w == MC_W7('r', 'e', 'p', 'l', 'a', 'c', 'e') ||
+		    w == MC_W7('p', 'r', 'e', 'p', 'e', 'n', 'd'))
+			return CMD_STORE;
+		break;
+	case 9:
+		if (w == MC_W8('f', 'l', 'u', 's', 'h', '_', 'a', 'l') &&
+		    MC_AT(buf, off + 8) == 'l')
+			return CMD_FLUSH;
+		break;
+	}
+	return CMD_OTHER;
+}
+
+/* Meta commands may carry a base64 key (flag "b"): then we cannot hash the key. */
+static __always_inline int meta_has_b(struct mc_tokens *t, const __u8 *buf)
+{
+	for (int i = 2; i < MC_MAX_TOK; i++) {
+		MC_OPAQUE(i);
+		if (i >= t->n)
+			break;
+		if (t->len[i] == 1 && MC_AT(buf, t->off[i]) == 'b')
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int scan_ascii(struct mc_xscratch *s, __u32 n, __u32 rem)
+{
+	struct mc_tokens *t = &s->tok;
+	t->eol = mc_find_crlf(s->buf, 0, n);
+	int eol = MC_LOAD(t->eol);
+	if (eol < 0) {
+		if (rem <= n)
+			return scan_unsure(s, 1); /* the line is cut by the segment end */
+		/* A line longer than any write we know (e.g. a long multi-get): skip it,
+		 * unless it starts like a write. */
+		mc_tokenize(s->buf, 0, n, t);
+		if (t->n > 0 && classify(s->buf, t->off[0], t->len[0]) != CMD_OTHER)
+			return scan_unsure(s, 0);
+		s->skipping = 1;
+		s->pos += n - 1;
+		return -1;
+	}
+	__u32 next = eol + 2;
+	mc_tokenize(s->buf, 0, eol, t);
+	if (t->n == 0)
+		goto out;
+	int cmd = classify(s->buf, t->off[0], t->len[0]);
+	switch (cmd) {
+	case CMD_STORE: {
+		if (t->n < 5)
+			break; /* memcached answers an error; nothing stored */
+		invalidate(s->buf, t->off[1], t->len[1]);
+		long long bytes = mc_atou(s->buf, t->off[4], t->len[4]);
+		if (bytes >= 0)
+			next += bytes + 2;
+		break;
+	}
+	case CMD_MSET: {
+		if (t->n < 3)
+			break;
+		if (meta_has_b(t, s->buf))
+			return scan_unsure(s, 0);
+		invalidate(s->buf, t->off[1], t->len[1]);
+		long long bytes = mc_atou(s->buf, t->off[2], t->len[2]);
+		if (bytes >= 0)
+			next += bytes + 2;
+		break;
+	}
+	case CMD_KEY:
+		if (t->n >= 2)
+			invalidate(s->buf, t->off[1], t->len[1]);
+		break;
+	case CMD_META:
+		if (t->n == 2 && mc_word64(s->buf, t->off[0], t->len[0]) == MC_W2('m', 'g'))
+			break; /* a plain meta get changes nothing */
+		if (t->n >= 2) {
+			if (meta_has_b(t, s->buf))
+				return scan_unsure(s, 0);
+			invalidate(s->buf, t->off[1], t->len[1]);
+		}
+		break;
+	case CMD_GAT:
+		if (t->overflow)
+			return scan_unsure(s, 0);
+		for (int i = 2; i < MC_MAX_TOK; i++) {
+			MC_OPAQUE(i);
+			if (i >= t->n)
+				break;
+			invalidate(s->buf, t->off[i], t->len[i]);
+		}
+		break;
+	case CMD_FLUSH: {
+		__u32 delay = 0;
+		if (t->n >= 2) {
+			long long d = mc_atou(s->buf, t->off[1], t->len[1]);
+			if (d > 0)
+				delay = d;
+		}
+		flush_all(delay);
+		break;
+	}
+	default:
+		break;
+	}
+out:
+	s->pos += next;
+	return -1;
+}
+
+int xdp_scan(struct xdp_md *ctx)
+{
+	struct mc_xscratch *s = scratch();
+	if (!s)
+		return XDP_PASS;
+	if (s->pos >= s->payload_len)
+		return scan_done(s);
+	if (++s->steps > MC_MAX_SCAN_STEPS)
+		return scan_unsure(s, 0); /* more commands than we may look at */
+	__u32 rem = s->payload_len - s->pos;
+	__u64 n = rem < MC_WIN ? rem : MC_WIN; /* u64: no zero-extended copy to check */
+	if (!MC_SIZE_OK(n, MC_WIN))
+		return XDP_PASS;
+	if (bpf_xdp_load_bytes(ctx, s->payload_off + s->pos, s->buf, n) < 0)
+		return scan_unsure(s, 0);
+	int r;
+	if (s->skipping) {
+		s->tok.eol = mc_find_crlf(s->buf, 0, n);
+		int eol = MC_LOAD(s->tok.eol);
+		if (eol < 0) {
+			if (rem <= n)
+				return scan_unsure(s, 1);
+			s->pos += n - 1;
+		} else {
+			s->skipping = 0;
+			s->pos += eol + 2;
+		}
+		r = -1;
+	} else if (s->buf[0] == MC_BIN_REQ_MAGIC) {
+		r = scan_binary(s, n);
+	} else {
+		r = scan_ascii(s, n, rem);
+	}
+	if (r >= 0)
+		return r;
+	mc_xdp_jmp.call(ctx, TAIL_SCAN);
+	return scan_unsure(s, 0);
+}

@@ -1,0 +1,45 @@
+#!/bin/bash
+# Boot one lab host. Runs as PID 1 of the host's new PID namespace, inside its network
+# namespace and its own mount and UTS namespaces (started by lab/lab.sh through
+# `ip netns exec mc-lab-N unshare --uts --pid --mount --fork --mount-proc`).
+# Sets the hostname, mounts the host's private file systems, starts sshd, then execs
+# mclab-init, which holds the namespaces until lab-down.
+#
+#   host-boot.sh INDEX LAB_DIR
+set -euo pipefail
+i="$1"
+LAB_DIR="$2"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+HD="$LAB_DIR/host$i"
+NAME="mc-lab-$i"
+
+hostname "$NAME"
+
+# Private, writable views of the machine's tree (upper/work dirs per host, in $HD).
+for d in etc var opt usr/local root; do
+    key="${d//\//_}"
+    mkdir -p "$HD/ov/$key/upper" "$HD/ov/$key/work"
+    mount -t overlay "ov-$NAME-$key" \
+        -o "lowerdir=/$d,upperdir=$HD/ov/$key/upper,workdir=$HD/ov/$key/work" "/$d"
+done
+mkdir -p "$HD/run"
+mount --bind "$HD/run" /run
+mkdir -p /run/sshd /run/lock
+chmod 0755 /run/sshd
+mount -t bpf bpf /sys/fs/bpf
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
+
+# Identity files live in the host's own /etc (the overlay's upper dir, never the machine's).
+echo "$NAME" >/etc/hostname
+{
+    echo "127.0.0.1 localhost"
+    echo "::1 localhost ip6-localhost ip6-loopback"
+    for j in $(seq 1 10); do echo "198.18.0.$((10 + j)) mc-lab-$j"; done
+    echo "198.18.0.1 mclab-controller"
+} >/etc/hosts
+
+ip link set lo up
+
+/usr/sbin/sshd -f "$HD/sshd_config" -E "$HD/sshd.log"
+
+exec -a mclab-init /usr/bin/python3 "$HERE/mclab_init.py" "$HD/ready"

@@ -1,0 +1,285 @@
+"""`mcache-agent`: the daemon entry point and the client commands.
+
+Exit codes: 0 ok, 2 bad input (each fault as `$.path: message`), 1 runtime failure,
+3 agent not reachable. `--json` prints exactly one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mcache_agent import control
+from mcache_agent.config import ConfigError, Fault, check_semantics, load_config
+from mcache_agent.paths import DEFAULT_BPFFS, DEFAULT_SOCKET, DEFAULT_STATE_DIR
+
+EXIT_OK, EXIT_RUNTIME, EXIT_INVALID, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # Given on the parent and on every subcommand, so they may come before or after it.
+    common.add_argument("--socket", type=Path, default=argparse.SUPPRESS,
+                        help=f"control socket (default {DEFAULT_SOCKET})")
+    common.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS,
+                        help=f"versions store (default {DEFAULT_STATE_DIR})")
+    common.add_argument("--bpffs", type=Path, default=argparse.SUPPRESS,
+                        help=f"pin directory (default {DEFAULT_BPFFS})")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="one JSON document on stdout")
+
+    p = argparse.ArgumentParser(prog="mcache-agent", parents=[common],
+                                description="mcache per-host agent")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", parents=[common], help="run the daemon")
+    run.add_argument("--config", type=Path, required=True)
+    run.add_argument("--detach-on-exit", action="store_true",
+                     help="tear the data plane down on SIGTERM (default: leave it serving)")
+    v = sub.add_parser("validate", parents=[common], help="check config files (no daemon)")
+    v.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    v.add_argument("--no-host-checks", action="store_true",
+                   help="skip checks against this host's interfaces (controller side)")
+    a = sub.add_parser("apply", parents=[common], help="apply a config file")
+    a.add_argument("file", type=Path, metavar="FILE")
+    a.add_argument("--check", action="store_true",
+                   help="show the diff and strategy; change nothing")
+    sub.add_parser("status", parents=[common], help="what is running")
+    sub.add_parser("versions", parents=[common], help="stored versions")
+    r = sub.add_parser("rollback", parents=[common],
+                       help="re-apply the previous or a stored version")
+    r.add_argument("--to", type=int, metavar="N")
+    sub.add_parser("probe", parents=[common], help="run the health probe")
+    sub.add_parser("stop", parents=[common], help="stop the daemon and tear the data plane down")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse: usage errors are bad input
+        return EXIT_INVALID if e.code not in (0, None) else EXIT_OK
+    args.socket = getattr(args, "socket", DEFAULT_SOCKET)
+    args.state_dir = getattr(args, "state_dir", DEFAULT_STATE_DIR)
+    args.bpffs = getattr(args, "bpffs", DEFAULT_BPFFS)
+    args.json = getattr(args, "json", False)
+    if args.cmd == "run":
+        from mcache_agent import daemon
+
+        return daemon.run(args.config, args.state_dir, args.socket, args.bpffs,
+                          args.detach_on_exit)
+    if args.cmd == "validate":
+        return cmd_validate(args)
+    if args.cmd == "status":
+        return cmd_status(args)
+    if args.cmd == "apply":
+        try:
+            text = _read_config_text(args.file)
+        except ConfigError as e:
+            return _fail_invalid(args, "cannot read the config", e.faults)
+        return _remote(args, {"op": "apply", "config": text, "check": args.check})
+    if args.cmd == "rollback":
+        req: dict[str, Any] = {"op": "rollback"}
+        if args.to is not None:
+            req["to"] = args.to
+        return _remote(args, req)
+    return _remote(args, {"op": args.cmd})
+
+
+def _read_config_text(path: Path) -> str:
+    from mcache_agent.config import read_config_text
+
+    return read_config_text(path)
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    results = []
+    for path in args.files:
+        faults: list[Fault]
+        version = None
+        try:
+            cfg = load_config(Path(path))
+            version = cfg.version
+            faults = check_semantics(cfg, None, host_checks=not args.no_host_checks)
+        except ConfigError as e:
+            faults = e.faults
+        results.append({"file": str(path), "ok": not faults, "version": version,
+                        "faults": [f.to_dict() for f in faults]})
+    all_ok = all(r["ok"] for r in results)
+    if args.json:
+        _print_json({"ok": all_ok, "files": results})
+    else:
+        for r in results:
+            if r["ok"]:
+                print(f"{r['file']}: ok (version {r['version']})")
+            else:
+                print(f"{r['file']}: {len(r['faults'])} fault(s)", file=sys.stderr)
+                for f in r["faults"]:
+                    print(f"{f['path']}: {f['message']}", file=sys.stderr)
+    return EXIT_OK if all_ok else EXIT_INVALID
+
+
+# --------------------------------------------------------------------------- remote
+
+
+def _remote(args: argparse.Namespace, req: dict[str, Any]) -> int:
+    try:
+        resp = control.request(args.socket, req)
+    except control.AgentUnreachable as e:
+        return _unreachable(args, str(e))
+    except ValueError as e:
+        return _unreachable(args, f"bad response from the agent: {e}")
+    return _show(args, req["op"], resp)
+
+
+def _unreachable(args: argparse.Namespace, message: str) -> int:
+    if args.json:
+        _print_json({"ok": False, "error": {"kind": "unreachable", "message": message,
+                                            "faults": []}})
+    else:
+        print(f"mcache-agent: agent not reachable: {message}", file=sys.stderr)
+    return EXIT_UNREACHABLE
+
+
+def _fail_invalid(args: argparse.Namespace, message: str, faults: list[Fault]) -> int:
+    resp = control.error("invalid", message, [f.to_dict() for f in faults])
+    return _show(args, "apply", resp)
+
+
+def _show(args: argparse.Namespace, op: str, resp: dict[str, Any]) -> int:
+    if args.json:
+        _print_json(resp)
+    if not resp.get("ok"):
+        err = resp.get("error") or {}
+        if not args.json:
+            print(f"mcache-agent: {err.get('message', 'failed')}", file=sys.stderr)
+            for f in err.get("faults") or []:
+                print(f"{f['path']}: {f['message']}", file=sys.stderr)
+        return EXIT_INVALID if err.get("kind") == "invalid" else EXIT_RUNTIME
+    if not args.json:
+        _human(op, resp.get("result"))
+    if op == "probe" and not (resp.get("result") or {}).get("ok"):
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def _human(op: str, result: Any) -> None:
+    if op == "status":
+        print(format_status(result))
+    elif op == "versions":
+        print(format_versions(result))
+    elif op in ("apply", "rollback"):
+        if result.get("check"):
+            print(result.get("diff") or "(no change)", end="" if result.get("diff") else "\n")
+            print(f"would apply version {result.get('version')} with strategy "
+                  f"{result.get('strategy')}")
+        elif not result.get("changed"):
+            print(result.get("message", "no change"))
+        else:
+            print(f"version {result.get('version')} applied: strategy {result.get('strategy')}, "
+                  f"{result.get('duration_ms')} ms (swap {result.get('swap_ms')} ms), cache kept: "
+                  f"{result.get('cache_kept')}")
+    elif op == "probe":
+        print(f"probe {'ok' if result.get('ok') else 'FAILED'}: {result.get('detail')} "
+              f"({result.get('duration_ms')} ms)")
+    elif op == "stop":
+        print("agent stopped" + (", data plane torn down" if result.get("teardown") else ""))
+    else:
+        print(json.dumps(result, indent=2))
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def format_status(st: dict[str, Any]) -> str:
+    last = st.get("last_apply") or {}
+    cache = st.get("cache") or {}
+    probe = st.get("probe") or {}
+    counters = st.get("counters") or {}
+    attached = ", ".join(f"{a.get('interface')}({a.get('mode')},{a.get('role')})"
+                         for a in st.get("attached") or []) or "-"
+    rows = [
+        ("agent", "running" if st.get("running") else "not running"),
+        ("version", str(st.get("version"))),
+        ("last apply", f"v{last.get('version')} {last.get('result')} {last.get('strategy')} "
+                       f"{last.get('duration_ms')} ms" if last else "-"),
+        ("attached", attached),
+        ("cache", f"{cache.get('used')}/{cache.get('entries')} entries, "
+                  f"~{cache.get('memory_bytes')} bytes"),
+        ("hit ratio", "-" if st.get("hit_ratio") is None else f"{st['hit_ratio']:.2%}"),
+        ("counters", " ".join(f"{k}={v}" for k, v in counters.items() if v) or "-"),
+        ("probe", f"{'ok' if probe.get('ok') else 'FAILED'} at {probe.get('at')}"
+                  if probe else "-"),
+    ]
+    if last.get("error"):
+        rows.append(("last error", str(last["error"])))
+    for e in st.get("errors") or []:
+        rows.append(("error", e))
+    return _table(rows)
+
+
+def format_versions(result: dict[str, Any]) -> str:
+    lines = [f"{'':2}{'VERSION':>7}  {'RESULT':7}  {'STRATEGY':12}  APPLIED AT"]
+    for v in result.get("versions", []):
+        mark = "*" if v.get("current") else ("-" if v.get("previous") else " ")
+        lines.append(f"{mark:2}{v['version']:>7}  {v.get('result') or '?':7}  "
+                     f"{v.get('strategy') or '-':12}  {v.get('applied_at') or '-'}")
+    lines.append("(* current, - previous)")
+    return "\n".join(lines)
+
+
+def _print_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+# --------------------------------------------------------------------------- status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        resp = control.request(args.socket, {"op": "status"}, timeout=10.0)
+    except (control.AgentUnreachable, ValueError) as e:
+        return _show(args, "status", {"ok": True, "result": offline_status(args, str(e))})
+    return _show(args, "status", resp)
+
+
+def offline_status(args: argparse.Namespace, why: str) -> dict[str, Any]:
+    """Status from the pins and the versions store when the daemon does not answer."""
+    from mcache_agent.daemon import status_document
+    from mcache_agent.versions import VersionStore
+
+    store = VersionStore(args.state_dir)
+    errors = [f"agent: {why}"]
+    dataplane, pinned = None, None
+    try:
+        from mcache_agent.dataplane import Dataplane
+
+        dataplane = Dataplane(Path(args.bpffs))
+        pinned = dataplane.adopt()
+    except Exception as e:  # the point is to say what we can
+        errors.append(f"dataplane: {type(e).__name__}: {e}")
+        dataplane = None
+    cfg = None
+    current = store.current()
+    if current is not None and (pinned is None or pinned == current):
+        try:
+            cfg = load_config(store.get(current))
+        except Exception as e:
+            errors.append(f"versions: {e}")
+    doc = status_document(dataplane, store, cfg, running=False, version=pinned,
+                          last_apply=store.outcome(pinned) if pinned is not None else None,
+                          probe=None)
+    doc["errors"] = errors + doc.get("errors", [])
+    return doc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,484 @@
+"""Config v1: load (YAML + JSON Schema), typed view, and the semantic checks.
+
+Every fault is reported with a JSON path (`$.cache.entries`, `$.interfaces[0].xdp_mode`) so an
+operator can fix all of them in one pass rather than one per run.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from mcache_agent.paths import schema_path
+
+API_VERSION = "mcache/v1"
+MAX_CONFIG_BYTES = 1 << 20
+MAX_MEMORY_BYTES = 1 << 30
+# A cached reply carries the UDP frame header, "VALUE <key> <flags> <len>\r\n" and "END\r\n"
+# around the key and value; 100 bytes covers them, and the whole must fit one datagram.
+REPLY_OVERHEAD = 100
+DATAGRAM_LIMIT = 1400
+SLOT_HEADER_BYTES = 64
+# pending + conn LRU hashes, stats, state and config maps: small next to the cache itself.
+FIXED_MAPS_BYTES = 4 << 20
+MAX_PREFIX_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Fault:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+class ConfigError(Exception):
+    def __init__(self, faults: list[Fault]) -> None:
+        self.faults = sorted(faults, key=_fault_sort_key)
+        super().__init__("; ".join(str(f) for f in self.faults))
+
+
+@dataclass(frozen=True)
+class InterfaceSpec:
+    name: str
+    xdp_mode: str = "auto"
+
+
+@dataclass(frozen=True)
+class MemcachedSpec:
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    enabled: bool = True
+    entries: int = 4096
+    max_key_bytes: int = 250
+    max_value_bytes: int = 1024
+    ttl_ms: int = 60000
+    fill_hold_ms: int = 50
+    protocols: tuple[str, ...] = ("ascii", "binary")
+    key_prefix: str = ""
+    allowed_clients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    api_version: str
+    version: int
+    memcached: MemcachedSpec
+    interfaces: tuple[InterfaceSpec, ...]
+    cache: CacheSpec
+    strategy: str = "auto"
+    metrics_listen: str = ""
+    probe_key: str = "mcache:probe"
+    probe_timeout_ms: int = 2000
+    # Comments and layout do not make two configs different; equality is about content.
+    text: str = field(default="", compare=False, repr=False)
+
+    def shape(self) -> tuple[int, int, int]:
+        return (self.cache.entries, self.cache.max_key_bytes, self.cache.max_value_bytes)
+
+    def slot_bytes(self) -> int:
+        return SLOT_HEADER_BYTES + _round8(self.cache.max_key_bytes) + _round8(
+            self.cache.max_value_bytes
+        )
+
+    def memory_bytes(self) -> int:
+        return self.cache.entries * self.slot_bytes() + FIXED_MAPS_BYTES
+
+    def interface_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self.interfaces)
+
+
+def _round8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path_or_text: str | Path) -> Config:
+    """Load and schema-check a config; raises ConfigError with every fault found.
+
+    A Path is read as a file. A str is YAML text, unless it is a single line naming an existing
+    file (so CLI arguments can be passed straight through).
+    """
+    if isinstance(path_or_text, Path) or (
+        "\n" not in path_or_text and path_or_text.strip() and Path(path_or_text).is_file()
+    ):
+        return parse_config(read_config_text(Path(path_or_text)))
+    return parse_config(path_or_text)
+
+
+def read_config_text(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                [Fault("$", f"file is {size} bytes; the limit is {MAX_CONFIG_BYTES}")]
+            )
+        with path.open("rb") as f:
+            # The file may grow between stat and read: never read more than the cap.
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError([Fault("$", f"cannot read {path}: {e.strerror or e}")]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([Fault("$", f"file is over the {MAX_CONFIG_BYTES}-byte limit")])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([Fault("$", f"not UTF-8 text: {e}")]) from None
+
+
+def parse_config(text: str) -> Config:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
+        raise ConfigError([Fault("$", f"config is over the {MAX_CONFIG_BYTES}-byte limit")])
+    doc = _parse_yaml(text)
+    faults = schema_faults(doc)
+    faults += _structural_faults(doc)
+    if faults:
+        raise ConfigError(faults)
+    return _build(doc, text)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice is a fault instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, (str, int, bool, float)):
+            continue
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping  # type: ignore[arg-type]
+)
+
+
+def _parse_yaml(text: str) -> dict[str, Any]:
+    if not text.strip():
+        raise ConfigError([Fault("$", "config is empty")])
+    try:
+        # Aliases let a 1 KiB file expand into a huge document for the validator to walk; a
+        # config never needs them.
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                mark = event.start_mark
+                where = f" (line {mark.line + 1})" if mark else ""
+                raise ConfigError([Fault("$", f"YAML aliases are not allowed{where}")])
+        doc = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError([Fault("$", f"not valid YAML: {_yaml_message(e)}")]) from None
+    if doc is None:
+        raise ConfigError([Fault("$", "config is empty")])
+    if not isinstance(doc, dict):
+        raise ConfigError([Fault("$", f"config must be a mapping, not {_type_name(doc)}")])
+    return doc
+
+
+def _yaml_message(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    if mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return str(problem)
+
+
+def _type_name(v: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number",
+            bool: "a boolean"}.get(type(v), type(v).__name__)
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict[str, Any]:
+    with schema_path().open() as f:
+        schema: dict[str, Any] = json.load(f)
+    return schema
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    cls = jsonschema.validators.validator_for(load_schema())
+    cls.check_schema(load_schema())
+    return cls(load_schema(), format_checker=cls.FORMAT_CHECKER)
+
+
+def json_path(parts: Any) -> str:
+    out = "$"
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return out
+
+
+def _fault_sort_key(f: Fault) -> tuple[list[tuple[int, str | int]], str]:
+    # Sort [10] after [9]: compare path components, numbers as numbers.
+    parts: list[tuple[int, str | int]] = []
+    for tok in re.findall(r"\[(\d+)\]|\.([^.\[]+)", f.path):
+        parts.append((0, int(tok[0])) if tok[0] else (1, tok[1]))
+    return parts, f.message
+
+
+def schema_faults(doc: Any) -> list[Fault]:
+    faults: list[Fault] = []
+    for err in _validator().iter_errors(doc):
+        faults.extend(_faults_from_error(err))
+    return sorted(set(faults), key=_fault_sort_key)
+
+
+def _faults_from_error(err: jsonschema.ValidationError) -> list[Fault]:
+    path = list(err.absolute_path)
+    if err.validator == "required":
+        m = re.match(r"^'(.+)' is a required property$", err.message)
+        name = m.group(1) if m else "?"
+        return [Fault(json_path([*path, name]), "required key is missing")]
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = sorted(err.schema.get("properties", {}))
+        extras = [k for k in err.instance if k not in err.schema.get("properties", {})]
+        return [
+            Fault(json_path([*path, str(k)]), f"unknown key (allowed: {', '.join(allowed)})")
+            for k in extras
+        ]
+    schema = err.schema if isinstance(err.schema, dict) else {}
+    if err.validator == "enum" and "x-fault" in schema:
+        return [Fault(json_path(path), f"{err.instance!r} {schema['x-fault']}")]
+    if err.validator == "pattern":
+        return [Fault(json_path(path), f"{err.instance!r} is not in the expected form "
+                                        f"({schema.get('description', err.message)})")]
+    if err.validator == "format" and err.validator_value == "ipv4":
+        return [Fault(json_path(path), f"{err.instance!r} is not an IPv4 address")]
+    return [Fault(json_path(path), err.message)]
+
+
+def _structural_faults(doc: dict[str, Any]) -> list[Fault]:
+    """Rules JSON Schema cannot say but that do not depend on the host."""
+    faults: list[Fault] = []
+    seen: dict[str, int] = {}
+    interfaces = doc.get("interfaces")
+    for i, itf in enumerate(interfaces if isinstance(interfaces, list) else []):
+        name = itf.get("name") if isinstance(itf, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            first = f"$.interfaces[{seen[name]}]"
+            faults.append(Fault(f"$.interfaces[{i}].name",
+                                f"interface {name!r} is already listed at {first}"))
+        seen.setdefault(name, i)
+    return faults
+
+
+def _build(doc: dict[str, Any], text: str) -> Config:
+    mc = doc["memcached"]
+    c = doc.get("cache", {})
+    d = CacheSpec()
+    cache = CacheSpec(
+        enabled=c.get("enabled", d.enabled),
+        entries=c.get("entries", d.entries),
+        max_key_bytes=c.get("max_key_bytes", d.max_key_bytes),
+        max_value_bytes=c.get("max_value_bytes", d.max_value_bytes),
+        ttl_ms=c.get("ttl_ms", d.ttl_ms),
+        fill_hold_ms=c.get("fill_hold_ms", d.fill_hold_ms),
+        protocols=tuple(c.get("protocols", d.protocols)),
+        key_prefix=c.get("key_prefix", d.key_prefix),
+        allowed_clients=tuple(c.get("allowed_clients", d.allowed_clients)),
+    )
+    probe = doc.get("probe", {})
+    return Config(
+        api_version=doc["apiVersion"],
+        version=doc["version"],
+        memcached=MemcachedSpec(address=mc["address"], port=mc["port"]),
+        interfaces=tuple(
+            InterfaceSpec(name=i["name"], xdp_mode=i.get("xdp_mode", "auto"))
+            for i in doc["interfaces"]
+        ),
+        cache=cache,
+        strategy=doc.get("rollout", {}).get("strategy", "auto"),
+        metrics_listen=doc.get("metrics", {}).get("listen", ""),
+        probe_key=probe.get("key", "mcache:probe"),
+        probe_timeout_ms=probe.get("timeout_ms", 2000),
+        text=text,
+    )
+
+
+# --------------------------------------------------------------------------- semantics
+
+
+def check_semantics(
+    cfg: Config,
+    running: Config | None,
+    *,
+    allow_rollback: bool = False,
+    host_checks: bool = True,
+) -> list[Fault]:
+    """Checks beyond the schema. host_checks=False skips those that need this host's interfaces
+    (validation on the Ansible controller)."""
+    faults: list[Fault] = []
+    c = cfg.cache
+    reply = c.max_key_bytes + c.max_value_bytes + REPLY_OVERHEAD
+    if reply > DATAGRAM_LIMIT:
+        faults.append(Fault("$.cache.max_value_bytes",
+                            f"max_key_bytes + max_value_bytes + {REPLY_OVERHEAD} = {reply} is over "
+                            f"{DATAGRAM_LIMIT}: a cached reply must fit one UDP datagram"))
+    mem = cfg.memory_bytes()
+    if mem > MAX_MEMORY_BYTES:
+        faults.append(Fault("$.cache.entries",
+                            f"the cache would take about {mem} bytes ({mem / (1 << 20):.0f} MiB: "
+                            f"{c.entries} slots of {cfg.slot_bytes()} bytes); the limit is "
+                            f"{MAX_MEMORY_BYTES} bytes ({MAX_MEMORY_BYTES >> 20} MiB)"))
+    prefix_len = len(c.key_prefix.encode("utf-8"))
+    if prefix_len > MAX_PREFIX_BYTES:
+        faults.append(Fault("$.cache.key_prefix",
+                            f"prefix is {prefix_len} bytes; the limit is {MAX_PREFIX_BYTES}"))
+    if prefix_len > c.max_key_bytes:
+        faults.append(Fault("$.cache.key_prefix",
+                            f"prefix is {prefix_len} bytes, longer than max_key_bytes "
+                            f"({c.max_key_bytes}): no key could be cached"))
+    faults += _address_faults(cfg)
+    if running is not None:
+        faults += _version_faults(cfg, running, allow_rollback=allow_rollback)
+    if host_checks:
+        faults += host_faults(cfg)
+    return sorted(faults, key=_fault_sort_key)
+
+
+def _address_faults(cfg: Config) -> list[Fault]:
+    faults: list[Fault] = []
+    try:
+        ipaddress.IPv4Address(cfg.memcached.address)
+    except ValueError:
+        faults.append(Fault("$.memcached.address",
+                            f"{cfg.memcached.address!r} is not an IPv4 address"))
+    for i, cidr in enumerate(cfg.cache.allowed_clients):
+        try:
+            ipaddress.IPv4Network(cidr, strict=True)
+        except ValueError as e:
+            hint = ""
+            try:
+                hint = f"; did you mean {ipaddress.IPv4Network(cidr, strict=False)}?"
+            except ValueError:
+                pass
+            faults.append(Fault(f"$.cache.allowed_clients[{i}]",
+                                f"{cidr!r} is not an IPv4 CIDR ({e}){hint}"))
+    return faults
+
+
+def _version_faults(cfg: Config, running: Config, *, allow_rollback: bool) -> list[Fault]:
+    if cfg.version < running.version and not allow_rollback:
+        return [Fault("$.version",
+                      f"version {cfg.version} is lower than the running version {running.version}; "
+                      "versions must increase (use rollback to go back)")]
+    if cfg.version == running.version and cfg != running:
+        return [Fault("$.version",
+                      f"version {cfg.version} is already running with different content; "
+                      "give the change a new version number")]
+    return []
+
+
+# --------------------------------------------------------------------------- host
+
+
+def host_interfaces() -> dict[str, dict[str, Any]]:
+    """name -> {"up": bool, "ipv4": [(addr, prefixlen), ...]} for every interface on the host."""
+    try:
+        out = subprocess.run(
+            ["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout
+        links = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        # Without iproute2 we still know the names, not the addresses.
+        return {n: {"up": True, "ipv4": []} for _, n in socket.if_nameindex()}
+    result: dict[str, dict[str, Any]] = {}
+    for link in links:
+        addrs = [
+            (a["local"], int(a["prefixlen"]))
+            for a in link.get("addr_info", [])
+            if a.get("family") == "inet" and "local" in a
+        ]
+        result[link["ifname"]] = {"up": "UP" in link.get("flags", []), "ipv4": addrs}
+    return result
+
+
+def interface_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return Path("/sys/class/net", name).exists()
+    return True
+
+
+def host_faults(cfg: Config, interfaces: dict[str, dict[str, Any]] | None = None) -> list[Fault]:
+    faults: list[Fault] = []
+    for i, itf in enumerate(cfg.interfaces):
+        if not interface_exists(itf.name):
+            faults.append(Fault(f"$.interfaces[{i}].name",
+                                f"interface {itf.name!r} does not exist on this host"))
+    if faults:
+        return faults
+    host = interfaces if interfaces is not None else host_interfaces()
+    listed = set(cfg.interface_names())
+    if cfg.memcached.address == "0.0.0.0":
+        # XDP only sees what arrives on the interfaces it is attached to; a write through an
+        # unlisted interface would never invalidate the cache.
+        unwatched = sorted(
+            n for n, info in host.items()
+            if n != "lo" and info["up"] and info["ipv4"] and n not in listed
+        )
+        if unwatched:
+            faults.append(Fault("$.memcached.address",
+                                "memcached listens on every address (0.0.0.0) but interface(s) "
+                                f"{', '.join(unwatched)} are up with IPv4 and not listed: writes "
+                                "through them would leave the cache stale; list them or bind "
+                                "memcached to one address"))
+    else:
+        local = {a for info in host.values() for a, _ in info["ipv4"]}
+        if local and cfg.memcached.address not in local:
+            faults.append(Fault("$.memcached.address",
+                                f"{cfg.memcached.address} is not an address of this host"))
+    if not cfg.cache.allowed_clients and not _interface_networks(cfg, host):
+        faults.append(Fault("$.cache.allowed_clients",
+                            "empty, and the listed interfaces have no IPv4 address to take the "
+                            "networks from: no client could read from the cache"))
+    return faults
+
+
+def _interface_networks(cfg: Config, host: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    nets: list[str] = []
+    for name in cfg.interface_names():
+        for addr, plen in host.get(name, {}).get("ipv4", []):
+            net = str(ipaddress.IPv4Network(f"{addr}/{plen}", strict=False))
+            if net not in nets:
+                nets.append(net)
+    return tuple(nets)
+
+
+def resolve_allowed_clients(
+    cfg: Config, interfaces: dict[str, dict[str, Any]] | None = None
+) -> tuple[str, ...]:
+    """The configured CIDRs, or when none are given the IPv4 networks of the listed interfaces."""
+    if cfg.cache.allowed_clients:
+        return cfg.cache.allowed_clients
+    return _interface_networks(cfg, interfaces if interfaces is not None else host_interfaces())

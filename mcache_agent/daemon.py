@@ -1,0 +1,484 @@
+"""The agent daemon: owns the data plane, applies configs, answers the control socket."""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from mcache_agent.config import (
+    Config,
+    ConfigError,
+    Fault,
+    check_semantics,
+    load_config,
+    parse_config,
+)
+from mcache_agent.control import ControlServer, Response, error, ok
+from mcache_agent.memcached_stats import RestartDetector, StatsError, fetch_stats
+from mcache_agent.versions import VersionsError, VersionStore, atomic_write
+
+log = logging.getLogger("mcache_agent")
+
+WATCH_INTERVAL_S = 1.0
+MEMCACHED_STATE = "memcached.json"
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def invalid(message: str, faults: list[Fault]) -> Response:
+    return error("invalid", message, [f.to_dict() for f in faults])
+
+
+def predict_strategy(cfg: Config, previous: Config | None) -> str:
+    """What an apply would do, for `apply --check`, when the data plane cannot say itself."""
+    if previous is None:
+        return "program_swap"
+    if cfg == previous:
+        return "none"
+    if cfg.strategy != "auto":
+        return cfg.strategy
+    if cfg.shape() != previous.shape() or cfg.cache.protocols != previous.cache.protocols:
+        return "program_swap"
+    if cfg.interfaces != previous.interfaces:
+        return "reattach"
+    return "map_swap"
+
+
+def status_document(
+    dataplane: Any,
+    store: VersionStore,
+    running_cfg: Config | None,
+    *,
+    running: bool,
+    version: int | None,
+    last_apply: dict[str, Any] | None,
+    probe: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The `status` shape of ARCHITECTURE.md, built from whatever answers; failures go in errors."""
+    errors: list[str] = []
+
+    def ask(what: str, default: Any) -> Any:
+        if dataplane is None:
+            return default
+        try:
+            return getattr(dataplane, what)()
+        except Exception as e:
+            errors.append(f"{what}: {type(e).__name__}: {e}")
+            return default
+
+    counters: dict[str, int] = ask("counters", {})
+    usage = ask("cache_usage", None)
+    hit, miss = counters.get("hit", 0), counters.get("miss", 0)
+    doc: dict[str, Any] = {
+        "version": version,
+        "running": running,
+        "last_apply": last_apply,
+        "attached": ask("attached", []),
+        "counters": counters,
+        "hit_ratio": round(hit / (hit + miss), 4) if hit + miss else None,
+        "cache": {
+            "entries": usage[0] if usage else (running_cfg.cache.entries if running_cfg else None),
+            "used": usage[1] if usage else None,
+            "memory_bytes": running_cfg.memory_bytes() if running_cfg else None,
+            "kept_across_last_apply": (last_apply or {}).get("cache_kept"),
+        },
+        "probe": probe,
+        "current": store.current(),
+        "previous": store.previous(),
+    }
+    if errors:
+        doc["errors"] = errors
+    return doc
+
+
+class Agent:
+    def __init__(
+        self,
+        dataplane: Any,
+        store: VersionStore,
+        *,
+        host_checks: bool = True,
+        probe_fn: Any = None,
+    ) -> None:
+        self.dataplane = dataplane
+        self.store = store
+        self.host_checks = host_checks
+        self.probe_fn = probe_fn
+        self.running: Config | None = None
+        self.last_apply: dict[str, Any] | None = None
+        self.last_probe: dict[str, Any] | None = None
+        self.lock = threading.RLock()
+        self.stop_event = threading.Event()
+        self.torn_down = False
+        self.on_stop: Any = None
+        self.on_config: Any = None
+        self._watch = _MemcachedWatch(self)
+
+    # ------------------------------------------------------------------ start
+
+    def start(self, file_cfg: Config) -> int | None:
+        """Adopt what is pinned when it is the stored current version, then bring the config file
+        in when it is news. Returns an exit code when the daemon cannot go on."""
+        pinned = self.dataplane.adopt()
+        current = self.store.current()
+        if pinned is not None and pinned == current:
+            self.running = load_config(self.store.get(current))
+            self.last_apply = self.store.outcome(current)
+            log.info("adopted version %d from the pins (no reload)", current)
+        elif pinned is not None:
+            log.warning("pinned version %s is not the stored current one (%s): re-applying",
+                        pinned, current)
+        if self.running is not None:
+            if file_cfg == self.running:
+                return None
+            if self._was_rolled_back_from(file_cfg):
+                log.warning("config file version %d was applied before and rolled back from; "
+                            "keeping version %d (use `mcache-agent apply` to re-apply it)",
+                            file_cfg.version, self.running.version)
+                return None
+        resp = self.apply_text(file_cfg.text)
+        if resp["ok"]:
+            return None
+        err = resp["error"]
+        for f in err.get("faults", []):
+            log.error("%s: %s", f["path"], f["message"])
+        log.error("config file not applied: %s", err["message"])
+        if self.running is not None:
+            log.warning("still serving version %d", self.running.version)
+            return None
+        return 2 if err["kind"] == "invalid" else 1
+
+    def _was_rolled_back_from(self, cfg: Config) -> bool:
+        out = self.store.outcome(cfg.version)
+        if not out or out.get("result") != "ok" or cfg.version == self.store.current():
+            return False
+        try:
+            return parse_config(self.store.get(cfg.version)) == cfg
+        except (ConfigError, VersionsError):
+            return False
+
+    # ------------------------------------------------------------------ requests
+
+    def handle(self, req: dict[str, Any]) -> Response:
+        op = req["op"]
+        if op == "apply":
+            return self.apply_text(req["config"], check=bool(req.get("check", False)))
+        if op == "status":
+            return ok(self.status())
+        if op == "versions":
+            return ok({"current": self.store.current(), "previous": self.store.previous(),
+                       "versions": self.store.list()})
+        if op == "rollback":
+            return self.rollback(req.get("to"))
+        if op == "probe":
+            return self.probe()
+        if op == "stop":
+            return self.stop(teardown=True)
+        return error("invalid", f"unknown op {op!r}")
+
+    def apply_text(self, text: str, *, check: bool = False, rollback: bool = False) -> Response:
+        try:
+            cfg = parse_config(text)
+        except ConfigError as e:
+            return invalid(f"config has {len(e.faults)} fault(s)", e.faults)
+        with self.lock:
+            running = self.running
+            faults = check_semantics(cfg, running, allow_rollback=rollback,
+                                     host_checks=self.host_checks)
+            if not rollback:
+                faults += self._history_faults(cfg)
+            if faults:
+                return invalid(f"config has {len(faults)} fault(s)", faults)
+            if running is not None and cfg == running:
+                return ok({"version": cfg.version, "strategy": "none", "result": "ok",
+                           "changed": False, "check": check,
+                           "message": f"version {cfg.version} is already running"})
+            if check:
+                return ok(self._plan(cfg, running))
+            return self._apply(cfg, running)
+
+    def _history_faults(self, cfg: Config) -> list[Fault]:
+        # A version number names one content for good, once it has served: reusing it for
+        # something else would make `versions` and rollback lie.
+        out = self.store.outcome(cfg.version)
+        if not out or out.get("result") != "ok":
+            return []
+        try:
+            stored = parse_config(self.store.get(cfg.version))
+        except (ConfigError, VersionsError):
+            return []
+        if stored == cfg:
+            return []
+        return [Fault("$.version", f"version {cfg.version} was applied before "
+                                   f"({out.get('applied_at')}) with different content; "
+                                   "give the change a new version number")]
+
+    def _plan(self, cfg: Config, running: Config | None) -> dict[str, Any]:
+        plan = getattr(self.dataplane, "plan", None)
+        strategy = plan(cfg, running) if callable(plan) else predict_strategy(cfg, running)
+        old = running.text if running else ""
+        diff = "".join(difflib.unified_diff(
+            old.splitlines(keepends=True), cfg.text.splitlines(keepends=True),
+            fromfile=f"version {running.version}" if running else "(nothing running)",
+            tofile=f"version {cfg.version}",
+        ))
+        return {"check": True, "changed": True, "version": cfg.version,
+                "running_version": running.version if running else None,
+                "strategy": strategy, "diff": diff}
+
+    def _apply(self, cfg: Config, running: Config | None) -> Response:
+        t0 = time.monotonic()
+        outcome: dict[str, Any] = {"applied_at": utcnow()}
+        try:
+            res = self.dataplane.apply(cfg, running)
+        except Exception as e:
+            outcome.update(strategy=None, result="failed", error=f"{type(e).__name__}: {e}",
+                           duration_ms=round((time.monotonic() - t0) * 1000, 3), swap_ms=None,
+                           cache_kept=None)
+            self.store.store(cfg, outcome)
+            self.last_apply = {"version": cfg.version, **outcome}
+            log.error("apply of version %d failed: %s", cfg.version, outcome["error"])
+            return error("runtime", f"apply of version {cfg.version} failed: {outcome['error']}")
+        outcome.update(
+            strategy=getattr(res, "strategy", None),
+            result="ok",
+            duration_ms=getattr(res, "duration_ms", round((time.monotonic() - t0) * 1000, 3)),
+            swap_ms=getattr(res, "swap_ms", None),
+            cache_kept=getattr(res, "cache_kept", None),
+            error=None,
+        )
+        self.store.store(cfg, outcome)
+        self.store.set_current(cfg.version)
+        self.running = cfg
+        self.last_apply = {"version": cfg.version, **outcome}
+        log.info("applied version %d (%s, %.1f ms)", cfg.version, outcome["strategy"],
+                 outcome["duration_ms"] or 0)
+        if self.on_config is not None:
+            self.on_config(cfg, running)
+        return ok({"version": cfg.version, "changed": True, "check": False,
+                   "previous_version": running.version if running else None, **outcome})
+
+    def rollback(self, to: int | None) -> Response:
+        with self.lock:
+            try:
+                target = self.store.rollback_target(to)
+                text = self.store.get(target)
+            except VersionsError as e:
+                return error("invalid", str(e))
+            resp = self.apply_text(text, rollback=True)
+            if resp["ok"]:
+                if resp["result"].get("strategy") == "none":
+                    self.store.set_current(target)
+                resp["result"]["rolled_back_to"] = target
+            return resp
+
+    def probe(self) -> Response:
+        with self.lock:
+            if self.running is None:
+                return error("runtime", "no config is running")
+            fn = self.probe_fn
+            if fn is None:
+                from mcache_agent.probe import run_probe as fn
+            result = fn(self.running, self.dataplane)
+            now = time.time()
+            self.last_probe = {
+                "ok": bool(result.get("ok")),
+                "at": dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "at_unix": now,
+                "detail": result.get("detail", ""),
+            }
+            return ok(result)
+
+    def stop(self, *, teardown: bool) -> Response:
+        with self.lock:
+            if teardown and not self.torn_down:
+                self.dataplane.teardown()
+                self.torn_down = True
+                log.info("data plane torn down")
+            self.stop_event.set()
+            if self.on_stop is not None:
+                self.on_stop()
+            return ok({"stopped": True, "teardown": teardown})
+
+    def status(self) -> dict[str, Any]:
+        running = self.running
+        return status_document(
+            self.dataplane, self.store, running, running=True,
+            version=running.version if running else None,
+            last_apply=self.last_apply, probe=self.last_probe,
+        )
+
+    # ------------------------------------------------------------------ memcached watch
+
+    def watch_forever(self) -> None:
+        while not self.stop_event.wait(WATCH_INTERVAL_S):
+            self._watch.tick()
+
+
+class _MemcachedWatch:
+    """Flushes the cache when memcached restarts or is flushed, including while we were down."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.detector = RestartDetector()
+        self.target: tuple[str, int] | None = None
+        self.reachable = True
+
+    def tick(self) -> None:
+        cfg = self.agent.running
+        if cfg is None:
+            return
+        target = (cfg.memcached.address, cfg.memcached.port)
+        if target != self.target:
+            self.target, self.detector = target, RestartDetector()
+        try:
+            stats = fetch_stats(*target)
+        except StatsError as e:
+            if self.reachable:
+                log.warning("memcached not answering stats: %s", e)
+            self.reachable = False
+            return
+        self.reachable = True
+        first = self.detector.last is None
+        reason = self._since_last_run(stats) if first else self.detector.observe(stats)
+        if first:
+            self.detector.observe(stats)
+        if reason:
+            log.warning("%s: flushing the cache", reason)
+            try:
+                self.agent.dataplane.flush()
+            except Exception:
+                log.exception("flush failed")
+                return
+        if reason or first:
+            self._persist(stats)
+
+    def _state_path(self) -> Path:
+        return self.agent.store.root / MEMCACHED_STATE
+
+    def _since_last_run(self, stats: dict[str, Any]) -> str | None:
+        try:
+            saved = json.loads(self._state_path().read_text())
+        except (OSError, ValueError):
+            # Nothing known about the memcached the pinned cache was filled from.
+            return "no record of the memcached the cache was filled from"
+        started = time.time() - stats.get("uptime", 0)
+        if saved.get("pid") != stats.get("pid") or abs(saved.get("started", 0) - started) > 2:
+            return "memcached restarted while the agent was down"
+        if isinstance(stats.get("cmd_flush"), int) and stats["cmd_flush"] > saved.get(
+            "cmd_flush", 0
+        ):
+            return "memcached was flushed while the agent was down"
+        return None
+
+    def _persist(self, stats: dict[str, Any]) -> None:
+        rec = {"pid": stats.get("pid"), "started": time.time() - stats.get("uptime", 0),
+               "cmd_flush": stats.get("cmd_flush", 0)}
+        try:
+            self.agent.store.ensure()
+            atomic_write(self._state_path(), json.dumps(rec).encode())
+        except OSError as e:
+            log.warning("cannot record memcached state: %s", e)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run(config: Path, state_dir: Path, socket_path: Path, bpffs: Path,
+        detach_on_exit: bool) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(Path(config))
+        faults = check_semantics(cfg, None)
+    except ConfigError as e:
+        faults = e.faults
+    if faults:
+        for f in faults:
+            print(f, file=sys.stderr)
+        return 2
+    store = VersionStore(state_dir)
+    store.ensure()
+
+    agent_box: list[Agent] = []
+    server = ControlServer(socket_path, lambda req: agent_box[0].handle(req))
+    try:
+        server.bind()
+    except (OSError, RuntimeError) as e:
+        print(f"cannot serve {socket_path}: {e}", file=sys.stderr)
+        return 1
+
+    from mcache_agent.dataplane import Dataplane
+
+    agent = Agent(Dataplane(Path(bpffs)), store)
+    agent_box.append(agent)
+    agent.on_stop = server.stop
+    metrics = _Metrics(agent)
+    agent.on_config = metrics.reconfigure
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        code = agent.start(cfg)
+    except Exception:
+        log.exception("start failed")
+        server.close()
+        return 1
+    if code is not None:
+        server.close()
+        return code
+    metrics.reconfigure(agent.running, None)
+    threading.Thread(target=agent.watch_forever, name="memcached-watch", daemon=True).start()
+    log.info("serving %s (version %s)", socket_path,
+             agent.running.version if agent.running else None)
+    server.serve_forever()
+    agent.stop_event.set()
+    # Without --detach-on-exit the pinned data plane keeps serving after we are gone.
+    if detach_on_exit and not agent.torn_down:
+        with agent.lock:
+            agent.dataplane.teardown()
+            log.info("detached on exit")
+    metrics.close()
+    return 0
+
+
+class _Metrics:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.listen = ""
+        self.server: Any = None
+
+    def reconfigure(self, cfg: Config | None, _previous: Config | None) -> None:
+        listen = cfg.metrics_listen if cfg else ""
+        if listen == self.listen:
+            return
+        self.close()
+        self.listen = listen
+        if listen:
+            from mcache_agent.metrics import start_metrics
+
+            try:
+                self.server = start_metrics(listen, self.agent.status)
+            except OSError as e:
+                log.error("metrics on %s: %s", listen, e)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None

@@ -1,0 +1,92 @@
+"""Prometheus metrics, read from the agent's state at scrape time (nothing to keep in sync)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+# The status document (daemon.Agent.status()) is the single source for both status and metrics.
+StatusSource = Callable[[], dict[str, Any]]
+
+
+class AgentCollector(Collector):
+    def __init__(self, source: StatusSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            st = self.source()
+        except Exception:  # a failed scrape must not take the endpoint down
+            log.exception("metrics: status failed")
+            return
+        verdicts = CounterMetricFamily(
+            "mcache_verdicts", "Packets by data-plane verdict (sum over CPUs).", labels=["verdict"]
+        )
+        for name, value in sorted((st.get("counters") or {}).items()):
+            verdicts.add_metric([name], float(value))
+        yield verdicts
+        yield _gauge("mcache_hit_ratio", "hit / (hit + miss) since the counters were created.",
+                     st.get("hit_ratio"))
+        cache = st.get("cache") or {}
+        yield _gauge("mcache_cache_entries", "Cache slots.", cache.get("entries"))
+        yield _gauge("mcache_cache_used_entries", "Cache slots holding a live entry.",
+                     cache.get("used"))
+        yield _gauge("mcache_cache_memory_bytes", "Estimated cache memory.",
+                     cache.get("memory_bytes"))
+        yield _gauge("mcache_config_version", "Config version running.", st.get("version"))
+        yield _gauge("mcache_agent_running", "1 when the agent daemon answers.",
+                     1 if st.get("running") else 0)
+        last = st.get("last_apply") or {}
+        yield _gauge("mcache_last_apply_duration_seconds", "Duration of the last apply.",
+                     _ms(last.get("duration_ms")))
+        yield _gauge("mcache_last_apply_swap_seconds", "Switch-over time of the last apply.",
+                     _ms(last.get("swap_ms")))
+        strategy = GaugeMetricFamily("mcache_last_apply_info", "Last apply: strategy and result.",
+                                     labels=["strategy", "result"])
+        if last:
+            strategy.add_metric([str(last.get("strategy")), str(last.get("result"))], 1.0)
+        yield strategy
+        probe = st.get("probe") or {}
+        yield _gauge("mcache_probe_ok", "1 when the last health probe passed.",
+                     None if "ok" not in probe else (1 if probe.get("ok") else 0))
+        yield _gauge("mcache_probe_timestamp_seconds", "Unix time of the last health probe.",
+                     probe.get("at_unix"))
+
+
+def _ms(v: Any) -> float | None:
+    return None if v is None else float(v) / 1000
+
+
+def _gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc)
+    if value is not None:
+        g.add_metric([], float(value))
+    return g
+
+
+def make_registry(source: StatusSource) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AgentCollector(source))
+    return registry
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def start_metrics(listen: str, source: StatusSource) -> Any | None:
+    """Serve /metrics on listen ("host:port"); nothing when listen is empty."""
+    if not listen:
+        return None
+    host, port = parse_listen(listen)
+    server, _thread = start_http_server(port, addr=host, registry=make_registry(source))
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return server

@@ -1,0 +1,215 @@
+"""The CLI: validate without a daemon, exit codes, --json output, client commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcache_agent import cli, control
+
+REPO = Path(__file__).resolve().parents[2]
+GOOD = (
+    "apiVersion: mcache/v1\nversion: 3\nmemcached: {address: 127.0.0.1, port: 11211}\n"
+    "interfaces: [{name: lo, xdp_mode: generic}]\ncache: {allowed_clients: [127.0.0.0/8]}\n"
+)
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = write(tmp_path, "good.yml", GOOD)
+    code, out, err = run_cli(capsys, "validate", str(f))
+    assert code == 0 and "ok (version 3)" in out and err == ""
+
+
+def test_validate_faults_exit_2_with_paths(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    f = write(tmp_path, "bad.yml", GOOD.replace("port: 11211", "port: 0").replace(
+        "generic", "warp"))
+    code, out, err = run_cli(capsys, "validate", str(f))
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert any(line.startswith("$.memcached.port: ") for line in lines)
+    assert any(line.startswith("$.interfaces[0].xdp_mode: ") for line in lines)
+
+
+def test_validate_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write(tmp_path, "good.yml", GOOD)
+    bad = write(tmp_path, "bad.yml", "not: [valid")
+    code, out, _ = run_cli(capsys, "validate", "--json", str(good), str(bad))
+    assert code == 2
+    doc = json.loads(out)
+    assert doc["ok"] is False
+    assert [f["ok"] for f in doc["files"]] == [True, False]
+    assert doc["files"][0] == {"file": str(good), "ok": True, "version": 3, "faults": []}
+    assert doc["files"][1]["faults"][0]["path"] == "$"
+    assert set(doc["files"][1]["faults"][0]) == {"path", "message"}
+
+
+def test_validate_json_flag_before_the_command(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    good = write(tmp_path, "good.yml", GOOD)
+    code, out, _ = run_cli(capsys, "--json", "validate", str(good))
+    assert code == 0 and json.loads(out)["ok"] is True
+
+
+def test_validate_host_checks_and_no_host_checks(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    f = write(tmp_path, "elsewhere.yml", GOOD.replace("name: lo", "name: mcnope0"))
+    code, _, err = run_cli(capsys, "validate", str(f))
+    assert code == 2 and "$.interfaces[0].name: " in err
+    code, _, _ = run_cli(capsys, "validate", "--no-host-checks", str(f))
+    assert code == 0
+
+
+def test_validate_examples_off_host(capsys: pytest.CaptureFixture[str]) -> None:
+    files = sorted(str(p) for p in (REPO / "examples").glob("*.yml"))
+    assert files
+    code, out, _ = run_cli(capsys, "validate", "--no-host-checks", "--json", *files)
+    assert code == 0, out
+
+
+def test_usage_error_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["rollback", "--to", "notanumber"]) == 2
+    assert cli.main([]) == 2
+
+
+def test_unreachable_agent_is_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = tmp_path / "none.sock"
+    code, out, _ = run_cli(capsys, "--socket", str(sock), "versions", "--json")
+    assert code == 3
+    assert json.loads(out)["error"]["kind"] == "unreachable"
+    f = write(tmp_path, "good.yml", GOOD)
+    code, _, err = run_cli(capsys, "apply", str(f), "--socket", str(sock))
+    assert code == 3 and "not reachable" in err
+
+
+def test_status_without_daemon_reports_running_false(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcache_agent.config import load_config
+    from mcache_agent.versions import VersionStore
+
+    class FakeDataplane:
+        def __init__(self, bpffs: Path) -> None:
+            self.bpffs = bpffs
+
+        def adopt(self) -> int:
+            return 3
+
+        def counters(self) -> dict[str, int]:
+            return {"hit": 9, "miss": 1}
+
+        def cache_usage(self) -> tuple[int, int]:
+            return (4096, 12)
+
+        def attached(self) -> list[dict[str, str]]:
+            return [{"interface": "lo", "mode": "generic", "role": "serve"}]
+
+    fake_module = types.ModuleType("mcache_agent.dataplane")
+    fake_module.Dataplane = FakeDataplane  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mcache_agent.dataplane", fake_module)
+    store = VersionStore(tmp_path / "state")
+    store.store(load_config(GOOD), {"applied_at": "x", "strategy": "map_swap", "result": "ok",
+                                    "duration_ms": 1.0, "error": None})
+    store.set_current(3)
+
+    code, out, _ = run_cli(capsys, "status", "--json", "--socket", str(tmp_path / "x.sock"),
+                           "--state-dir", str(tmp_path / "state"),
+                           "--bpffs", str(tmp_path / "bpffs"))
+    assert code == 0
+    doc = json.loads(out)
+    st = doc["result"]
+    assert doc["ok"] is True and st["running"] is False
+    assert st["version"] == 3 and st["hit_ratio"] == 0.9
+    assert st["cache"]["used"] == 12 and st["last_apply"]["strategy"] == "map_swap"
+    assert any(e.startswith("agent: ") for e in st["errors"])
+
+    code, out, _ = run_cli(capsys, "status", "--socket", str(tmp_path / "x.sock"),
+                           "--state-dir", str(tmp_path / "state"))
+    assert code == 0 and "not running" in out and "90.00%" in out
+
+
+class FakeAgentHandler:
+    """Answers like the daemon does, so the client side can be checked alone."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+
+    def __call__(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.requests.append(req)
+        if req["op"] == "apply" and req.get("check"):
+            return control.ok({"check": True, "changed": True, "version": 3,
+                               "running_version": 2, "strategy": "map_swap",
+                               "diff": "--- version 2\n+++ version 3\n-a\n+b\n"})
+        if req["op"] == "apply":
+            return control.error("invalid", "config has 1 fault(s)",
+                                 [{"path": "$.version", "message": "lower"}])
+        if req["op"] == "rollback":
+            return control.error("runtime", "apply of version 1 failed: boom")
+        if req["op"] == "status":
+            return control.ok({"version": 2, "running": True, "last_apply": None,
+                               "attached": [], "counters": {"hit": 1}, "hit_ratio": 1.0,
+                               "cache": {"entries": 16, "used": 1, "memory_bytes": 100,
+                                         "kept_across_last_apply": None}, "probe": None})
+        return control.ok({"ok": False, "detail": "no hit"})
+
+
+@pytest.fixture
+def fake_agent(tmp_path: Path) -> Any:
+    handler = FakeAgentHandler()
+    server = control.ControlServer(tmp_path / "run" / "a.sock", handler)
+    server.bind()
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield handler, server.path
+    server.stop()
+    t.join(5)
+
+
+def test_client_commands_map_errors_to_exit_codes(
+    fake_agent: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    handler, sock = fake_agent
+    f = write(tmp_path, "good.yml", GOOD)
+    code, out, _ = run_cli(capsys, "--socket", str(sock), "apply", str(f), "--check")
+    assert code == 0 and "+b" in out and "strategy map_swap" in out
+    assert handler.requests[-1] == {"op": "apply", "config": GOOD, "check": True}
+
+    code, _, err = run_cli(capsys, "--socket", str(sock), "apply", str(f))
+    assert code == 2 and "$.version: lower" in err
+
+    code, out, _ = run_cli(capsys, "--socket", str(sock), "rollback", "--to", "1", "--json")
+    assert code == 1 and json.loads(out)["error"]["kind"] == "runtime"
+    assert handler.requests[-1] == {"op": "rollback", "to": 1}
+
+    code, out, _ = run_cli(capsys, "--socket", str(sock), "status")
+    assert code == 0 and "hit ratio" in out and "100.00%" in out
+
+    code, _, _ = run_cli(capsys, "--socket", str(sock), "probe")
+    assert code == 1  # a failed probe is a failure
+
+
+def test_console_entry_runs_as_a_module(tmp_path: Path) -> None:
+    f = write(tmp_path, "good.yml", GOOD)
+    proc = subprocess.run([sys.executable, "-m", "mcache_agent.cli", "validate", "--json", str(f)],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["files"][0]["version"] == 3

@@ -1,0 +1,289 @@
+"""Config v1: schema, loader faults with JSON paths, semantic checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mcache_agent.config import (
+    MAX_CONFIG_BYTES,
+    Config,
+    ConfigError,
+    check_semantics,
+    host_faults,
+    load_config,
+    load_schema,
+    resolve_allowed_clients,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "examples").glob("*.yml"))
+
+
+def cfg_text(version: int = 1, **cache: object) -> str:
+    lines = [
+        "apiVersion: mcache/v1",
+        f"version: {version}",
+        "memcached: {address: 127.0.0.1, port: 11211}",
+        "interfaces: [{name: lo, xdp_mode: generic}]",
+        "cache:",
+        "  allowed_clients: [127.0.0.0/8]",
+    ]
+    lines += [f"  {k}: {json.dumps(v)}" for k, v in cache.items()]
+    return "\n".join(lines) + "\n"
+
+
+def faults_of(text: str | Path) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigError) as ei:
+        load_config(text)
+    return [(f.path, f.message) for f in ei.value.faults]
+
+
+def paths_of(text: str | Path) -> list[str]:
+    return [p for p, _ in faults_of(text)]
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def test_schema_documents_every_field_and_closes_every_object() -> None:
+    schema = load_schema()
+    assert schema["$schema"].endswith("2020-12/schema") and schema["$id"]
+
+    def walk(node: dict, where: str) -> None:
+        assert "description" in node, f"{where} has no description"
+        if node.get("type") == "object":
+            assert node.get("additionalProperties") is False, where
+            for k, sub in node.get("properties", {}).items():
+                walk(sub, f"{where}.{k}")
+        if "items" in node:
+            walk(node["items"], f"{where}[]")
+
+    walk(schema, "$")
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_load(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.api_version == "mcache/v1"
+    assert cfg.text == path.read_text()
+    assert check_semantics(cfg, None, host_checks=False) == []
+
+
+def test_defaults_are_applied() -> None:
+    cfg = load_config(REPO / "examples" / "mcache-minimal.yml")
+    assert cfg.interfaces[0].xdp_mode == "auto"
+    assert cfg.cache.enabled is True
+    assert cfg.shape() == (4096, 250, 1024)
+    assert (cfg.cache.ttl_ms, cfg.cache.fill_hold_ms) == (60000, 50)
+    assert cfg.cache.protocols == ("ascii", "binary")
+    assert cfg.cache.key_prefix == "" and cfg.cache.allowed_clients == ()
+    assert (cfg.strategy, cfg.metrics_listen) == ("auto", "")
+    assert (cfg.probe_key, cfg.probe_timeout_ms) == ("mcache:probe", 2000)
+
+
+def test_memory_estimate() -> None:
+    cfg = load_config(cfg_text(entries=1024, max_key_bytes=60, max_value_bytes=500))
+    # slot = 64 + round8(60) + round8(500) = 64 + 64 + 504
+    assert cfg.memory_bytes() == 1024 * 632 + (cfg.memory_bytes() - 1024 * 632)
+    assert cfg.memory_bytes() > 1024 * 632
+    bigger = load_config(cfg_text(entries=2048, max_key_bytes=60, max_value_bytes=500))
+    assert bigger.memory_bytes() - cfg.memory_bytes() == 1024 * 632
+
+
+# --------------------------------------------------------------------------- faults
+
+
+@pytest.mark.parametrize(
+    ("mutation", "path"),
+    [
+        (("apiVersion: mcache/v1", "apiVersion: mcache/v2"), "$.apiVersion"),
+        (("version: 1", "version: 0"), "$.version"),
+        (("version: 1", "version: '1'"), "$.version"),
+        (("address: 127.0.0.1", "address: 127.0.0"), "$.memcached.address"),
+        (("port: 11211", "port: 70000"), "$.memcached.port"),
+        (("xdp_mode: generic", "xdp_mode: turbo"), "$.interfaces[0].xdp_mode"),
+        (("[{name: lo, xdp_mode: generic}]", "[]"), "$.interfaces"),
+        (("name: lo,", "name: lo, colour: red,"), "$.interfaces[0].colour"),
+        (("port: 11211}", "}"), "$.memcached.port"),
+        (("cache:\n", "cache:\n  entries: 1000\n"), "$.cache.entries"),
+        (("cache:\n", "cache:\n  max_value_bytes: 1401\n"), "$.cache.max_value_bytes"),
+        (("cache:\n", "cache:\n  protocols: [ascii, ascii]\n"), "$.cache.protocols"),
+        (("cache:\n", "cache:\n  protocols: [udp]\n"), "$.cache.protocols[0]"),
+        (("cache:\n", "cache:\n  key_prefix: 'has space'\n"), "$.cache.key_prefix"),
+        (("[127.0.0.0/8]", "[127.0.0.0/8, nonsense]"), "$.cache.allowed_clients[1]"),
+        (("cache:\n", "cache:\n  enabled: 'maybe'\n"), "$.cache.enabled"),
+        (("cache:\n", "rollout: {strategy: yolo}\ncache:\n"), "$.rollout.strategy"),
+        (("cache:\n", "metrics: {listen: nowhere}\ncache:\n"), "$.metrics.listen"),
+        (("cache:\n", "probe: {timeout_ms: 5}\ncache:\n"), "$.probe.timeout_ms"),
+        (("cache:\n", "extra: 1\ncache:\n"), "$.extra"),
+    ],
+)
+def test_each_fault_has_its_json_path(mutation: tuple[str, str], path: str) -> None:
+    old, new = mutation
+    text = cfg_text()
+    assert old in text
+    assert path in paths_of(text.replace(old, new, 1))
+
+
+def test_power_of_two_message_is_plain() -> None:
+    assert ("$.cache.entries", "1000 must be a power of two from 16 to 1048576") in faults_of(
+        cfg_text(entries=1000)
+    )
+
+
+def test_every_fault_is_reported_sorted() -> None:
+    text = (
+        "apiVersion: mcache/v1\nversion: -1\nfoo: 1\n"
+        "memcached: {address: 1.2.3, port: 0}\n"
+        "interfaces: [{name: eth0, xdp_mode: fast}, {name: eth0}]\n"
+        "cache: {entries: 100, protocols: []}\n"
+    )
+    paths = paths_of(text)
+    assert paths == [
+        "$.cache.entries",
+        "$.cache.protocols",
+        "$.foo",
+        "$.interfaces[0].xdp_mode",
+        "$.interfaces[1].name",
+        "$.memcached.address",
+        "$.memcached.port",
+        "$.version",
+    ]
+
+
+def test_missing_required_keys_point_at_the_key() -> None:
+    assert paths_of("apiVersion: mcache/v1\n") == ["$.interfaces", "$.memcached", "$.version"]
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("", "empty"),
+        ("   \n# only a comment\n", "empty"),
+        ("version: [1\n", "not valid YAML"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("just a string", "must be a mapping"),
+        ("version: 1\nversion: 2\n", "duplicate key"),
+        ("a: &x [1, 2]\nb: *x\n", "aliases"),
+        ("!!python/object:os.system {}\n", "not valid YAML"),
+    ],
+)
+def test_unparseable_documents_give_one_root_fault(text: str, needle: str) -> None:
+    faults = faults_of(text)
+    assert len(faults) == 1
+    assert faults[0][0] == "$" and needle in faults[0][1]
+
+
+def test_huge_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    f = tmp_path / "huge.yml"
+    # Not YAML at all: a parse would say so; the size check must answer first.
+    f.write_bytes(b"[" * (MAX_CONFIG_BYTES + 1))
+    [(path, message)] = faults_of(f)
+    assert path == "$" and "limit" in message
+
+
+def test_missing_file_and_binary_file(tmp_path: Path) -> None:
+    assert faults_of(tmp_path / "nope.yml")[0][0] == "$"
+    f = tmp_path / "bin.yml"
+    f.write_bytes(b"\xff\xfe\x00garbage")
+    [(path, message)] = faults_of(f)
+    assert path == "$" and "UTF-8" in message
+
+
+# --------------------------------------------------------------------------- semantics
+
+
+def sem_paths(cfg: Config, running: Config | None = None, **kw: bool) -> list[str]:
+    return [f.path for f in check_semantics(cfg, running, **kw)]
+
+
+def test_semantics_pass_for_a_good_config() -> None:
+    assert check_semantics(load_config(cfg_text()), None) == []
+
+
+def test_missing_interface() -> None:
+    cfg = load_config(cfg_text().replace("name: lo", "name: mcnope0"))
+    faults = check_semantics(cfg, None)
+    assert [f.path for f in faults] == ["$.interfaces[0].name"]
+    assert "does not exist" in faults[0].message
+    assert check_semantics(cfg, None, host_checks=False) == []
+
+
+def test_reply_must_fit_a_datagram() -> None:
+    cfg = load_config(cfg_text(max_key_bytes=250, max_value_bytes=1100))
+    assert sem_paths(cfg) == ["$.cache.max_value_bytes"]
+
+
+def test_too_much_memory_gives_the_figure() -> None:
+    cfg = load_config(cfg_text(entries=1048576, max_key_bytes=200, max_value_bytes=1000))
+    [fault] = check_semantics(cfg, None)
+    assert fault.path == "$.cache.entries"
+    assert str(cfg.memory_bytes()) in fault.message
+
+
+def test_key_prefix_longer_than_keys() -> None:
+    cfg = load_config(cfg_text(max_key_bytes=4, key_prefix="user:"))
+    assert sem_paths(cfg) == ["$.cache.key_prefix"]
+
+
+def test_prefix_limit_is_in_bytes() -> None:
+    cfg = load_config(cfg_text(key_prefix="é" * 20))  # 20 characters, 40 bytes
+    assert sem_paths(cfg) == ["$.cache.key_prefix"]
+
+
+def test_cidr_with_host_bits_suggests_the_network() -> None:
+    cfg = load_config(cfg_text().replace("127.0.0.0/8", "127.0.0.1/8"))
+    [fault] = check_semantics(cfg, None)
+    assert fault.path == "$.cache.allowed_clients[0]" and "127.0.0.0/8" in fault.message
+
+
+def test_version_going_backwards() -> None:
+    running = load_config(cfg_text(version=5))
+    older = load_config(cfg_text(version=4))
+    assert sem_paths(older, running) == ["$.version"]
+    assert sem_paths(older, running, allow_rollback=True) == []
+    assert sem_paths(load_config(cfg_text(version=6)), running) == []
+
+
+def test_same_version_different_content() -> None:
+    running = load_config(cfg_text(version=5))
+    changed = load_config(cfg_text(version=5, ttl_ms=10))
+    faults = check_semantics(changed, running)
+    assert [f.path for f in faults] == ["$.version"]
+    assert "different content" in faults[0].message
+    # Comments are not content.
+    same = load_config("# a comment\n" + cfg_text(version=5))
+    assert check_semantics(same, running) == [] and same == running
+
+
+def test_not_a_local_address() -> None:
+    cfg = load_config(cfg_text().replace("127.0.0.1", "192.0.2.254"))
+    assert "$.memcached.address" in sem_paths(cfg)
+
+
+def test_wildcard_address_needs_every_up_interface() -> None:
+    cfg = load_config(cfg_text().replace("127.0.0.1", "0.0.0.0"))
+    host = {
+        "lo": {"up": True, "ipv4": [("127.0.0.1", 8)]},
+        "eth9": {"up": True, "ipv4": [("10.9.0.2", 24)]},
+        "eth8": {"up": False, "ipv4": [("10.8.0.2", 24)]},
+    }
+    [fault] = host_faults(cfg, host)
+    assert fault.path == "$.memcached.address" and "eth9" in fault.message
+    assert "eth8" not in fault.message
+    del host["eth9"]
+    assert host_faults(cfg, host) == []
+
+
+def test_resolve_allowed_clients() -> None:
+    cfg = load_config(cfg_text())
+    assert resolve_allowed_clients(cfg) == ("127.0.0.0/8",)
+    bare = load_config(cfg_text().replace("cache:\n  allowed_clients: [127.0.0.0/8]\n", ""))
+    host = {"lo": {"up": True, "ipv4": [("127.0.0.1", 8), ("127.0.0.53", 8)]}}
+    assert resolve_allowed_clients(bare, host) == ("127.0.0.0/8",)
+    # Real host: lo always has 127.0.0.1/8.
+    assert "127.0.0.0/8" in resolve_allowed_clients(bare)
+    assert host_faults(bare, {"lo": {"up": True, "ipv4": []}})[0].path == "$.cache.allowed_clients"

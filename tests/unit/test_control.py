@@ -1,0 +1,527 @@
+"""The control socket and the daemon's request handling, over a real Unix socket.
+
+The kernel side is a FakeDataplane here; the lead's real-kernel tests cover dataplane.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcache_agent import control
+from mcache_agent.config import Config, load_config
+from mcache_agent.daemon import Agent
+from mcache_agent.versions import VersionStore
+
+
+def cfg_text(version: int, ttl: int = 60000, entries: int = 1024) -> str:
+    return (
+        f"apiVersion: mcache/v1\nversion: {version}\n"
+        "memcached: {address: 127.0.0.1, port: 11211}\n"
+        "interfaces: [{name: lo, xdp_mode: generic}]\n"
+        f"cache: {{entries: {entries}, ttl_ms: {ttl}, allowed_clients: [127.0.0.0/8]}}\n"
+    )
+
+
+@dataclass
+class FakeApplyResult:
+    strategy: str
+    duration_ms: float
+    swap_ms: float
+    cache_kept: bool
+
+
+class FakeDataplaneError(Exception):
+    pass
+
+
+class FakeDataplane:
+    """Records calls; `fail_next` makes the next apply raise like a verifier refusal."""
+
+    def __init__(self, pinned: int | None = None) -> None:
+        self.pinned = pinned
+        self.applied: list[int] = []
+        self.flushes = 0
+        self.torn_down = False
+        self.fail_next: str | None = None
+
+    def adopt(self) -> int | None:
+        return self.pinned
+
+    def apply(self, cfg: Config, previous: Config | None) -> FakeApplyResult:
+        if self.fail_next:
+            msg, self.fail_next = self.fail_next, None
+            raise FakeDataplaneError(msg)
+        self.applied.append(cfg.version)
+        self.pinned = cfg.version
+        shape_same = previous is not None and previous.shape() == cfg.shape()
+        return FakeApplyResult("map_swap" if shape_same else "program_swap", 2.5, 0.05,
+                               shape_same)
+
+    def counters(self) -> dict[str, int]:
+        return {"hit": 3, "miss": 1, "pass": 7}
+
+    def cache_usage(self) -> tuple[int, int]:
+        return (1024, 4)
+
+    def attached(self) -> list[dict[str, str]]:
+        return [{"interface": "lo", "mode": "generic", "role": "serve"}]
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+    def teardown(self) -> None:
+        self.torn_down = True
+
+
+@dataclass
+class Running:
+    agent: Agent
+    dp: FakeDataplane
+    store: VersionStore
+    server: control.ControlServer
+    sock: Path
+    thread: threading.Thread
+
+    def call(self, req: Any) -> dict[str, Any]:
+        return control.request(self.sock, req, timeout=10)
+
+    def raw(self, data: bytes) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(self.sock))
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            return json.loads(_recv_all(s))
+
+
+def _recv_all(s: socket.socket) -> bytes:
+    buf = b""
+    while chunk := s.recv(65536):
+        buf += chunk
+    return buf
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Running]:
+    dp = FakeDataplane()
+    store = VersionStore(tmp_path / "state")
+    a = Agent(dp, store, probe_fn=lambda cfg, dp: {"ok": True, "detail": f"fake {cfg.version}"})
+    assert a.start(load_config(cfg_text(1))) is None
+    # Not under pytest's tmp_path: that is 0700 root, and the tests that connect as nobody
+    # must be stopped by the socket's own directory, not by an ancestor.
+    base = Path(tempfile.mkdtemp(prefix="mcache-ctl-"))
+    os.chmod(base, 0o755)
+    sock = base / "run" / "agent.sock"
+    server = control.ControlServer(sock, a.handle, read_timeout=1.0)
+    server.bind()
+    a.on_stop = server.stop
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    r = Running(a, dp, store, server, sock, t)
+    yield r
+    server.stop()
+    t.join(5)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def snapshot(r: Running) -> tuple[Any, ...]:
+    files = sorted(p.name for p in (r.store.dir).iterdir())
+    return (r.store.current(), r.store.previous(), files, list(r.dp.applied),
+            r.agent.running.version if r.agent.running else None, r.dp.torn_down)
+
+
+# --------------------------------------------------------------------------- transport
+
+
+def test_socket_and_dir_modes(agent: Running) -> None:
+    assert stat.S_IMODE(agent.sock.stat().st_mode) == 0o600
+    assert stat.S_IMODE(agent.sock.parent.stat().st_mode) == 0o700
+    assert stat.S_ISSOCK(agent.sock.stat().st_mode)
+
+
+def test_second_server_on_a_live_socket_refuses(agent: Running) -> None:
+    other = control.ControlServer(agent.sock, agent.agent.handle)
+    with pytest.raises(RuntimeError, match="another agent"):
+        other.bind()
+    assert agent.call({"op": "status"})["ok"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"this is not json\n",
+        b"\n",
+        b"[1, 2, 3]\n",
+        b'"apply"\n',
+        b'{"op": "format_disk"}\n',
+        b'{"no_op": 1}\n',
+        b'{"op": 7}\n',
+        b'{"op": "apply"}\n',
+        b'{"op": "apply", "config": 12}\n',
+        b'{"op": "apply", "config": "x", "check": "yes"}\n',
+        b'{"op": "rollback", "to": "1"}\n',
+        b'{"op": "rollback", "to": true}\n',
+        b'{"op": "rollback", "to": 0}\n',
+        b'{"op": "status", "verbose": true}\n',
+        b"\xff\xfe\xfd\n",
+        b'{"op": "stop"',  # no newline, then EOF
+    ],
+)
+def test_garbage_is_invalid_and_changes_nothing(agent: Running, payload: bytes) -> None:
+    before = snapshot(agent)
+    resp = agent.raw(payload)
+    assert resp["ok"] is False
+    assert resp["error"]["kind"] == "invalid"
+    assert snapshot(agent) == before
+    assert agent.call({"op": "status"})["ok"]  # still serving
+
+
+def test_huge_request_is_refused(agent: Running) -> None:
+    before = snapshot(agent)
+    big = b'{"op": "apply", "config": "' + b"a" * (3 << 20) + b'"}\n'
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(agent.sock))
+        try:
+            s.sendall(big)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server stopped reading at the cap, as it should
+        resp = json.loads(_recv_all(s))
+    assert resp["ok"] is False and resp["error"]["kind"] == "invalid"
+    assert "over" in resp["error"]["message"]
+    assert snapshot(agent) == before
+
+
+def test_slow_client_times_out_and_others_are_served(agent: Running) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as slow:
+        slow.settimeout(10)
+        slow.connect(str(agent.sock))
+        slow.sendall(b'{"op": "sta')
+        resp = json.loads(_recv_all(slow))
+    assert resp["error"]["kind"] == "invalid" and "within" in resp["error"]["message"]
+    assert agent.call({"op": "status"})["ok"]
+
+
+def _as_nobody(sock: Path) -> tuple[str, dict[str, Any] | None]:
+    """Connect from a forked child running as nobody; returns (outcome, response)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(r)
+            os.setgid(65534)
+            os.setgroups([])
+            os.setuid(65534)
+            try:
+                resp = control.request(sock, {"op": "stop"}, timeout=5)
+                out = json.dumps(["response", resp])
+            except control.AgentUnreachable as e:
+                out = json.dumps(["unreachable", str(e)])
+            os.write(w, out.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    kind, body = json.loads(data)
+    return kind, body if isinstance(body, dict) else None
+
+
+def test_non_root_cannot_reach_the_socket(agent: Running) -> None:
+    kind, _ = _as_nobody(agent.sock)
+    assert kind == "unreachable"
+    assert not agent.dp.torn_down
+
+
+def test_non_root_is_refused_by_peercred_even_if_perms_are_loosened(agent: Running) -> None:
+    # Someone chmods the directory open: SO_PEERCRED is the second line of defence.
+    os.chmod(agent.sock.parent, 0o777)
+    os.chmod(agent.sock, 0o777)
+    kind, resp = _as_nobody(agent.sock)
+    assert kind == "response" and resp is not None
+    assert resp["ok"] is False and resp["error"]["kind"] == "denied"
+    assert "65534" in resp["error"]["message"]
+    assert not agent.dp.torn_down and not agent.agent.stop_event.is_set()
+    assert agent.call({"op": "status"})["ok"]
+
+
+# --------------------------------------------------------------------------- ops
+
+
+def test_start_applied_the_file_and_stored_it(agent: Running) -> None:
+    assert agent.dp.applied == [1]
+    assert agent.store.current() == 1
+    assert agent.store.get(1) == cfg_text(1)
+
+
+def test_status_shape(agent: Running) -> None:
+    resp = agent.call({"op": "status"})
+    assert resp["ok"] is True
+    st = resp["result"]
+    for key in ("version", "running", "last_apply", "attached", "counters", "hit_ratio",
+                "cache", "probe"):
+        assert key in st
+    assert st["version"] == 1 and st["running"] is True
+    assert st["hit_ratio"] == 0.75
+    assert st["cache"]["entries"] == 1024 and st["cache"]["used"] == 4
+    assert st["cache"]["memory_bytes"] > 0
+    assert st["last_apply"]["version"] == 1 and st["last_apply"]["result"] == "ok"
+    assert st["attached"] == [{"interface": "lo", "mode": "generic", "role": "serve"}]
+
+
+def test_apply_new_version_round_trip(agent: Running) -> None:
+    resp = agent.call({"op": "apply", "config": cfg_text(2, ttl=5000)})
+    assert resp["ok"] is True, resp
+    res = resp["result"]
+    assert res["version"] == 2 and res["strategy"] == "map_swap" and res["cache_kept"] is True
+    assert (agent.store.current(), agent.store.previous()) == (2, 1)
+    assert agent.dp.applied == [1, 2]
+    st = agent.call({"op": "status"})["result"]
+    assert st["version"] == 2 and st["last_apply"]["strategy"] == "map_swap"
+
+
+def test_apply_is_idempotent(agent: Running) -> None:
+    resp = agent.call({"op": "apply", "config": "# same, with a comment\n" + cfg_text(1)})
+    assert resp["ok"] and resp["result"]["strategy"] == "none"
+    assert resp["result"]["changed"] is False
+    assert agent.dp.applied == [1]
+
+
+def test_apply_check_changes_nothing(agent: Running) -> None:
+    before = snapshot(agent)
+    resp = agent.call({"op": "apply", "config": cfg_text(2, entries=2048), "check": True})
+    assert resp["ok"], resp
+    res = resp["result"]
+    assert res["check"] is True and res["strategy"] == "program_swap"
+    assert "-cache: {entries: 1024" in res["diff"] and "+cache: {entries: 2048" in res["diff"]
+    assert res["diff"].startswith("--- version 1\n+++ version 2\n")
+    assert snapshot(agent) == before
+
+
+def test_invalid_config_gives_faults_and_changes_nothing(agent: Running) -> None:
+    before = snapshot(agent)
+    bad = cfg_text(2).replace("entries: 1024", "entries: 1000").replace("port: 11211", "port: 0")
+    resp = agent.call({"op": "apply", "config": bad})
+    assert resp["ok"] is False and resp["error"]["kind"] == "invalid"
+    assert [f["path"] for f in resp["error"]["faults"]] == ["$.cache.entries", "$.memcached.port"]
+    assert snapshot(agent) == before
+
+
+def test_version_rules_over_the_socket(agent: Running) -> None:
+    agent.call({"op": "apply", "config": cfg_text(2)})
+    back = agent.call({"op": "apply", "config": cfg_text(1)})
+    same = agent.call({"op": "apply", "config": cfg_text(2, ttl=1)})
+    for resp in (back, same):
+        assert resp["error"]["kind"] == "invalid"
+        assert resp["error"]["faults"][0]["path"] == "$.version"
+
+
+def test_dataplane_failure_keeps_current_and_reports_in_full(agent: Running) -> None:
+    agent.dp.fail_next = "verifier: R2 invalid mem access 'scalar' at insn 1234"
+    resp = agent.call({"op": "apply", "config": cfg_text(2)})
+    assert resp["ok"] is False and resp["error"]["kind"] == "runtime"
+    assert "R2 invalid mem access 'scalar' at insn 1234" in resp["error"]["message"]
+    assert agent.store.current() == 1 and agent.agent.running.version == 1
+    assert agent.store.outcome(2)["result"] == "failed"
+    st = agent.call({"op": "status"})["result"]
+    assert st["version"] == 1 and st["last_apply"]["result"] == "failed"
+    # The same version can be fixed up and applied once the cause is gone.
+    assert agent.call({"op": "apply", "config": cfg_text(2)})["ok"]
+    assert agent.store.current() == 2
+
+
+def test_versions_and_rollback_round_trip(agent: Running) -> None:
+    agent.call({"op": "apply", "config": cfg_text(2)})
+    agent.call({"op": "apply", "config": cfg_text(3)})
+    v = agent.call({"op": "versions"})["result"]
+    assert (v["current"], v["previous"]) == (3, 2)
+    assert [x["version"] for x in v["versions"]] == [1, 2, 3]
+
+    rb = agent.call({"op": "rollback"})
+    assert rb["ok"], rb
+    assert rb["result"]["rolled_back_to"] == 2 and rb["result"]["version"] == 2
+    assert (agent.store.current(), agent.store.previous()) == (2, 3)
+    assert agent.agent.running.version == 2
+
+    rb = agent.call({"op": "rollback", "to": 1})
+    assert rb["ok"] and agent.store.current() == 1 and agent.dp.applied[-1] == 1
+
+    missing = agent.call({"op": "rollback", "to": 42})
+    assert missing["ok"] is False and missing["error"]["kind"] == "invalid"
+    assert "not stored" in missing["error"]["message"]
+
+    # Version 3 served once: its number cannot be reused for other content.
+    reuse = agent.call({"op": "apply", "config": cfg_text(3, ttl=7)})
+    assert reuse["error"]["faults"][0]["path"] == "$.version"
+
+
+def test_rollback_with_nothing_to_roll_back_to(agent: Running) -> None:
+    before = snapshot(agent)
+    resp = agent.call({"op": "rollback"})
+    assert resp["ok"] is False and "nothing to roll back to" in resp["error"]["message"]
+    assert snapshot(agent) == before
+
+
+def test_probe_is_recorded_in_status(agent: Running) -> None:
+    resp = agent.call({"op": "probe"})
+    assert resp["ok"] and resp["result"]["detail"] == "fake 1"
+    probe = agent.call({"op": "status"})["result"]["probe"]
+    assert probe["ok"] is True and probe["at"].endswith("Z")
+
+
+def test_stop_tears_down_and_ends_the_server(agent: Running) -> None:
+    resp = agent.call({"op": "stop"})
+    assert resp["ok"] and resp["result"]["teardown"] is True
+    assert agent.dp.torn_down
+    agent.thread.join(5)
+    assert not agent.thread.is_alive()
+    assert not agent.sock.exists()
+    with pytest.raises(control.AgentUnreachable):
+        agent.call({"op": "status"})
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+def test_start_adopts_the_pinned_current_version_without_reload(tmp_path: Path) -> None:
+    store = VersionStore(tmp_path)
+    first = Agent(FakeDataplane(), store)
+    assert first.start(load_config(cfg_text(4))) is None
+    dp = FakeDataplane(pinned=4)
+    again = Agent(dp, store)
+    assert again.start(load_config(cfg_text(4))) is None
+    assert dp.applied == [] and again.running is not None and again.running.version == 4
+    # A newer file is news: applied on top of what was adopted.
+    dp2 = FakeDataplane(pinned=4)
+    third = Agent(dp2, store)
+    assert third.start(load_config(cfg_text(5))) is None
+    assert dp2.applied == [5] and store.current() == 5
+
+
+def test_start_keeps_a_rollback(tmp_path: Path) -> None:
+    store = VersionStore(tmp_path)
+    a = Agent(FakeDataplane(), store)
+    a.start(load_config(cfg_text(1)))
+    a.apply_text(cfg_text(2))
+    assert a.rollback(None)["ok"]
+    dp = FakeDataplane(pinned=1)
+    b = Agent(dp, store)
+    # The file still says 2, which was rolled back from: do not undo the rollback.
+    assert b.start(load_config(cfg_text(2))) is None
+    assert dp.applied == [] and b.running.version == 1
+
+
+def test_start_reapplies_when_pins_disagree(tmp_path: Path) -> None:
+    store = VersionStore(tmp_path)
+    dp = FakeDataplane(pinned=9)
+    a = Agent(dp, store)
+    assert a.start(load_config(cfg_text(1))) is None
+    assert dp.applied == [1]
+
+
+def test_start_failure_with_nothing_running_is_an_exit_code(tmp_path: Path) -> None:
+    dp = FakeDataplane()
+    dp.fail_next = "no XDP for you"
+    assert Agent(dp, VersionStore(tmp_path)).start(load_config(cfg_text(1))) == 1
+
+
+# --------------------------------------------------------------------------- memcached watch
+
+
+def test_memcached_restart_or_flush_flushes_the_cache(tmp_path: Path) -> None:
+    from mcache_agent.memcached_stats import RestartDetector
+
+    d = RestartDetector()
+    assert d.observe({"pid": 10, "uptime": 100, "cmd_flush": 0}) is None
+    assert d.observe({"pid": 10, "uptime": 101, "cmd_flush": 0}) is None
+    assert "flushed" in (d.observe({"pid": 10, "uptime": 102, "cmd_flush": 1}) or "")
+    assert "restarted" in (d.observe({"pid": 11, "uptime": 1, "cmd_flush": 0}) or "")
+    assert "backwards" in (d.observe({"pid": 11, "uptime": 0, "cmd_flush": 0}) or "")
+
+
+def test_fetch_stats_against_a_fake_memcached() -> None:
+    from mcache_agent.memcached_stats import fetch_stats
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def serve() -> None:
+        c, _ = srv.accept()
+        with c:
+            assert c.recv(100) == b"stats\r\n"
+            c.sendall(b"STAT pid 4242\r\nSTAT uptime 77\r\nSTAT version 1.6.18\r\n"
+                      b"STAT cmd_get 5\r\nEND\r\n")
+
+    t = threading.Thread(target=serve)
+    t.start()
+    stats = fetch_stats("127.0.0.1", srv.getsockname()[1])
+    t.join()
+    srv.close()
+    assert stats == {"pid": 4242, "uptime": 77, "version": "1.6.18", "cmd_get": 5}
+
+
+# --------------------------------------------------------------------------- metrics and probe
+
+
+def test_metrics_render_from_status(agent: Running) -> None:
+    from prometheus_client import generate_latest
+
+    from mcache_agent.metrics import make_registry
+
+    text = generate_latest(make_registry(agent.agent.status)).decode()
+    assert 'mcache_verdicts_total{verdict="hit"} 3.0' in text
+    assert "mcache_hit_ratio 0.75" in text
+    assert "mcache_config_version 1.0" in text
+    assert 'mcache_last_apply_info{result="ok",strategy="program_swap"} 1.0' in text
+
+
+@pytest.fixture
+def memcached() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["memcached", "-u", "nobody", "-l", "127.0.0.1", "-p", str(port),
+                             "-U", str(port), "-m", "16"])
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_probe_sees_that_memcached_served_the_gets(memcached: int) -> None:
+    """No kernel cache in front: both UDP GETs reach memcached, so the probe must fail,
+    with the value right and the evidence saying why."""
+    from mcache_agent.probe import run_probe
+
+    cfg = load_config(cfg_text(1).replace("port: 11211", f"port: {memcached}")
+                      + "probe: {timeout_ms: 500}\n")
+    result = run_probe(cfg, FakeDataplane())
+    assert result["ok"] is False
+    assert result["value_ok"] is True
+    assert result["hits_before"] == result["hits_after"] == 3
+    assert result["cmd_get_after"] - result["cmd_get_before"] >= 2
+    assert "hit counter did not rise" in result["detail"]
+    assert 0 < result["duration_ms"] < 2000
