@@ -52,9 +52,12 @@
 #define MC_BIN_REQ_MAGIC 0x80
 #define MC_BIN_RES_MAGIC 0x81
 
-/* Tail-call indexes inside one program set's own prog array. */
-#define MC_TAIL_XDP_TCP 0 /* parse writes in a TCP segment */
-#define MC_TAIL_XDP_MAX 4
+/* Tail-call indexes inside one program set's own prog arrays (the agent fills them). */
+#define MC_TAIL_GET_KEY 0   /* xdp_get_key */
+#define MC_TAIL_REPLY 1     /* xdp_reply */
+#define MC_TAIL_SCAN 2      /* xdp_scan */
+#define MC_TAIL_GET_PARSE 3 /* xdp_get_parse */
+#define MC_TAIL_FILL_ITEM 0 /* tc_fill_item */
 
 /*
  * Verdicts, counted per CPU in the "mc_stats" map (index = verdict).

@@ -20,10 +20,10 @@
 
 #include "mcache_parse.h"
 
-#define TAIL_GET_KEY 0
-#define TAIL_REPLY 1
-#define TAIL_SCAN 2
-#define TAIL_GET_PARSE 3
+#define TAIL_GET_KEY MC_TAIL_GET_KEY
+#define TAIL_REPLY MC_TAIL_REPLY
+#define TAIL_SCAN MC_TAIL_SCAN
+#define TAIL_GET_PARSE MC_TAIL_GET_PARSE
 
 #define MC_MAX_SCAN_STEPS 30 /* tail calls are capped at 33 per packet */
 

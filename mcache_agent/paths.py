@@ -27,3 +27,12 @@ def schema_path() -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"{SCHEMA_NAME} not found next to {here} (set MCACHE_SCHEMA)")
+
+
+def bpf_dir() -> Path:
+    """The eBPF C sources: the copy shipped in the wheel, or the repo's bpf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_data" / "bpf", here.parent / "bpf"):
+        if (candidate / "mcache_shared.h").is_file():
+            return candidate
+    raise FileNotFoundError(f"bpf sources not found next to {here}")

@@ -11,10 +11,12 @@ import itertools
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 FRAME = struct.Struct("!HHHH")  # request id, sequence, datagrams in reply, reserved
-BIN_HDR = struct.Struct("!BBHBBHIIQ")  # magic opcode keylen extlen dtype status/vb bodylen opaque cas
+# magic opcode keylen extlen dtype status/vbucket bodylen opaque cas
+BIN_HDR = struct.Struct("!BBHBBHIIQ")
 
 OP_GET = 0x00
 OP_GETQ = 0x09
@@ -45,32 +47,45 @@ def exchange(
     *,
     sock: socket.socket | None = None,
     request_id: int | None = None,
+    complete: Callable[[bytes], bool] | None = None,
 ) -> bytes:
-    """Send one framed request and return the reassembled reply payload."""
+    """Send one framed request and return the reassembled reply payload.
+
+    memcached answers a multi-key get with one message per item (each its own "datagram 0
+    of 1"), so a caller that knows what ends a reply passes `complete` to keep reading.
+    """
     rid = next_request_id() if request_id is None else request_id
     own = sock is None
     s = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.settimeout(timeout)
         s.sendto(frame(rid, payload), (host, port))
-        parts: dict[int, bytes] = {}
-        total = None
-        while total is None or len(parts) < total:
-            try:
-                data = s.recv(65535)
-            except TimeoutError as exc:
-                raise UdpTimeout(f"no reply from {host}:{port} within {timeout}s") from exc
-            if len(data) < FRAME.size:
-                continue
-            r_id, seq, count, _ = FRAME.unpack_from(data)
-            if r_id != rid:
-                continue  # a late reply to an earlier request
-            total = count
-            parts[seq] = data[FRAME.size :]
-        return b"".join(parts[i] for i in sorted(parts))
+        reply = b""
+        while True:
+            parts: dict[int, bytes] = {}
+            total = None
+            while total is None or len(parts) < total:
+                try:
+                    data = s.recv(65535)
+                except TimeoutError as exc:
+                    raise UdpTimeout(f"no reply from {host}:{port} within {timeout}s") from exc
+                if len(data) < FRAME.size:
+                    continue
+                r_id, seq, count, _ = FRAME.unpack_from(data)
+                if r_id != rid:
+                    continue  # a late reply to an earlier request
+                total = count
+                parts[seq] = data[FRAME.size :]
+            reply += b"".join(parts[i] for i in sorted(parts))
+            if complete is None or complete(reply):
+                return reply
     finally:
         if own:
             s.close()
+
+
+def ascii_complete(reply: bytes) -> bool:
+    return reply.endswith((b"END\r\n", b"ERROR\r\n")) or b"ERROR " in reply
 
 
 def parse_ascii_values(reply: bytes) -> dict[bytes, tuple[int, bytes]]:
@@ -96,7 +111,9 @@ def parse_ascii_values(reply: bytes) -> dict[bytes, tuple[int, bytes]]:
 def udp_get_ascii(
     host: str, port: int, keys: list[bytes], timeout: float = 1.0, *, command: bytes = b"get"
 ) -> dict[bytes, bytes]:
-    reply = exchange(host, port, command + b" " + b" ".join(keys) + b"\r\n", timeout)
+    reply = exchange(
+        host, port, command + b" " + b" ".join(keys) + b"\r\n", timeout, complete=ascii_complete
+    )
     return {k: v for k, (_, v) in parse_ascii_values(reply).items()}
 
 

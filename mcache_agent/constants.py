@@ -1,0 +1,41 @@
+"""Constants of the data plane, read from bpf/mcache_shared.h (never copied here)."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+from mcache_agent.paths import bpf_dir
+
+
+@cache
+def shared_header() -> str:
+    return (bpf_dir() / "mcache_shared.h").read_text()
+
+
+@cache
+def defines() -> dict[str, int]:
+    out: dict[str, int] = {}
+    for m in re.finditer(r"^#define\s+(MC_\w+)\s+(0x[0-9a-fA-F]+|\d+)\b", shared_header(), re.M):
+        out[m.group(1)] = int(m.group(2), 0)
+    return out
+
+
+@cache
+def verdicts() -> tuple[str, ...]:
+    """Verdict names by index: MC_V_HIT = 0 -> "hit", ... (MC_V_COUNT excluded)."""
+    body = re.search(r"enum mc_verdict \{(.*?)\};", shared_header(), re.S)
+    if body is None:
+        raise RuntimeError("enum mc_verdict not found in mcache_shared.h")
+    pairs = re.findall(r"MC_V_(\w+)\s*=\s*(\d+)", body.group(1))
+    names = {int(v): k.lower() for k, v in pairs if k != "COUNT"}
+    return tuple(names[i] for i in range(len(names)))
+
+
+def const(name: str) -> int:
+    return defines()[name]
+
+
+def source(name: str) -> Path:
+    return bpf_dir() / name
