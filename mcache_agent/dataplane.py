@@ -378,7 +378,7 @@ class Dataplane:
         for i, b in enumerate(prefix):
             leaf.prefix[i] = b
         # The host itself (probe, local clients over lo) may always read from the cache.
-        nets = list(resolve_allowed_clients(cfg)) + [f"{cfg.memcached.address}/32", "127.0.0.0/8"]
+        nets = [*resolve_allowed_clients(cfg), f"{cfg.memcached.address}/32", "127.0.0.0/8"]
         nets = list(dict.fromkeys(nets))[: constants.const("MC_MAX_ALLOWED")]
         leaf.n_allowed = len(nets)
         for i, net in enumerate(nets):
