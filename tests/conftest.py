@@ -59,6 +59,3 @@ def stop_pid(pid: int) -> None:
         os.kill(pid, 15)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _root_only():
-    assert os.geteuid() == 0, "data-plane tests need root"
