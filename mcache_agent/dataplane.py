@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import ctypes as ct
 import errno
-import hashlib
 import ipaddress
 import json
 import logging
 import os
-import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from typing import Any
 
 from mcache_agent import constants
 from mcache_agent.config import Config, resolve_allowed_clients
+from mcache_agent.dataplane_src import code_hash
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,6 @@ TC_EGRESS_PARENT = "ffff:fff3"
 TC_PRIO = 0xC0DE & 0x7FFF
 META_SIZE = 8192
 
-XDP_PROGS = ("xdp_main", "xdp_get_key", "xdp_reply", "xdp_scan", "xdp_get_parse")
-TC_PROGS = ("tc_main", "tc_fill_item")
-XDP_TAILS = {
-    "xdp_get_key": "MC_TAIL_GET_KEY",
-    "xdp_reply": "MC_TAIL_REPLY",
-    "xdp_scan": "MC_TAIL_SCAN",
-    "xdp_get_parse": "MC_TAIL_GET_PARSE",
-}
-TC_TAILS = {"tc_fill_item": "MC_TAIL_FILL_ITEM"}
 
 
 class DataplaneError(Exception):
@@ -61,38 +53,43 @@ class ApplyResult:
     cache_kept: bool
 
 
-def _bcc() -> Any:
-    import bcc  # imported late: bcc pulls in LLVM (~130 MB), which status and validate never need
+class _Libbpf:
+    """libbpf through ctypes: the daemon needs a handful of syscall wrappers, not bcc's LLVM."""
 
-    return bcc
-
-
-def _lib() -> Any:
-    return _bcc().libbcc.lib
-
-
-def inline_source(path: Path, seen: set[Path] | None = None) -> str:
-    """The C file with its local includes pasted in: bcc rewrites map calls
-    (table.lookup(), .call()) only in the main file, not in included headers."""
-    seen = set() if seen is None else seen
-    out: list[str] = []
-    for line in path.read_text().splitlines(keepends=True):
-        m = re.match(r'#include "(.+)"', line)
-        if m:
-            inc = path.parent / m.group(1)
-            if inc not in seen:
-                seen.add(inc)
-                out.append(inline_source(inc, seen))
-            continue
-        out.append(line)
-    return "".join(out)
+    def __init__(self) -> None:
+        lib = ct.CDLL("libbpf.so.1", use_errno=True)
+        self.obj_get = lib.bpf_obj_get
+        self.obj_get.argtypes = [ct.c_char_p]
+        self.obj_pin = lib.bpf_obj_pin
+        self.obj_pin.argtypes = [ct.c_int, ct.c_char_p]
+        self.update = lib.bpf_map_update_elem
+        self.update.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]
+        self.lookup = lib.bpf_map_lookup_elem
+        self.lookup.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+        self.map_create = lib.bpf_map_create
+        self.map_create.argtypes = [
+            ct.c_int, ct.c_char_p, ct.c_uint32, ct.c_uint32, ct.c_uint32, ct.c_void_p,
+        ]
+        self.xdp_attach = lib.bpf_xdp_attach
+        self.xdp_attach.argtypes = [ct.c_int, ct.c_int, ct.c_uint32, ct.c_void_p]
+        self.xdp_detach = lib.bpf_xdp_detach
+        self.xdp_detach.argtypes = [ct.c_int, ct.c_uint32, ct.c_void_p]
+        self.possible_cpus = lib.libbpf_num_possible_cpus
 
 
-def code_hash() -> str:
-    h = hashlib.sha256()
-    for f in sorted(constants.source("x").parent.glob("*.[ch]")):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+_LIB: _Libbpf | None = None
+
+
+def _lib() -> _Libbpf:
+    global _LIB
+    if _LIB is None:
+        _LIB = _Libbpf()
+    return _LIB
+
+
+def _errno(ret: int) -> str:
+    # libbpf 1.x returns -errno, and sets errno too
+    return os.strerror(-ret if ret < 0 and ret != -1 else ct.get_errno())
 
 
 def _net_u32(addr: str) -> int:
@@ -105,9 +102,7 @@ def _net_u16(port: int) -> int:
 
 
 def _possible_cpus() -> int:
-    from bcc.utils import get_possible_cpus
-
-    return len(get_possible_cpus())
+    return int(_lib().possible_cpus())
 
 
 def _link_kind(name: str) -> str:
@@ -126,7 +121,6 @@ class Dataplane:
         self.pin = Path(bpffs)
         self._lock = threading.RLock()
         self._cfg_leaf: Any = None
-        self._keep: list[Any] = []  # BPF objects of the running set (their fds)
 
     # ------------------------------------------------------------ pins
 
@@ -134,9 +128,9 @@ class Dataplane:
         return str(self.pin / name).encode()
 
     def _obj_get(self, name: str) -> int:
-        fd = _lib().bpf_obj_get(self._p(name))
+        fd = _lib().obj_get(self._p(name))
         if fd < 0:
-            raise DataplaneError(f"{self.pin / name}: not pinned ({os.strerror(ct.get_errno())})")
+            raise DataplaneError(f"{self.pin / name}: not pinned ({_errno(fd)})")
         return fd
 
     def _pin_fd(self, fd: int, name: str) -> None:
@@ -144,8 +138,9 @@ class Dataplane:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             path.unlink()
-        if _lib().bpf_obj_pin(fd, str(path).encode()) != 0:
-            raise DataplaneError(f"cannot pin {path}: {os.strerror(ct.get_errno())}")
+        ret = _lib().obj_pin(fd, str(path).encode())
+        if ret != 0:
+            raise DataplaneError(f"cannot pin {path}: {_errno(ret)}")
 
     def _ensure_bpffs(self) -> None:
         base = Path("/sys/fs/bpf")
@@ -164,7 +159,7 @@ class Dataplane:
         try:
             buf = ct.create_string_buffer(META_SIZE)
             key = ct.c_int(0)
-            if _lib().bpf_lookup_elem(fd, ct.byref(key), buf) != 0:
+            if _lib().lookup(fd, ct.byref(key), buf) != 0:
                 return None
             raw = buf.raw.split(b"\0", 1)[0]
             return json.loads(raw) if raw else None
@@ -176,7 +171,7 @@ class Dataplane:
         if len(data) >= META_SIZE:
             raise DataplaneError("meta record too large")
         if not (self.pin / "meta").exists():
-            fd = _lib().bcc_create_map(BPF_MAP_TYPE_ARRAY, b"mc_meta", 4, META_SIZE, 1, 0)
+            fd = _lib().map_create(BPF_MAP_TYPE_ARRAY, b"mc_meta", 4, META_SIZE, 1, None)
             if fd < 0:
                 raise DataplaneError(f"cannot create meta map: {os.strerror(ct.get_errno())}")
             self._pin_fd(fd, "meta")
@@ -185,7 +180,7 @@ class Dataplane:
         try:
             buf = ct.create_string_buffer(data, META_SIZE)
             key = ct.c_int(0)
-            if _lib().bpf_update_elem(fd, ct.byref(key), buf, 0) != 0:
+            if _lib().update(fd, ct.byref(key), buf, 0) != 0:
                 raise DataplaneError(f"cannot write meta: {os.strerror(ct.get_errno())}")
         finally:
             os.close(fd)
@@ -260,7 +255,7 @@ class Dataplane:
             vals = (ct.c_uint64 * ncpu)()
             for i, name in enumerate(names):
                 key = ct.c_uint32(i)
-                if _lib().bpf_lookup_elem(fd, ct.byref(key), vals) != 0:
+                if _lib().lookup(fd, ct.byref(key), vals) != 0:
                     out[name] = 0
                     continue
                 out[name] = int(sum(vals))
@@ -284,7 +279,7 @@ class Dataplane:
             buf = ct.create_string_buffer(slot["size"])
             for i in range(entries):
                 key = ct.c_uint32(i)
-                if _lib().bpf_lookup_elem(fd, ct.byref(key), buf) != 0:
+                if _lib().lookup(fd, ct.byref(key), buf) != 0:
                     continue
                 valid = int.from_bytes(buf.raw[slot["valid"] : slot["valid"] + 4], "little")
                 sgen = int.from_bytes(buf.raw[slot["gen"] : slot["gen"] + 8], "little")
@@ -308,10 +303,10 @@ class Dataplane:
         try:
             buf = ct.create_string_buffer(16)
             key = ct.c_uint32(0)
-            _lib().bpf_lookup_elem(fd, ct.byref(key), buf)
+            _lib().lookup(fd, ct.byref(key), buf)
             gen = int.from_bytes(buf.raw[:8], "little") + 1
             new = ct.create_string_buffer(gen.to_bytes(8, "little") + buf.raw[8:16], 16)
-            _lib().bpf_update_elem(fd, ct.byref(key), new, 0)
+            _lib().update(fd, ct.byref(key), new, 0)
         finally:
             os.close(fd)
 
@@ -323,7 +318,6 @@ class Dataplane:
                     self._detach_one(i)
                 except Exception as exc:  # keep going: leave as little behind as possible
                     log.warning("detach %s: %s", i["interface"], exc)
-            self._keep.clear()
             if self.pin.exists():
                 shutil.rmtree(self.pin, ignore_errors=True)
 
@@ -334,7 +328,7 @@ class Dataplane:
         try:
             buf = ct.create_string_buffer(16)
             key = ct.c_uint32(0)
-            _lib().bpf_lookup_elem(fd, ct.byref(key), buf)
+            _lib().lookup(fd, ct.byref(key), buf)
             return int.from_bytes(buf.raw[:8], "little")
         finally:
             os.close(fd)
@@ -351,106 +345,125 @@ class Dataplane:
             ]
         return flags
 
-    def _config_leaf_type(self) -> Any:
+    def _config_layout(self) -> dict[str, Any]:
         if self._cfg_leaf is None:
-            bcc = _bcc()
-            text = inline_source(constants.source("mcache_shared.h")) + (
-                "\nBPF_ARRAY(mc_cfg_layout, struct mc_config, 1);\n"
-            )
-            b = bcc.BPF(text=text)
-            self._cfg_leaf = b["mc_cfg_layout"].Leaf
+            self._cfg_leaf = self._worker("layout")[0]["config"]
         return self._cfg_leaf
 
-    def _config_value(self, cfg: Config) -> Any:
-        leaf = self._config_leaf_type()()
+    def _config_value(self, cfg: Config) -> bytes:
         c = cfg.cache
-        leaf.version = cfg.version
-        leaf.enabled = 1 if c.enabled else 0
-        leaf.ttl_ns = c.ttl_ms * 1_000_000
-        leaf.fill_hold_ns = c.fill_hold_ms * 1_000_000
-        leaf.server_addr = _net_u32(cfg.memcached.address)
-        leaf.port = _net_u16(cfg.memcached.port)
-        leaf.protocols = (constants.const("MC_PROTO_ASCII") if "ascii" in c.protocols else 0) | (
-            constants.const("MC_PROTO_BINARY") if "binary" in c.protocols else 0
-        )
         prefix = c.key_prefix.encode()
-        leaf.prefix_len = len(prefix)
-        for i, b in enumerate(prefix):
-            leaf.prefix[i] = b
         # The host itself (probe, local clients over lo) may always read from the cache.
         nets = [*resolve_allowed_clients(cfg), f"{cfg.memcached.address}/32", "127.0.0.0/8"]
         nets = list(dict.fromkeys(nets))[: constants.const("MC_MAX_ALLOWED")]
-        leaf.n_allowed = len(nets)
-        for i, net in enumerate(nets):
+        allowed = []
+        for net in nets:
             n = ipaddress.IPv4Network(net, strict=False)
-            leaf.allowed[i].addr = _net_u32(str(n.network_address))
-            leaf.allowed[i].mask = _net_u32(str(n.netmask))
-        for i, (name, _, role) in enumerate(self._wanted_interfaces(cfg)):
-            if role == "serve":
-                leaf.serve_ifindex[i] = socket.if_nametoindex(name)
-        return leaf
+            allowed.append(
+                {"addr": _net_u32(str(n.network_address)), "mask": _net_u32(str(n.netmask))}
+            )
+        serve = [
+            socket.if_nametoindex(name)
+            for name, _, role in self._wanted_interfaces(cfg)
+            if role == "serve"
+        ]
+        proto = (constants.const("MC_PROTO_ASCII") if "ascii" in c.protocols else 0) | (
+            constants.const("MC_PROTO_BINARY") if "binary" in c.protocols else 0
+        )
+        values = {
+            "version": cfg.version,
+            "enabled": 1 if c.enabled else 0,
+            "ttl_ns": c.ttl_ms * 1_000_000,
+            "fill_hold_ns": c.fill_hold_ms * 1_000_000,
+            "server_addr": _net_u32(cfg.memcached.address),
+            "port": _net_u16(cfg.memcached.port),
+            "protocols": proto,
+            "prefix_len": len(prefix),
+            "prefix": list(prefix),
+            "n_allowed": len(allowed),
+            "allowed": allowed,
+            "serve_ifindex": serve,
+        }
+        return pack(self._config_layout(), values)
 
     def _write_config(self, cfg: Config) -> float:
         """Map hot swap: a fresh inner config map, filled, then put into slot 0 in one update."""
         leaf = self._config_value(cfg)
-        inner = _lib().bcc_create_map(BPF_MAP_TYPE_ARRAY, b"mc_cfg", 4, ct.sizeof(leaf), 1, 0)
+        inner = _lib().map_create(BPF_MAP_TYPE_ARRAY, b"mc_cfg", 4, len(leaf), 1, None)
         if inner < 0:
             raise DataplaneError(f"cannot create config map: {os.strerror(ct.get_errno())}")
         outer = self._obj_get("cfg")
         try:
             key = ct.c_int(0)
-            if _lib().bpf_update_elem(inner, ct.byref(key), ct.byref(leaf), 0) != 0:
+            value = ct.create_string_buffer(bytes(leaf), len(leaf))
+            if _lib().update(inner, ct.byref(key), value, 0) != 0:
                 raise DataplaneError(f"cannot fill config map: {os.strerror(ct.get_errno())}")
             val = ct.c_int(inner)
             t0 = time.perf_counter()
-            if _lib().bpf_update_elem(outer, ct.byref(key), ct.byref(val), 0) != 0:
+            if _lib().update(outer, ct.byref(key), ct.byref(val), 0) != 0:
                 raise DataplaneError(f"config map swap refused: {os.strerror(ct.get_errno())}")
             return (time.perf_counter() - t0) * 1000
         finally:
             os.close(inner)
             os.close(outer)
 
+    def _worker(self, *kinds: str, cflags: list[str] | None = None, set_id: str = "") -> list[Any]:
+        """Run loader workers (in parallel) and return their JSON results, in order."""
+        procs = []
+        for kind in kinds:
+            argv = [sys.executable, "-m", "mcache_agent.loader", kind, "--bpffs", str(self.pin)]
+            if set_id:
+                argv += ["--set", set_id]
+            for f in cflags or []:
+                argv.append(f"--cflag={f}")
+            procs.append(
+                subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            )
+        results, errors = [], []
+        for kind, proc in zip(kinds, procs, strict=True):
+            out, err = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                errors.append(f"{kind}: {err.strip() or f'exit {proc.returncode}'}")
+                continue
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        if errors:
+            raise DataplaneError("; ".join(errors))
+        return results
+
     def _program_swap(self, cfg: Config, meta: dict[str, Any] | None) -> tuple[float, bool]:
-        bcc = _bcc()
         set_id = str(time.time_ns())
         self._set = set_id
-        cflags = self._cflags(cfg)
-        created: list[str] = []
+        set_dir = self.pin / "sets" / set_id
         try:
-            xdp = bcc.BPF(text=inline_source(constants.source("xdp_ingress.c")), cflags=cflags)
-            tc = bcc.BPF(text=inline_source(constants.source("tc_egress.c")), cflags=cflags)
-            xfn = {n: xdp.load_func(n, bcc.BPF.XDP) for n in XDP_PROGS}
-            tfn = {n: tc.load_func(n, bcc.BPF.SCHED_CLS) for n in TC_PROGS}
-            for name, idx in XDP_TAILS.items():
-                xdp["mc_xdp_jmp"][ct.c_int(constants.const(idx))] = ct.c_int(xfn[name].fd)
-            for name, idx in TC_TAILS.items():
-                tc["mc_tc_jmp"][ct.c_int(constants.const(idx))] = ct.c_int(tfn[name].fd)
-            # A prog array empties when its last user reference goes: pin it.
-            self._pin_fd(xdp["mc_xdp_jmp"].get_fd(), f"sets/{set_id}/xdp_jmp")
-            self._pin_fd(tc["mc_tc_jmp"].get_fd(), f"sets/{set_id}/tc_jmp")
-            self._pin_fd(xfn["xdp_main"].fd, f"sets/{set_id}/xdp_main")
-            self._pin_fd(tfn["tc_main"].fd, f"sets/{set_id}/tc_main")
-            created.append(f"sets/{set_id}")
-            leaf_t = xdp["mc_cache"].Leaf
-            self._slot_layout = {
-                "size": ct.sizeof(leaf_t),
-                "valid": leaf_t.valid.offset,
-                "gen": leaf_t.gen.offset,
-            }
+            cflags = self._cflags(cfg)
+            kinds = ["xdp", "tc"]
+            if not ((self.pin / "xdp_root").exists() and (self.pin / "tc_root").exists()):
+                kinds.append("root")
+            if not (self.pin / _cache_pin(cfg.shape())).exists() or not (self.pin / "conn").exists():
+                # The first to compile creates and pins the shared maps; two racing workers
+                # would both try. Later sets find them pinned and compile in parallel.
+                (xdp,) = self._worker("xdp", cflags=cflags, set_id=set_id)
+                self._worker(*kinds[1:], cflags=cflags, set_id=set_id)
+            else:
+                xdp, *_ = self._worker(*kinds, cflags=cflags, set_id=set_id)
+            self._slot_layout = xdp["slot"]
             self._write_config(cfg)
-            self._ensure_roots()
-            t0 = time.perf_counter()
-            # Ingress first: while the old egress still runs it fills only the old cache,
-            # which nobody reads any more; the reverse order could fill the new cache with
-            # a value whose write only the old ingress saw.
-            self._set_root("xdp_root_jmp", xfn["xdp_main"].fd)
-            self._set_root("tc_root_jmp", tfn["tc_main"].fd)
-            swap_ms = (time.perf_counter() - t0) * 1000
+            xdp_main = self._obj_get(f"sets/{set_id}/xdp_main")
+            tc_main = self._obj_get(f"sets/{set_id}/tc_main")
+            try:
+                t0 = time.perf_counter()
+                # Ingress first: while the old egress still runs it fills only the old cache,
+                # which nobody reads any more; the reverse order could fill the new cache with
+                # a value whose write only the old ingress saw.
+                self._set_root("xdp_root_jmp", xdp_main)
+                self._set_root("tc_root_jmp", tc_main)
+                swap_ms = (time.perf_counter() - t0) * 1000
+            finally:
+                os.close(xdp_main)
+                os.close(tc_main)
         except Exception as exc:
-            for c in created:
-                shutil.rmtree(self.pin / c, ignore_errors=True)
+            shutil.rmtree(set_dir, ignore_errors=True)
             raise DataplaneError(f"program set not loaded: {exc}") from exc
-        self._keep = [xdp, tc]
         cache_kept = bool(meta) and list(cfg.shape()) == meta["shape"]
         # Retire the old set and, if the shape changed, the old cache.
         if meta and meta.get("set"):
@@ -459,22 +472,12 @@ class Dataplane:
             (self.pin / _cache_pin(meta["shape"])).unlink(missing_ok=True)
         return swap_ms, cache_kept
 
-    def _ensure_roots(self) -> None:
-        if (self.pin / "xdp_root").exists() and (self.pin / "tc_root").exists():
-            return
-        bcc = _bcc()
-        root = bcc.BPF(text=inline_source(constants.source("root.c")), cflags=self._cflags(None))
-        x = root.load_func("xdp_root", bcc.BPF.XDP)
-        t = root.load_func("tc_root", bcc.BPF.SCHED_CLS)
-        self._pin_fd(x.fd, "xdp_root")
-        self._pin_fd(t.fd, "tc_root")
-
     def _set_root(self, jmp: str, prog_fd: int) -> None:
         fd = self._obj_get(jmp)
         try:
             key = ct.c_int(0)
             val = ct.c_int(prog_fd)
-            if _lib().bpf_update_elem(fd, ct.byref(key), ct.byref(val), 0) != 0:
+            if _lib().update(fd, ct.byref(key), ct.byref(val), 0) != 0:
                 raise DataplaneError(f"{jmp}: switch refused: {os.strerror(ct.get_errno())}")
         finally:
             os.close(fd)
@@ -516,9 +519,8 @@ class Dataplane:
         return out
 
     def _attach_xdp(self, name: str, requested: str) -> str:
-        bcc = _bcc()
         fd = self._obj_get("xdp_root")
-        fn = bcc.BPF.Function(None, b"xdp_root", fd)
+        ifindex = socket.if_nametoindex(name)
         try:
             mode = requested
             if requested == "auto":
@@ -526,14 +528,14 @@ class Dataplane:
                 # and lo has no native mode: both get generic.
                 mode = "generic" if name == "lo" or _link_kind(name) == "veth" else "native"
             if mode == "native":
-                try:
-                    bcc.BPF.attach_xdp(name, fn, XDP_FLAGS_DRV_MODE)
+                ret = _lib().xdp_attach(ifindex, fd, XDP_FLAGS_DRV_MODE, None)
+                if ret == 0:
                     return "native"
-                except Exception as exc:
-                    if requested == "native":
-                        raise DataplaneError(f"{name}: native XDP refused: {exc}") from exc
-                    mode = "generic"
-            bcc.BPF.attach_xdp(name, fn, XDP_FLAGS_SKB_MODE)
+                if requested == "native":
+                    raise DataplaneError(f"{name}: native XDP refused: {_errno(ret)}")
+            ret = _lib().xdp_attach(ifindex, fd, XDP_FLAGS_SKB_MODE, None)
+            if ret != 0:
+                raise DataplaneError(f"{name}: generic XDP refused: {_errno(ret)}")
             return "generic"
         finally:
             os.close(fd)
@@ -575,8 +577,10 @@ class Dataplane:
         name = entry["interface"]
         flags = XDP_FLAGS_DRV_MODE if entry.get("mode") == "native" else XDP_FLAGS_SKB_MODE
         try:
-            _bcc().BPF.remove_xdp(name, flags)
-        except Exception as exc:
+            ret = _lib().xdp_detach(socket.if_nametoindex(name), flags, None)
+            if ret != 0:
+                log.warning("remove xdp from %s: %s", name, _errno(ret))
+        except OSError as exc:
             log.warning("remove xdp from %s: %s", name, exc)
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=name)
@@ -620,3 +624,27 @@ def _mount_bpffs(base: Path) -> None:
         err = ct.get_errno()
         if err != errno.EBUSY:
             raise DataplaneError(f"cannot mount bpffs on {base}: {os.strerror(err)}")
+
+
+def pack(layout: dict[str, Any], value: Any) -> bytes:
+    """Bytes of a C value from its layout (see loader.ctype_layout): ints little-endian,
+    arrays from lists or bytes, structs from dicts; whatever is not given is zero."""
+    buf = bytearray(layout["size"])
+    _pack_into(buf, 0, layout, value)
+    return bytes(buf)
+
+
+def _pack_into(buf: bytearray, off: int, layout: dict[str, Any], value: Any) -> None:
+    kind = layout["kind"]
+    if kind == "int":
+        buf[off : off + layout["size"]] = int(value).to_bytes(layout["size"], "little")
+    elif kind == "array":
+        elem = layout["elem"]
+        if len(value) > layout["length"]:
+            raise DataplaneError(f"{len(value)} items for an array of {layout['length']}")
+        for i, v in enumerate(value):
+            _pack_into(buf, off + i * elem["size"], elem, v)
+    else:
+        for name, v in value.items():
+            f = layout["fields"][name]
+            _pack_into(buf, off + f["offset"], f, v)

@@ -1,0 +1,114 @@
+"""Compile and load one piece of the data plane in a short-lived worker process.
+
+bcc's compiler (LLVM) costs ~130 MB of resident memory for as long as a process lives, and
+is not thread-safe. So the long-lived daemon never imports it: for every program set it
+starts workers (the XDP and TC halves compile in parallel), each compiles, loads, fills its
+own fresh prog array, pins what it made under <bpffs>/sets/<id>/, prints a JSON line with
+what the daemon needs (struct layouts), and exits. The pins keep everything alive.
+
+    python -m mcache_agent.loader {xdp|tc|root|layout} --bpffs DIR [--set ID] [--cflag F]...
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes as ct
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from mcache_agent import constants
+from mcache_agent.dataplane_src import inline_source
+
+XDP_PROGS = ("xdp_main", "xdp_get_key", "xdp_reply", "xdp_scan", "xdp_get_parse")
+TC_PROGS = ("tc_main", "tc_fill_item")
+TAILS = {
+    "xdp_get_key": "MC_TAIL_GET_KEY",
+    "xdp_reply": "MC_TAIL_REPLY",
+    "xdp_scan": "MC_TAIL_SCAN",
+    "xdp_get_parse": "MC_TAIL_GET_PARSE",
+    "tc_fill_item": "MC_TAIL_FILL_ITEM",
+}
+
+
+def ctype_layout(t: Any) -> dict[str, Any]:
+    """A ctypes type as JSON: scalars by size, arrays and structs recursively, with offsets."""
+    if hasattr(t, "_fields_"):
+        fields = {}
+        for f in t._fields_:
+            name, ftype = f[0], f[1]
+            desc = getattr(t, name)
+            fields[name] = {"offset": desc.offset, **ctype_layout(ftype)}
+        return {"kind": "struct", "size": ct.sizeof(t), "fields": fields}
+    if hasattr(t, "_length_"):
+        return {
+            "kind": "array",
+            "size": ct.sizeof(t),
+            "length": t._length_,
+            "elem": ctype_layout(t._type_),
+        }
+    return {"kind": "int", "size": ct.sizeof(t)}
+
+
+def _pin(lib: Any, fd: int, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.unlink()
+    if lib.bpf_obj_pin(fd, str(path).encode()) != 0:
+        raise OSError(ct.get_errno(), f"cannot pin {path}")
+
+
+def load(kind: str, bpffs: Path, set_id: str, cflags: list[str]) -> dict[str, Any]:
+    import bcc
+
+    lib = bcc.libbcc.lib
+    if kind == "layout":
+        text = inline_source(constants.source("mcache_shared.h"))
+        b = bcc.BPF(text=text + "\nBPF_ARRAY(mc_cfg_layout, struct mc_config, 1);\n")
+        return {"config": ctype_layout(b["mc_cfg_layout"].Leaf)}
+    if kind == "root":
+        b = bcc.BPF(text=inline_source(constants.source("root.c")), cflags=cflags)
+        _pin(lib, b.load_func("xdp_root", bcc.BPF.XDP).fd, bpffs / "xdp_root")
+        _pin(lib, b.load_func("tc_root", bcc.BPF.SCHED_CLS).fd, bpffs / "tc_root")
+        return {}
+    src, progs, ptype, jmp = {
+        "xdp": ("xdp_ingress.c", XDP_PROGS, bcc.BPF.XDP, "mc_xdp_jmp"),
+        "tc": ("tc_egress.c", TC_PROGS, bcc.BPF.SCHED_CLS, "mc_tc_jmp"),
+    }[kind]
+    b = bcc.BPF(text=inline_source(constants.source(src)), cflags=cflags)
+    fns = {n: b.load_func(n, ptype) for n in progs}
+    for name, fn in fns.items():
+        if name in TAILS:
+            b[jmp][ct.c_int(constants.const(TAILS[name]))] = ct.c_int(fn.fd)
+    set_dir = bpffs / "sets" / set_id
+    # A prog array empties when its last user reference goes: pin it, and the entry.
+    _pin(lib, b[jmp].get_fd(), set_dir / f"{kind}_jmp")
+    _pin(lib, fns[progs[0]].fd, set_dir / progs[0])
+    out: dict[str, Any] = {"entry": progs[0]}
+    if kind == "xdp":
+        leaf = b["mc_cache"].Leaf
+        out["slot"] = {"size": ct.sizeof(leaf), "valid": leaf.valid.offset, "gen": leaf.gen.offset}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mcache_agent.loader")
+    ap.add_argument("kind", choices=("xdp", "tc", "root", "layout"))
+    ap.add_argument("--bpffs", type=Path, required=True)
+    ap.add_argument("--set", default="")
+    ap.add_argument("--cflag", action="append", default=[])
+    args = ap.parse_args(argv)
+    try:
+        result = load(args.kind, args.bpffs, args.set, args.cflag)
+    except Exception as exc:  # the daemon shows this in full
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    os._exit(0)  # skip bcc's teardown: the pins keep everything; closing fds is all that is left
+
+
+if __name__ == "__main__":
+    sys.exit(main())

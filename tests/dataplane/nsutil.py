@@ -1,0 +1,126 @@
+"""Shared helpers for the data-plane tests: network namespaces entered in-process (setns, no
+/sys remount, so bpffs pins stay visible), memcached in a namespace, and a Dataplane applied
+inside a namespace."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def in_ns(name: str):
+    """Run the block with this thread in netns `name`; sockets created inside stay there."""
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+        yield
+    finally:
+        _libc.setns(home, CLONE_NEWNET)
+        os.close(home)
+        os.close(target)
+
+
+def make_config(text: str):
+    from mcache_agent.config import load_config
+
+    return load_config(textwrap.dedent(text))
+
+
+def start_memcached(ns: str, addr: str, pidfile: Path) -> int:
+    pidfile.unlink(missing_ok=True)
+    sh(f"nsenter --net=/var/run/netns/{ns} memcached -u nobody -l {addr} -p 11211 -U 11211 "
+       f"-d -P {pidfile}")
+    for _ in range(50):
+        if pidfile.exists() and pidfile.read_text().strip():
+            return int(pidfile.read_text())
+        time.sleep(0.05)
+    raise RuntimeError("memcached did not start")
+
+
+def stop_pid(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 15)
+
+
+
+
+class Pair:
+    """Server namespace (memcached + Dataplane on its veth) and client namespace."""
+
+    def __init__(self, tag: str, net: int, *, fill_hold_ms: int = 0, ttl_ms: int = 60000,
+                 xdp_mode: str = "auto") -> None:
+        self.s, self.c = f"mct{tag}-s", f"mct{tag}-c"
+        self.sif, self.cif = f"mct{tag}s0", f"mct{tag}c0"
+        self.saddr, self.caddr = f"198.19.{net}.1", f"198.19.{net}.2"
+        self.net = net
+        self.pin = Path(f"/sys/fs/bpf/mcache-test-{tag}")
+        self.pidfile = Path(f"/tmp/mcache-test-{tag}-memcached.pid")
+        self.version = 0
+        self.fill_hold_ms, self.ttl_ms, self.xdp_mode = fill_hold_ms, ttl_ms, xdp_mode
+        self.pid = None
+        self.dp = None
+
+    def up(self) -> "Pair":
+        from mcache_agent.dataplane import Dataplane
+
+        self.down_ns()
+        sh(f"ip netns add {self.s} && ip netns add {self.c}")
+        sh(f"ip link add {self.sif} netns {self.s} type veth peer name {self.cif} netns {self.c}")
+        sh(f"ip -n {self.s} addr add {self.saddr}/24 dev {self.sif} && "
+           f"ip -n {self.c} addr add {self.caddr}/24 dev {self.cif} && "
+           f"ip -n {self.s} link set {self.sif} up && ip -n {self.c} link set {self.cif} up && "
+           f"ip -n {self.s} link set lo up && ip -n {self.c} link set lo up")
+        self.pid = start_memcached(self.s, self.saddr, self.pidfile)
+        self.dp = Dataplane(self.pin)
+        self.apply()
+        return self
+
+    def config_text(self, **over) -> str:
+        c = {"ttl_ms": self.ttl_ms, "fill_hold_ms": self.fill_hold_ms, "enabled": "true"}
+        c.update(over)
+        return f"""
+apiVersion: mcache/v1
+version: {self.version}
+memcached: {{address: {self.saddr}, port: 11211}}
+interfaces: [{{name: {self.sif}, xdp_mode: {self.xdp_mode}}}]
+cache:
+  entries: 4096
+  ttl_ms: {c['ttl_ms']}
+  fill_hold_ms: {c['fill_hold_ms']}
+  enabled: {c['enabled']}
+  allowed_clients: [198.19.{self.net}.0/24]
+"""
+
+    def apply(self, **over) -> None:
+        self.version += 1
+        with in_ns(self.s):
+            self.dp.apply(make_config(self.config_text(**over)), None)
+
+    def down_ns(self) -> None:
+        sh(f"ip netns del {self.s}", check=False)
+        sh(f"ip netns del {self.c}", check=False)
+
+    def down(self) -> None:
+        if self.dp is not None:
+            with in_ns(self.s):
+                self.dp.teardown()
+        if self.pid:
+            stop_pid(self.pid)
+        self.down_ns()

@@ -1,0 +1,234 @@
+"""The data plane in front of a real memcached, between two network namespaces."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+from nsutil import Pair, in_ns
+from pymemcache.client.base import Client
+
+from mcache_agent import udp_client as uc
+
+
+@pytest.fixture(scope="module")
+def pair():
+    p = Pair("f", 10).up()
+    yield p
+    p.down()
+
+
+class Ctx:
+    def __init__(self, pair: Pair, ns: str):
+        self.p, self.ns = pair, ns
+        with in_ns(ns):
+            self.mc = Client((pair.saddr, 11211), timeout=2, connect_timeout=2,
+                             default_noreply=False)
+            self.mc.version()  # connect now: the socket lives in this namespace
+
+    def udp_get(self, *keys: bytes) -> dict[bytes, bytes]:
+        with in_ns(self.ns):
+            return uc.udp_get_ascii(self.p.saddr, 11211, list(keys), timeout=2)
+
+    def udp_bin(self, key: bytes, opcode=uc.OP_GET) -> uc.BinaryReply:
+        with in_ns(self.ns):
+            return uc.udp_get_binary(self.p.saddr, 11211, key, opcode=opcode, timeout=2)
+
+    def udp_raw(self, payload: bytes) -> bytes:
+        with in_ns(self.ns):
+            return uc.exchange(self.p.saddr, 11211, payload, timeout=2)
+
+    def cmd_get(self) -> int:
+        return int(self.mc.stats()[b"cmd_get"])
+
+    def counters(self):
+        return self.p.dp.counters()
+
+    def cached(self, key: bytes, value: bytes) -> None:
+        """Store key over TCP and get it into the cache; assert the kernel serves it."""
+        self.mc.set(key, value)
+        assert self.udp_get(key) == {key: value}  # miss, fills
+        before, gets = self.counters(), self.cmd_get()
+        assert self.udp_get(key) == {key: value}
+        after = self.counters()
+        assert after["hit"] == before["hit"] + 1, (before, after)
+        assert self.cmd_get() == gets, "memcached saw a GET the cache should have answered"
+
+
+@pytest.fixture(scope="module")
+def cli(pair):
+    return Ctx(pair, pair.c)
+
+
+def test_hit_served_by_the_kernel(cli):
+    cli.cached(b"hk", b"hello")
+    before, gets = cli.counters(), cli.cmd_get()
+    for _ in range(5):
+        assert cli.udp_get(b"hk") == {b"hk": b"hello"}
+    assert cli.counters()["hit"] - before["hit"] == 5
+    assert cli.cmd_get() == gets
+
+
+def _gets_cas(c: Client, key: bytes) -> bytes:
+    return c.gets(key)[1]
+
+
+WRITES = {
+    "set": (lambda c, k: c.set(k, b"new"), b"new"),
+    "add_existing": (lambda c, k: c.add(k, b"new"), b"old"),
+    "replace": (lambda c, k: c.replace(k, b"new"), b"new"),
+    "append": (lambda c, k: c.append(k, b"+a"), b"old+a"),
+    "prepend": (lambda c, k: c.prepend(k, b"p+"), b"p+old"),
+    "cas": (lambda c, k: c.cas(k, b"new", _gets_cas(c, k)), b"new"),
+    "touch": (lambda c, k: c.touch(k, 100), b"old"),
+    "delete": (lambda c, k: c.delete(k), None),
+    "flush_all": (lambda c, k: c.flush_all(), None),
+    "gat": (lambda c, k: c.raw_command(b"gat 100 " + k, b"END"), b"old"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRITES))
+def test_tcp_write_then_udp_get_sees_memcached(cli, name):
+    key = b"w_" + name.encode()
+    cli.cached(key, b"old")
+    op, want = WRITES[name]
+    before = cli.counters()
+    op(cli.mc, key)
+    after = cli.counters()
+    assert (after["invalidate"] - before["invalidate"]) + (after["flush"] - before["flush"]) >= 1
+    got = cli.udp_get(key)
+    assert got.get(key) == want
+    assert got.get(key) == cli.mc.get(key)
+
+
+@pytest.mark.parametrize("op,want", [("incr", b"11"), ("decr", b"9")])
+def test_tcp_incr_decr(cli, op, want):
+    key = b"n_" + op.encode()
+    cli.cached(key, b"10")
+    getattr(cli.mc, op)(key, 1)
+    assert cli.udp_get(key) == {key: want}
+
+
+@pytest.mark.parametrize("payload,want", [
+    (b"set {k} 0 0 3\r\nnew\r\n", b"new"),
+    (b"delete {k}\r\n", None),
+    (b"append {k} 0 0 2\r\n+u\r\n", b"old+u"),
+])
+def test_udp_write_then_get(cli, payload, want):
+    key = b"u_" + payload.split()[0]
+    cli.cached(key, b"old")
+    reply = cli.udp_raw(payload.replace(b"{k}", key))
+    assert reply in (b"STORED\r\n", b"DELETED\r\n")
+    assert cli.udp_get(key).get(key) == want
+
+
+def test_binary_set_over_tcp(cli):
+    key = b"bin_set"
+    cli.cached(key, b"old")
+    with in_ns(cli.ns):
+        s = socket.create_connection((cli.p.saddr, 11211), timeout=2)
+    with s:
+        s.sendall(uc.binary_request(0x01, key, extras=struct.pack("!II", 7, 0), value=b"new"))
+        hdr = s.recv(24)
+        assert hdr[0] == 0x81 and struct.unpack("!H", hdr[6:8])[0] == 0
+    assert cli.udp_get(key) == {key: b"new"}
+
+
+def test_value_split_across_tcp_segments_then_write(cli):
+    """A set whose value spans segments (sent in two writes with a pause), then a delete of a
+    cached key in the next segment: the delete is seen."""
+    cli.cached(b"seg_victim", b"old")
+    with in_ns(cli.ns):
+        s = socket.create_connection((cli.p.saddr, 11211), timeout=2)
+    with s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(b"set seg_big 0 0 20\r\n0123456789")
+        time.sleep(0.05)
+        s.sendall(b"0123456789\r\n")
+        time.sleep(0.05)
+        s.sendall(b"delete seg_victim\r\n")
+        data = b""
+        while data.count(b"\r\n") < 2:
+            data += s.recv(100)
+    assert data == b"STORED\r\nDELETED\r\n"
+    assert cli.udp_get(b"seg_victim") == {}
+
+
+def test_ttl_expiry(pair, cli):
+    pair.apply(ttl_ms=300)
+    try:
+        cli.cached(b"ttl_k", b"v")
+        time.sleep(0.4)
+        before = cli.counters()
+        assert cli.udp_get(b"ttl_k") == {b"ttl_k": b"v"}
+        after = cli.counters()
+        assert after["expired"] == before["expired"] + 1
+        assert after["hit"] == before["hit"]
+    finally:
+        pair.apply()
+
+
+def test_multiget(cli):
+    cli.mc.set_many({b"m1": b"one", b"m2": b"two"})
+    assert cli.udp_get(b"m1", b"m2") == {b"m1": b"one", b"m2": b"two"}
+    before, gets = cli.counters(), cli.cmd_get()
+    assert cli.udp_get(b"m1", b"m2") == {b"m1": b"one", b"m2": b"two"}
+    assert cli.counters()["hit"] == before["hit"] + 1
+    assert cli.cmd_get() == gets
+    # one key missing: memcached answers, with only the keys it has
+    assert cli.udp_get(b"m1", b"m_none", b"m2") == {b"m1": b"one", b"m2": b"two"}
+
+
+@pytest.mark.parametrize("opcode", [uc.OP_GET, uc.OP_GETK])
+def test_binary_get_hit(cli, opcode):
+    key = b"bg%d" % opcode
+    cli.mc.set(key, b"bval", flags=42) if False else cli.mc.raw_command(
+        b"set " + key + b" 42 0 4\r\nbval", b"STORED")
+    first = cli.udp_bin(key, opcode)
+    assert first.status == 0 and first.value == b"bval"
+    before, gets = cli.counters(), cli.cmd_get()
+    r = cli.udp_bin(key, opcode)
+    assert cli.counters()["hit"] == before["hit"] + 1
+    assert cli.cmd_get() == gets
+    assert r.value == b"bval" and r.extras == struct.pack("!I", 42) and r.opaque == 0x1234
+    assert r.key == (key if opcode == uc.OP_GETK else b"")
+    assert r.cas == first.cas != 0
+
+
+def test_binary_getkq(cli):
+    cli.mc.set(b"bgkq", b"q")
+    for _ in range(2):
+        r = cli.udp_bin(b"bgkq", uc.OP_GETKQ)
+        assert (r.opcode, r.key, r.value) == (uc.OP_GETKQ, b"bgkq", b"q")
+
+
+def test_kill_switch(pair, cli):
+    cli.cached(b"ks", b"v")
+    pair.apply(enabled="false")
+    try:
+        before, gets = cli.counters(), cli.cmd_get()
+        assert cli.udp_get(b"ks") == {b"ks": b"v"}
+        assert cli.counters()["disabled"] == before["disabled"] + 1
+        assert cli.cmd_get() == gets + 1
+    finally:
+        pair.apply()
+
+
+def test_large_value_is_served(cli):
+    """A 600-byte value (under max_value_bytes 1024) is cached and served."""
+    v = b"L" * 600
+    cli.cached(b"large", v)
+
+
+def test_attached_modes(pair):
+    modes = {a["interface"]: a["mode"] for a in pair.dp.attached()}
+    assert modes == {pair.sif: "generic", "lo": "generic"}
+
+
+def test_local_client_over_lo(pair):
+    local = Ctx(pair, pair.s)
+    local.cached(b"lo_k", b"local")
+    local.mc.set(b"lo_k", b"changed")
+    assert local.udp_get(b"lo_k") == {b"lo_k": b"changed"}

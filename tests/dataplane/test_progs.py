@@ -1,0 +1,406 @@
+"""BPF_PROG_TEST_RUN unit tests of the XDP and TC programs, through the pinned roots."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+from nsutil import in_ns, make_config, sh
+from pkt import (CMAC, SMAC, Prog, bin_req, bin_res, csum, mc_reply, mc_udp, tcp_frame,
+                 udp_frame, xdp_ctx)
+
+from mcache_agent.dataplane import Dataplane
+
+NS = "mctp-progs"
+PIN = "/sys/fs/bpf/mcache-test-progs"
+XDP_DROP, XDP_PASS, XDP_TX = 1, 2, 3
+TC_ACT_OK = 0
+
+BASE = """
+apiVersion: mcache/v1
+version: {version}
+memcached: {{address: 198.19.9.1, port: 11211}}
+interfaces: [{{name: d0, xdp_mode: auto}}]
+cache:
+  entries: 4096
+  max_key_bytes: 64
+  max_value_bytes: 256
+  ttl_ms: {ttl}
+  fill_hold_ms: 0
+  enabled: {enabled}
+  allowed_clients: [{allowed}]
+"""
+
+
+def cfg(version=1, ttl=60000, enabled="true", allowed="198.19.9.0/24"):
+    return make_config(BASE.format(version=version, ttl=ttl, enabled=enabled, allowed=allowed))
+
+
+class Env:
+    def __init__(self):
+        self.dp = Dataplane(PIN)
+        self.version = 1
+        with in_ns(NS):
+            self.dp.apply(cfg(), None)
+            self.ifindex = socket.if_nametoindex("d0")
+        self.xdp = Prog(f"{PIN}/xdp_root")
+        self.tc = Prog(f"{PIN}/tc_root")
+        self.rid = 100
+        self.port = 41000
+
+    def reconfigure(self, **kw):
+        self.version += 1
+        with in_ns(NS):
+            self.dp.apply(cfg(version=self.version, **kw), None)
+
+    def next_rid(self):
+        self.rid += 1
+        return self.rid
+
+    def x(self, frame: bytes) -> tuple[int, bytes]:
+        with in_ns(NS):  # the test run resolves ingress_ifindex in the current netns
+            return self.xdp.run(frame, xdp_ctx(len(frame), self.ifindex))
+
+    def t(self, frame: bytes) -> tuple[int, bytes]:
+        return self.tc.run(frame)
+
+    def delta(self, fn):
+        before = self.dp.counters()
+        out = fn()
+        after = self.dp.counters()
+        return out, {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+    # ---- a whole exchange: miss, memcached's reply fills, returns the hit reply
+    def fill_ascii(self, key: bytes, value: bytes, flags: int = 0, cport: int = 40000):
+        rid = self.next_rid()
+        req = mc_udp(rid, b"get " + key + b"\r\n", sport=cport)
+        (rc, out), d = self.delta(lambda: self.x(req))
+        assert rc == XDP_PASS and out == req, d
+        assert d.get("miss") == 1, d
+        body = b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, flags, len(value), value)
+        (rc, out), d = self.delta(lambda: self.t(mc_reply(rid, body, cport=cport)))
+        assert rc == TC_ACT_OK
+        return d
+
+    def get(self, keys: bytes, cport: int = 40000):
+        rid = self.next_rid()
+        req = mc_udp(rid, b"get " + keys + b"\r\n", sport=cport)
+        (rc, out), d = self.delta(lambda: self.x(req))
+        return rid, req, rc, out, d
+
+
+@pytest.fixture(scope="module")
+def env():
+    sh(f"ip netns del {NS}", check=False)
+    sh(f"ip netns add {NS}")
+    sh(f"ip -n {NS} link add d0 type veth peer name d1 && ip -n {NS} link set d1 up && ip -n {NS} addr add 198.19.9.1/24 dev d0 && "
+       f"ip -n {NS} link set d0 up && ip -n {NS} link set lo up")
+    e = Env()
+    yield e
+    e.xdp.close()
+    e.tc.close()
+    with in_ns(NS):
+        e.dp.teardown()
+    sh(f"ip netns del {NS}", check=False)
+
+
+@pytest.fixture
+def dp(env):
+    """Each test starts from the base config and an empty cache."""
+    env.reconfigure()
+    env.dp.flush()
+    return env
+
+
+def expected_reply(rid, body, *, cport=40000):
+    u = struct.pack("!HHHH", 11211, cport, 8 + 8 + len(body), 0)
+    u += struct.pack("!HHHH", rid, 0, 1, 0) + body
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(u), 0, 0x4000, 64, 17, 0,
+                     socket.inet_aton("198.19.9.1"), socket.inet_aton("198.19.9.2"))
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    return CMAC + SMAC + b"\x08\x00" + ip + u
+
+
+# --------------------------------------------------------------------------- GET paths
+
+
+def test_ascii_miss_fill_hit_byte_exact(dp):
+    d = dp.fill_ascii(b"k", b"hello", flags=0)
+    assert d.get("fill") == 1, d
+    rid, req, rc, out, d = dp.get(b"k")
+    assert rc == XDP_TX, d
+    assert d.get("hit") == 1 and "miss" not in d, d
+    assert out == expected_reply(rid, b"VALUE k 0 5\r\nhello\r\nEND\r\n")
+    assert csum(out[14:34]) == 0  # IPv4 header checksum valid
+    assert out[0:6] == CMAC and out[6:12] == SMAC
+
+
+def test_flags_are_echoed_as_memcached_printed_them(dp):
+    dp.fill_ascii(b"fk", b"v", flags=4294967295)
+    rid, _, rc, out, _ = dp.get(b"fk")
+    assert rc == XDP_TX
+    assert out == expected_reply(rid, b"VALUE fk 4294967295 1\r\nv\r\nEND\r\n")
+
+
+def test_hit_only_for_the_same_client_port_reply(dp):
+    """A reply for another request id is not a fill."""
+    rid = dp.next_rid()
+    dp.x(mc_udp(rid, b"get other\r\n"))
+    (_, _), d = dp.delta(lambda: dp.t(mc_reply(rid + 500, b"VALUE other 0 1\r\nx\r\nEND\r\n")))
+    assert "fill" not in d
+    _, _, rc, _, d = dp.get(b"other")
+    assert rc == XDP_PASS and d.get("miss") == 1
+
+
+@pytest.mark.parametrize("opcode,with_key", [(0x00, False), (0x0C, True)])
+def test_binary_get_and_getk_hit(dp, opcode, with_key):
+    key = b"bkey%d" % opcode
+    rid = dp.next_rid()
+    req = mc_udp(rid, bin_req(0x00, key, opaque=0x11))
+    (rc, out), d = dp.delta(lambda: dp.x(req))
+    assert rc == XDP_PASS and out == req and d.get("miss") == 1, d
+    reply = bin_res(0x00, value=b"world", flags=0xDEADBEEF, opaque=0x11, cas=0x0102030405060708)
+    (rc, _), d = dp.delta(lambda: dp.t(mc_reply(rid, reply)))
+    assert rc == TC_ACT_OK and d.get("fill") == 1, d
+    rid = dp.next_rid()
+    (rc, out), d = dp.delta(lambda: dp.x(mc_udp(rid, bin_req(opcode, key, opaque=0xCAFE))))
+    assert rc == XDP_TX and d.get("hit") == 1, d
+    want = bin_res(opcode, key=key if with_key else b"", value=b"world", flags=0xDEADBEEF,
+                   opaque=0xCAFE, cas=0x0102030405060708)
+    assert out == expected_reply(rid, want)
+
+
+def test_ascii_fill_does_not_serve_binary(dp):
+    """An ASCII reply carries no cas: binary GETs must go to memcached."""
+    dp.fill_ascii(b"ak", b"v")
+    rid = dp.next_rid()
+    req = mc_udp(rid, bin_req(0x00, b"ak", opaque=1))
+    (rc, out), d = dp.delta(lambda: dp.x(req))
+    assert rc == XDP_PASS and out == req and d.get("miss") == 1
+
+
+def test_multiget_all_hit_and_one_miss(dp):
+    rid = dp.next_rid()
+    dp.x(mc_udp(rid, b"get a b\r\n"))
+    (_, _), d = dp.delta(lambda: dp.t(mc_reply(rid, b"VALUE a 1 1\r\nA\r\nVALUE b 2 2\r\nBB\r\nEND\r\n")))
+    assert d.get("fill") == 2, d
+    rid, _, rc, out, d = dp.get(b"a b")
+    assert rc == XDP_TX and d.get("hit") == 1, d
+    assert out == expected_reply(rid, b"VALUE a 1 1\r\nA\r\nVALUE b 2 2\r\nBB\r\nEND\r\n")
+    rid, req, rc, out, d = dp.get(b"a zz b")
+    assert rc == XDP_PASS and out == req, d
+    assert d.get("miss") == 1 and "hit" not in d
+
+
+def test_memcached_split_multiget_reply_fills_each_item(dp):
+    """memcached sends one message per item plus END: each item fills."""
+    rid = dp.next_rid()
+    dp.x(mc_udp(rid, b"get s1 s2\r\n"))
+    for body in (b"VALUE s1 0 1\r\n1\r\n", b"VALUE s2 0 1\r\n2\r\n", b"END\r\n"):
+        dp.t(mc_reply(rid, body))
+    rid, _, rc, out, _ = dp.get(b"s1 s2")
+    assert rc == XDP_TX
+    assert out == expected_reply(rid, b"VALUE s1 0 1\r\n1\r\nVALUE s2 0 1\r\n2\r\nEND\r\n")
+
+
+# --------------------------------------------------------------------------- invalidation
+
+
+def _assert_invalidated(dp, key, frames, *, flush=False):
+    dp.fill_ascii(key, b"old")
+    assert dp.get(key)[2] == XDP_TX
+    def send():
+        for f in frames:
+            rc, out = dp.x(f)
+            assert rc == XDP_PASS and out == f  # writes always reach memcached untouched
+    _, d = dp.delta(send)
+    if flush:
+        assert d.get("flush", 0) + d.get("fallback_flush", 0) >= 1, d
+    else:
+        assert d.get("invalidate", 0) >= 1, d
+    _, _, rc, _, d = dp.get(key)
+    assert rc == XDP_PASS and d.get("miss") == 1, d
+
+
+TCP_WRITES = {
+    "set": b"set {k} 0 0 3\r\nnew\r\n",
+    "add": b"add {k} 0 0 3\r\nnew\r\n",
+    "replace": b"replace {k} 0 0 3\r\nnew\r\n",
+    "append": b"append {k} 0 0 3\r\nnew\r\n",
+    "prepend": b"prepend {k} 0 0 3\r\nnew\r\n",
+    "cas": b"cas {k} 0 0 3 12345\r\nnew\r\n",
+    "incr": b"incr {k} 1\r\n",
+    "decr": b"decr {k} 1\r\n",
+    "touch": b"touch {k} 10\r\n",
+    "delete": b"delete {k}\r\n",
+    "delete_noreply": b"delete {k} noreply\r\n",
+    "gat": b"gat 10 zz {k}\r\n",
+    "gats": b"gats 10 {k}\r\n",
+    "ms": b"ms {k} 3 T0\r\nnew\r\n",
+    "md": b"md {k} q\r\n",
+    "ma": b"ma {k}\r\n",
+}
+
+
+@pytest.mark.parametrize("cmd", sorted(TCP_WRITES))
+def test_tcp_write_invalidates(dp, cmd):
+    key = b"t_" + cmd.encode()
+    dp.port += 1
+    payload = TCP_WRITES[cmd].replace(b"{k}", key)
+    _assert_invalidated(dp, key, [tcp_frame(payload, seq=1000, sport=dp.port)])
+
+
+def test_tcp_flush_all(dp):
+    dp.port += 1
+    _assert_invalidated(dp, b"fa", [tcp_frame(b"flush_all\r\n", seq=1, sport=dp.port)], flush=True)
+
+
+def test_binary_set_over_tcp_invalidates(dp):
+    dp.port += 1
+    req = bin_req(0x01, b"bset", extras=struct.pack("!II", 0, 0), value=b"new")
+    _assert_invalidated(dp, b"bset", [tcp_frame(req, seq=5, sport=dp.port)])
+
+
+def test_binary_delete_quiet_over_udp_invalidates(dp):
+    req = mc_udp(dp.next_rid(), bin_req(0x14, b"bdq"))
+    _assert_invalidated(dp, b"bdq", [req])
+
+
+@pytest.mark.parametrize("payload", [b"set {k} 0 0 3\r\nnew\r\n", b"delete {k}\r\n",
+                                     b"incr {k} 5\r\n", b"flush_all 0\r\n"])
+def test_udp_write_invalidates(dp, payload):
+    key = b"u%d" % len(payload)
+    req = mc_udp(dp.next_rid(), payload.replace(b"{k}", key))
+    _assert_invalidated(dp, key, [req], flush=payload.startswith(b"flush"))
+
+
+def test_pipelined_segment_invalidates_the_write(dp):
+    dp.port += 1
+    dp.fill_ascii(b"b", b"bee")
+    seg = tcp_frame(b"get a\r\nset k 0 0 1\r\nx\r\nget b\r\n", seq=77, sport=dp.port)
+    _assert_invalidated(dp, b"k", [seg])
+    # the gets around it changed nothing
+    assert dp.get(b"b")[2] == XDP_TX
+
+
+def test_value_spanning_segments_then_write(dp):
+    dp.port += 1
+    dp.fill_ascii(b"victim", b"v")  # must survive: its delete is only inside value bytes
+    seg1 = b"set big 0 0 30\r\n0123456789"
+    seg2 = b"delete victim\r\n0123456\r\ndelete k2\r\n"  # 15 + 15 value bytes, then the write
+    f1 = tcp_frame(seg1, seq=1000, sport=dp.port)
+    f2 = tcp_frame(seg2, seq=1000 + len(seg1), sport=dp.port)
+    _assert_invalidated(dp, b"k2", [f1, f2])
+    assert dp.get(b"victim")[2] == XDP_TX, "value bytes were parsed as a command"
+    assert "fallback_flush" not in dp.delta(lambda: None)[1]
+
+
+def test_gap_in_sequence_is_a_fallback_flush(dp):
+    dp.port += 1
+    f1 = tcp_frame(b"set big 0 0 100\r\n0123", seq=1000, sport=dp.port)
+    f2 = tcp_frame(b"delete zz\r\n", seq=5000, sport=dp.port)  # bytes we never saw
+    _assert_invalidated(dp, b"gk", [f1, f2], flush=True)
+
+
+def test_command_line_cut_by_segment_end_flushes(dp):
+    dp.port += 1
+    f1 = tcp_frame(b"delete gc", seq=10, sport=dp.port)
+    f2 = tcp_frame(b"ut\r\n", seq=19, sport=dp.port)
+    _assert_invalidated(dp, b"gcut", [f1, f2], flush=True)
+
+
+# --------------------------------------------------------------------------- passed untouched
+
+
+def _bad_frames():
+    return {
+        "udp_len_past_end": mc_udp(1, b"get k\r\n", ulen=200),
+        "ip_tot_len_past_end": mc_udp(1, b"get k\r\n", tot_len=400),
+        "wrong_port": mc_udp(1, b"get k\r\n", dport=11212),
+        "ipv6": mc_udp(1, b"get k\r\n")[:12] + b"\x86\xdd" + mc_udp(1, b"get k\r\n")[14:],
+        "arp": b"\xff" * 6 + CMAC + b"\x08\x06" + b"\x00" * 28,
+        "ip_options": mc_udp(1, b"get k\r\n", options=b"\x01\x01\x01\x00"),
+        "runt": SMAC + CMAC + b"\x08\x00" + b"\x45",
+        "bad_frame_header": udp_frame(struct.pack("!HHHH", 1, 3, 1, 0) + b"get k\r\n"),
+        "no_crlf": mc_udp(1, b"get k"),
+        "other_server": mc_udp(1, b"get k\r\n", dst="198.19.9.77"),
+        "key_too_long": mc_udp(1, b"get " + b"K" * 65 + b"\r\n"),
+        "gets": mc_udp(1, b"gets k\r\n"),
+        "later_fragment": mc_udp(1, b"get k\r\n", frag=0x10),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_bad_frames()))
+def test_not_answered_and_unchanged(dp, name):
+    dp.fill_ascii(b"k", b"cached")  # a hit would be possible for a well-formed get k
+    frame = _bad_frames()[name]
+    (rc, out), d = dp.delta(lambda: dp.x(frame))
+    assert rc == XDP_PASS, d
+    assert out == frame
+    assert "hit" not in d
+    expect = {"key_too_long": "too_big", "gets": "gets", "udp_len_past_end": "malformed",
+              "ip_tot_len_past_end": "malformed", "no_crlf": "malformed",
+              "bad_frame_header": "malformed", "wrong_port": "pass", "ipv6": "pass",
+              "other_server": "pass", "ip_options": "pass"}.get(name)
+    if expect:
+        assert d.get(expect) == 1, d
+
+
+def test_value_over_max_value_bytes_is_not_filled(dp):
+    rid = dp.next_rid()
+    dp.x(mc_udp(rid, b"get big\r\n"))
+    v = b"x" * 257
+    (rc, out), d = dp.delta(lambda: dp.t(mc_reply(rid, b"VALUE big 0 257\r\n%s\r\nEND\r\n" % v)))
+    assert rc == TC_ACT_OK and d.get("too_big") == 1 and "fill" not in d, d
+    _, req, rc, out, d = dp.get(b"big")
+    assert rc == XDP_PASS and out == req and d.get("miss") == 1
+
+
+def test_value_at_max_value_bytes_is_served(dp):
+    v = bytes(range(256))
+    v = v.replace(b"\r", b"r").replace(b"\n", b"n")
+    d = dp.fill_ascii(b"max", v)
+    assert d.get("fill") == 1, d
+    rid, _, rc, out, d = dp.get(b"max")
+    assert rc == XDP_TX, d
+    assert out == expected_reply(rid, b"VALUE max 0 256\r\n" + v + b"\r\nEND\r\n")
+
+
+def test_write_between_get_and_reply_refuses_fill(dp):
+    dp.reconfigure()
+    rid = dp.next_rid()
+    dp.x(mc_udp(rid, b"get race\r\n"))
+    time.sleep(0.001)
+    dp.x(mc_udp(dp.next_rid(), b"delete race\r\n"))
+    (_, _), d = dp.delta(lambda: dp.t(mc_reply(rid, b"VALUE race 0 3\r\nold\r\nEND\r\n")))
+    assert d.get("fill_rejected") == 1 and "fill" not in d, d
+    assert dp.get(b"race")[2] == XDP_PASS
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_ttl_expiry(dp):
+    dp.reconfigure(ttl=200)
+    dp.fill_ascii(b"ttl", b"v")
+    assert dp.get(b"ttl")[2] == XDP_TX
+    time.sleep(0.3)
+    _, req, rc, out, d = dp.get(b"ttl")
+    assert rc == XDP_PASS and out == req
+    assert d.get("expired") == 1 and d.get("miss") == 1, d
+
+
+def test_kill_switch(dp):
+    dp.fill_ascii(b"ks", b"v")
+    dp.reconfigure(enabled="false")
+    _, req, rc, out, d = dp.get(b"ks")
+    assert rc == XDP_PASS and out == req and d.get("disabled") == 1, d
+
+
+def test_client_outside_allowed_clients_is_denied(dp):
+    dp.fill_ascii(b"dn", b"v")
+    dp.reconfigure(allowed="198.19.9.128/25")
+    _, req, rc, out, d = dp.get(b"dn")
+    assert rc == XDP_PASS and out == req and d.get("denied") == 1, d
