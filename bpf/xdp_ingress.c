@@ -164,6 +164,16 @@ static __always_inline void remember_get(struct mc_xscratch *s, __u32 key_off, _
 	struct mc_pending *p = &s->pend;
 	p->get_ns = bpf_ktime_get_ns();
 	p->gen = mc_gen();
+	/* The same (client, port, request id) still pending: a retry, or an id reused
+	 * while a late reply is on its way. Either reply may come back, so keep the
+	 * oldest GET's time and generation: the guard can then only refuse more. */
+	struct mc_pending *old = mc_pending.lookup(&pk);
+	if (old) {
+		if (old->get_ns < p->get_ns)
+			p->get_ns = old->get_ns;
+		if (old->gen < p->gen)
+			p->gen = old->gen;
+	}
 	p->binary = s->binary;
 	p->opaque = s->opaque;
 	p->key_len = 0;
