@@ -596,6 +596,28 @@ static __always_inline __u16 csum_fold(__u64 sum)
 	return ~sum;
 }
 
+/*
+ * Grow (or shrink) the frame by delta bytes. The whole reply is rewritten from offset 0, so
+ * where the room comes from does not matter: the head first (256 bytes of headroom are
+ * guaranteed), then the tail, then both.
+ */
+static __always_inline int resize(struct xdp_md *ctx, int delta)
+{
+	if (delta <= 0)
+		return bpf_xdp_adjust_head(ctx, -delta) == 0;
+	if (bpf_xdp_adjust_head(ctx, -delta) == 0)
+		return 1;
+	if (bpf_xdp_adjust_tail(ctx, delta) == 0)
+		return 1;
+	int head = 192;
+	if (delta <= head || bpf_xdp_adjust_head(ctx, -head))
+		return 0;
+	if (bpf_xdp_adjust_tail(ctx, delta - head) == 0)
+		return 1;
+	bpf_xdp_adjust_head(ctx, head); /* undo: the frame must go on unchanged */
+	return 0;
+}
+
 static __always_inline __u32 ascii_reply_len(struct mc_xscratch *s)
 {
 	__u32 total = MC_UDP_FRAME_HDR + 5; /* "END\r\n" */
@@ -629,9 +651,11 @@ int xdp_reply(struct xdp_md *ctx)
 		remember_get(s, s->hits[0].key_off, s->binary ? s->hits[0].key_len : 0);
 		return XDP_PASS;
 	}
-	int delta = (int)s->payload_len - (int)body;
-	if (bpf_xdp_adjust_head(ctx, delta))
+	if (!resize(ctx, (int)body - (int)s->payload_len)) {
+		mc_count(MC_V_TOO_BIG); /* no room to grow the frame: memcached answers */
+		remember_get(s, s->hits[0].key_off, s->binary ? s->hits[0].key_len : 0);
 		return XDP_PASS;
+	}
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	if (data + hdrs > data_end)

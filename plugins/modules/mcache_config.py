@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: mcache contributors
 # GNU General Public License v2.0 (see pyproject.toml)
+# ruff: noqa: E402, UP031  (Ansible module layout: docs before imports)
 """Apply an mcache config through the host's agent (`mcache-agent apply --json`)."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: mcache contributors
 # GNU General Public License v2.0 (see pyproject.toml)
+# ruff: noqa: E402, UP031  (Ansible module layout: docs before imports)
 """Run the agent's health probe (`mcache-agent probe --json`) until it passes or time is up."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 #!/usr/bin/python
 # Copyright: mcache contributors
 # GNU General Public License v2.0 (see pyproject.toml)
+# ruff: noqa: E402, UP031, RUF005  (Ansible module layout: docs before imports)
 """Roll the host's mcache config back (`mcache-agent rollback [--to N] --json`)."""
 
 from __future__ import annotations

@@ -218,10 +218,22 @@ def test_kill_switch(pair, cli):
         pair.apply()
 
 
-def test_large_value_is_served(cli):
-    """A 600-byte value (under max_value_bytes 1024) is cached and served."""
+def test_value_within_generic_headroom_is_served(cli):
+    """Generic XDP grows a frame by its 256-byte headroom plus what tailroom the skb has."""
+    cli.cached(b"mid", b"M" * 180)
+
+
+def test_value_too_large_for_the_frame_is_answered_by_memcached(cli):
+    """A 600-byte value (under max_value_bytes 1024) cannot be grown into a generic-mode frame:
+    the cache passes it, counts too_big, and the client gets memcached's correct answer."""
     v = b"L" * 600
-    cli.cached(b"large", v)
+    cli.mc.set(b"large", v)
+    assert cli.udp_get(b"large") == {b"large": v}  # miss, fills
+    before = cli.counters()
+    assert cli.udp_get(b"large") == {b"large": v}
+    after = cli.counters()
+    assert after["too_big"] == before["too_big"] + 1, (before, after)
+    assert after["hit"] == before["hit"], (before, after)
 
 
 def test_attached_modes(pair):

@@ -46,4 +46,6 @@ def test_memcaslap_udp_verify(pair):
     failed = [int(x) for x in (m.groups() if m else ()) if x]
     assert not failed or failed == [0], out
     assert not re.search(r"verify failed|data verification failed", out, re.I), out
+    assert re.search(r"verify_failed: 0\b", out) and re.search(r"verify_misses: 0\b", out), out
+    print("cache hits during memcaslap:", after["hit"] - before["hit"])
     assert after["hit"] > before["hit"], (before, after)
