@@ -335,6 +335,8 @@ class Dataplane:
 
     def _cflags(self, cfg: Config | None) -> list[str]:
         flags = [f'-DMC_PIN_DIR="{self.pin}"', "-Wno-unused-function"]
+        # Test builds only (e.g. -DMC_TEST_NO_FILL_GUARD in tests/correctness).
+        flags += os.environ.get("MCACHE_EXTRA_CFLAGS", "").split()
         if cfg is not None:
             e, k, v = cfg.shape()
             flags += [
