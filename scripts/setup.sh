@@ -115,6 +115,17 @@ mount_bpffs() {
     mount -t bpf bpf /sys/fs/bpf
 }
 
+# --- 3b. test address guard ---------------------------------------------------------------
+# Tests and the lab use 198.18.0.0/15 inside namespaces made here. A socket opened by mistake
+# in the root namespace must fail here, not leave the machine: blackhole the range (the lab's
+# own 198.18.0.0/24 on its bridge is more specific and still routes).
+guard_test_range() {
+    if ! ip route show type blackhole 2>/dev/null | grep -q '^blackhole 198.18.0.0/15'; then
+        log "blackholing 198.18.0.0/15 in the root namespace"
+        ip route replace blackhole 198.18.0.0/15
+    fi
+}
+
 # --- 4. venv -----------------------------------------------------------------------------
 find_python311() {
     local c real
@@ -185,5 +196,6 @@ make_venv() {
 install_packages
 link_headers
 mount_bpffs
+guard_test_range
 make_venv
 log "ok"
