@@ -119,7 +119,7 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 	bpf_spin_lock(&slot->lock);
 #ifdef MC_TEST_NO_FILL_GUARD
 	/* Test-only build (tests/correctness): the race guard off, to prove the checker sees it. */
-	if (1) {
+	if (hold || get_ns || 1) {
 #else
 	if (slot->write_ns + hold <= get_ns) {
 #endif

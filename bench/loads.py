@@ -1,0 +1,165 @@
+"""The load generators: memcaslap (the stock tool) and bench/udpgen.c (ours, for skew, misses,
+non-memcached UDP and loss counting); running them in the client netns and parsing them."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from topo import CLIENT_NS, ECHO_PORT, PORT, SERVER_ADDR, SERVER_NS, nsenter
+
+HERE = Path(__file__).resolve().parent
+UDPGEN_SRC = HERE / "udpgen.c"
+BUILD = HERE.parent / "build" / "bench"
+UDPGEN = BUILD / "udpgen"
+CLIENT_CPU = "0"
+
+
+def build_udpgen() -> Path:
+    BUILD.mkdir(parents=True, exist_ok=True)
+    if not UDPGEN.exists() or UDPGEN.stat().st_mtime < UDPGEN_SRC.stat().st_mtime:
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(UDPGEN), str(UDPGEN_SRC), "-lm"],
+                       check=True)
+    return UDPGEN
+
+
+# ------------------------------------------------------------------ memcaslap
+
+def memaslap_cfg(path: Path, key_len: int, value_len: int, get_share: float) -> Path:
+    path.write_text(
+        "key\n%d %d 1\nvalue\n%d %d 1\ncmd\n0 %.4f\n1 %.4f\n"
+        % (key_len, key_len, value_len, value_len, 1 - get_share, get_share)
+    )
+    return path
+
+
+def run_memaslap(cfg: Path, seconds: int, conc: int, window: str, verify: float = 0.0,
+                 pin_cpu: str | None = CLIENT_CPU) -> dict:
+    argv = [*nsenter(CLIENT_NS)]
+    if pin_cpu is not None:
+        argv += ["taskset", "-c", pin_cpu]
+    argv += ["memcaslap", "-s", f"{SERVER_ADDR}:{PORT}", "-U", "-T", "1", "-c", str(conc),
+             "-w", window, "-t", f"{seconds}s", "-S", f"{seconds}s", "-F", str(cfg)]
+    if verify:
+        argv.append(f"--verify={verify}")
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    res = parse_memaslap(p.stdout)
+    res["exit"] = p.returncode
+    return res
+
+
+_TABLE = re.compile(r"^Global\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)"
+                    r"\s+([\d.]+)\s+([\d.]+)")
+
+
+def _log2_hist(lines: list[str], start: int) -> list[int]:
+    hist: list[int] = []
+    for line in lines[start:]:
+        m = re.match(r"^\s+(\d+):((?:\s+\d+)+)\s*$", line)
+        if not m:
+            if hist:
+                break
+            continue
+        base = int(m.group(1))
+        vals = [int(v) for v in m.group(2).split()]
+        while len(hist) < base:
+            hist.append(0)
+        hist[base:base + len(vals)] = vals
+    return hist
+
+
+def _hist_pct(hist: list[int], q: float) -> float | None:
+    """Upper edge (us) of the log2 bucket holding quantile q: bucket i is [2^i, 2^(i+1))."""
+    total = sum(hist)
+    if not total:
+        return None
+    acc = 0
+    for i, n in enumerate(hist):
+        acc += n
+        if acc >= q * total:
+            return float(2 ** (i + 1))
+    return float(2 ** len(hist))
+
+
+def parse_memaslap(out: str) -> dict:
+    lines = out.splitlines()
+    res: dict = {}
+    section = None
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if s == "Get Statistics":
+            section = "get"
+        elif s == "Set Statistics":
+            section = "set"
+        elif s == "Total Statistics":
+            section = "total"
+        m = _TABLE.match(s)
+        if m and section and f"{section}_ops" not in res:
+            res[f"{section}_ops"] = int(m.group(2))
+            res[f"{section}_tps"] = int(m.group(3))
+            res[f"{section}_min_us"] = int(m.group(6))
+            res[f"{section}_max_us"] = int(m.group(7))
+            res[f"{section}_mean_us"] = int(m.group(8))
+            res[f"{section}_std_us"] = float(m.group(9))
+        m = re.match(r"^(Get|Set|Total) Statistics \((\d+) events\)", s)
+        if m:
+            hist = _log2_hist(lines, i + 1)
+            key = m.group(1).lower()
+            res[f"{key}_p50_le_us"] = _hist_pct(hist, 0.5)
+            res[f"{key}_p99_le_us"] = _hist_pct(hist, 0.99)
+            res[f"{key}_p999_le_us"] = _hist_pct(hist, 0.999)
+        m = re.match(r"^(cmd_get|cmd_set|get_misses|verify_misses|verify_failed|"
+                     r"packet_disorder|packet_drop|udp_timeout|expired_get|unexpired_unget):\s+(\d+)", s)
+        if m:
+            res[m.group(1)] = int(m.group(2))
+        m = re.match(r"^Run time: ([\d.]+)s Ops: (\d+) TPS: (\d+)", s)
+        if m:
+            res["run_s"] = float(m.group(1))
+            res["ops"] = int(m.group(2))
+            res["tps"] = int(m.group(3))
+    return res
+
+
+# ------------------------------------------------------------------ udpgen
+
+def run_udpgen_get(seconds: float, conc: int, nkeys: int, zipf: float, prefix: str,
+                   timeout_ms: int = 200, pin_cpu: str | None = CLIENT_CPU) -> dict:
+    argv = [*nsenter(CLIENT_NS)]
+    if pin_cpu is not None:
+        argv += ["taskset", "-c", pin_cpu]
+    argv += [str(UDPGEN), "get", SERVER_ADDR, str(PORT), str(seconds), str(conc), str(nkeys),
+             str(zipf), prefix, str(timeout_ms)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def start_udpgen_get(seconds: float, conc: int, nkeys: int, zipf: float, prefix: str,
+                     timeout_ms: int = 200) -> subprocess.Popen:
+    argv = [*nsenter(CLIENT_NS), str(UDPGEN), "get", SERVER_ADDR, str(PORT), str(seconds),
+            str(conc), str(nkeys), str(zipf), prefix, str(timeout_ms)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(p: subprocess.Popen, timeout: float = 60) -> dict:
+    out, _ = p.communicate(timeout=timeout)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_udpgen_raw(seconds: float, conc: int, payload: int, timeout_ms: int = 200,
+                   pin_cpu: str | None = CLIENT_CPU) -> dict:
+    argv = [*nsenter(CLIENT_NS)]
+    if pin_cpu is not None:
+        argv += ["taskset", "-c", pin_cpu]
+    argv += [str(UDPGEN), "raw", SERVER_ADDR, str(ECHO_PORT), str(seconds), str(conc),
+             str(payload), str(timeout_ms)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def echo_server_argv(seconds: int, cpu: str | None) -> list[str]:
+    argv = [*nsenter(SERVER_NS)]
+    if cpu is not None:
+        argv += ["taskset", "-c", cpu]
+    return [*argv, str(UDPGEN), "echo", SERVER_ADDR, str(ECHO_PORT), str(seconds)]

@@ -1,0 +1,185 @@
+"""A server namespace (memcached + the data plane on its veth) and a client namespace, on
+198.19.100.0/24, for the correctness tests. Same addresses in every lab: namespaces isolate
+them, so two labs may even coexist.
+
+Namespaces are entered in-process with setns (never `ip netns exec`, which remounts /sys and
+loses the bpffs pins). A thread that setns()es stays there: client threads enter once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+NET = "198.19.100"
+SADDR = f"{NET}.1"      # memcached
+CADDR = f"{NET}.2"      # an allowed client
+OUTSIDER = f"{NET}.200"  # same link, outside the allow-list (allowed_clients: .0/25)
+ALLOWED = f"{NET}.0/25"
+PORT = 11211
+
+
+def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True)
+
+
+def enter_ns(name: str) -> None:
+    """Move the calling thread into netns `name` for good."""
+    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def in_ns(name: str):
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        enter_ns(name)
+        yield
+    finally:
+        _libc.setns(home, CLONE_NEWNET)
+        os.close(home)
+
+
+def config_text(version: int, iface: str, *, ttl_ms: int = 60000, hold_ms: int = 50,
+                entries: int = 4096, enabled: bool = True, protocols=("ascii", "binary"),
+                prefix: str = "", allowed: str | None = ALLOWED, extra_ifaces=()) -> str:
+    ifs = ", ".join(f"{{name: {n}, xdp_mode: auto}}" for n in (iface, *extra_ifaces))
+    lines = [
+        "apiVersion: mcache/v1",
+        f"version: {version}",
+        f"memcached: {{address: {SADDR}, port: {PORT}}}",
+        f"interfaces: [{ifs}]",
+        "cache:",
+        f"  entries: {entries}",
+        f"  ttl_ms: {ttl_ms}",
+        f"  fill_hold_ms: {hold_ms}",
+        f"  enabled: {'true' if enabled else 'false'}",
+        f"  protocols: [{', '.join(protocols)}]",
+    ]
+    if prefix:
+        lines.append(f"  key_prefix: {prefix!r}")
+    if allowed:
+        lines.append(f"  allowed_clients: [{allowed}]")
+    return "\n".join(lines) + "\n"
+
+
+def load(text: str):
+    from mcache_agent.config import load_config
+
+    return load_config(textwrap.dedent(text))
+
+
+class Lab:
+    def __init__(self, tag: str = "a", *, hold_ms: int = 50, ttl_ms: int = 60000,
+                 extra_cflags: str = "", dataplane: bool = True) -> None:
+        self.tag = tag
+        self.s, self.c = f"mcc{tag}-s", f"mcc{tag}-c"
+        self.sif, self.cif = f"mcc{tag}s0", f"mcc{tag}c0"
+        self.pin = Path(f"/sys/fs/bpf/mcache-corr-{tag}")
+        self.pidfile = Path(f"/tmp/mcache-corr-{tag}-memcached.pid")
+        self.hold_ms, self.ttl_ms = hold_ms, ttl_ms
+        self.extra_cflags = extra_cflags
+        self.want_dp = dataplane
+        self.version = 0
+        self.mc_pid: int | None = None
+        self.dp = None
+
+    # ------------------------------------------------------------ set-up
+    def up(self) -> "Lab":
+        self.down_ns()
+        sh(f"ip netns add {self.s} && ip netns add {self.c}")
+        sh(f"ip link add {self.sif} netns {self.s} type veth peer name {self.cif} netns {self.c}")
+        sh(f"ip -n {self.s} addr add {SADDR}/24 dev {self.sif} && "
+           f"ip -n {self.c} addr add {CADDR}/24 dev {self.cif} && "
+           f"ip -n {self.c} addr add {OUTSIDER}/24 dev {self.cif} && "
+           f"ip -n {self.s} link set {self.sif} up && ip -n {self.c} link set {self.cif} up && "
+           f"ip -n {self.s} link set lo up && ip -n {self.c} link set lo up")
+        self.start_memcached()
+        if self.want_dp:
+            from mcache_agent.dataplane import Dataplane
+
+            self.dp = Dataplane(self.pin)
+            self.apply()
+        return self
+
+    def config(self, **kw) -> str:
+        kw.setdefault("ttl_ms", self.ttl_ms)
+        kw.setdefault("hold_ms", self.hold_ms)
+        return config_text(self.version, self.sif, **kw)
+
+    def apply(self, **kw):
+        self.version += 1
+        text = self.config(**kw)
+        old = os.environ.get("MCACHE_EXTRA_CFLAGS")
+        if self.extra_cflags:
+            os.environ["MCACHE_EXTRA_CFLAGS"] = self.extra_cflags
+        try:
+            with in_ns(self.s):
+                return self.dp.apply(load(text), None)
+        finally:
+            if self.extra_cflags:
+                if old is None:
+                    os.environ.pop("MCACHE_EXTRA_CFLAGS", None)
+                else:
+                    os.environ["MCACHE_EXTRA_CFLAGS"] = old
+
+    def start_memcached(self) -> int:
+        self.pidfile.unlink(missing_ok=True)
+        sh(f"nsenter --net=/var/run/netns/{self.s} memcached -u nobody -l {SADDR} -p {PORT} "
+           f"-U {PORT} -t 2 -d -P {self.pidfile}")
+        for _ in range(100):
+            if self.pidfile.exists() and self.pidfile.read_text().strip():
+                self.mc_pid = int(self.pidfile.read_text())
+                break
+            time.sleep(0.02)
+        else:
+            raise RuntimeError("memcached did not start")
+        for _ in range(100):  # listening?
+            try:
+                with in_ns(self.c), socket.create_connection((SADDR, PORT), timeout=0.2):
+                    return self.mc_pid
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("memcached does not listen")
+
+    def kill_memcached(self) -> None:
+        if self.mc_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.mc_pid, signal.SIGKILL)
+            for _ in range(200):
+                if not Path(f"/proc/{self.mc_pid}").exists():
+                    break
+                time.sleep(0.01)
+            self.mc_pid = None
+
+    def counters(self) -> dict[str, int]:
+        return self.dp.counters() if self.dp else {}
+
+    def down_ns(self) -> None:
+        sh(f"ip netns del {self.s}", check=False)
+        sh(f"ip netns del {self.c}", check=False)
+
+    def down(self) -> None:
+        if self.dp is not None:
+            with contextlib.suppress(Exception), in_ns(self.s):
+                self.dp.teardown()
+        self.kill_memcached()
+        self.down_ns()
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
