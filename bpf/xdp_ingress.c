@@ -651,7 +651,10 @@ int xdp_reply(struct xdp_md *ctx)
 		remember_get(s, s->hits[0].key_off, s->binary ? s->hits[0].key_len : 0);
 		return XDP_PASS;
 	}
-	if (!resize(ctx, (int)body - (int)s->payload_len)) {
+	/* Size the frame from its real length: bytes after the datagram (Ethernet padding of a
+	 * short request, or a UDP length shorter than the IP one) must not trail the reply. */
+	int have = (int)((long)ctx->data_end - (long)ctx->data);
+	if (!resize(ctx, (int)(hdrs + body) - have)) {
 		mc_count(MC_V_TOO_BIG); /* no room to grow the frame: memcached answers */
 		remember_get(s, s->hits[0].key_off, s->binary ? s->hits[0].key_len : 0);
 		return XDP_PASS;

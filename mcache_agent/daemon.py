@@ -131,9 +131,21 @@ class Agent:
         in when it is news. Returns an exit code when the daemon cannot go on."""
         pinned = self.dataplane.adopt()
         current = self.store.current()
+        if pinned is not None and pinned != current and self.store.has(pinned):
+            # The agent died after the apply's commit point but before it recorded the
+            # outcome: the kernel runs the attempted version, so that is the current one.
+            log.warning("version %d was committed to the kernel by an apply that did not "
+                        "finish: adopting it", pinned)
+            outcome = dict(self.store.outcome(pinned) or {})
+            outcome.update(result="ok", error=None, note="adopted after an interrupted apply")
+            self.store.store(load_config(self.store.get(pinned)), outcome)
+            self.store.set_current(pinned)
+            current = pinned
         if pinned is not None and pinned == current:
             self.running = load_config(self.store.get(current))
             self.last_apply = self.store.outcome(current)
+            # Redo what an interrupted apply may have left half done; no reload.
+            self.dataplane.reconcile(self.running)
             log.info("adopted version %d from the pins (no reload)", current)
         elif pinned is not None:
             log.warning("pinned version %s is not the stored current one (%s): re-applying",
@@ -239,6 +251,10 @@ class Agent:
     def _apply(self, cfg: Config, running: Config | None) -> Response:
         t0 = time.monotonic()
         outcome: dict[str, Any] = {"applied_at": utcnow()}
+        # Recorded before the kernel is touched: an agent killed mid-apply finds the attempt.
+        self.store.store(cfg, {**outcome, "result": "in_progress", "strategy": None,
+                               "duration_ms": None, "swap_ms": None, "cache_kept": None,
+                               "error": None})
         try:
             res = self.dataplane.apply(cfg, running)
         except Exception as e:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -221,28 +222,65 @@ class Dataplane:
                     f"{meta['shape']} -> {list(cfg.shape())}: use auto or program_swap"
                 )
             cache_kept = True
-            swap_ms = 0.0
+            set_id = (meta or {}).get("set")
+            slot = (meta or {}).get("slot")
             if strategy == "program_swap":
-                swap_ms, cache_kept = self._program_swap(cfg, meta)
+                swap_ms, cache_kept, set_id, slot = self._program_swap(cfg, meta)
             else:
                 swap_ms = self._write_config(cfg)
-            attached = self._attach(cfg, meta)
-            self._write_meta(
-                {
-                    "version": cfg.version,
-                    "shape": list(cfg.shape()),
-                    "code": code_hash(),
-                    "set": (meta or {}).get("set") if strategy != "program_swap" else self._set,
-                    "interfaces": attached,
-                    "slot": self._slot_layout if strategy == "program_swap" else meta["slot"],
-                }
-            )
+            _crash_point("switched")
+            # The commit point: from here on an agent that adopts the pins runs this version.
+            # What follows (retiring the old set, attaching) is redone by reconcile().
+            record = {
+                "version": cfg.version,
+                "shape": list(cfg.shape()),
+                "code": code_hash(),
+                "set": set_id,
+                "slot": slot,
+                "interfaces": (meta or {}).get("interfaces", []),
+            }
+            self._write_meta(record)
+            _crash_point("committed")
+            self._retire(record)
+            record["interfaces"] = self._attach(cfg, meta)
+            self._write_meta(record)
             return ApplyResult(
                 strategy=strategy,
                 duration_ms=(time.perf_counter() - t0) * 1000,
                 swap_ms=swap_ms,
                 cache_kept=cache_kept,
             )
+
+    def reconcile(self, cfg: Config) -> None:
+        """Make the kernel match the pinned record of `cfg` after an agent died mid-apply:
+        its config map, its program set in the dispatch slots, its attachments; leftovers of
+        the interrupted apply (orphan sets and caches) go."""
+        with self._lock:
+            meta = self.meta()
+            if not meta or meta.get("version") != cfg.version:
+                raise DataplaneError("reconcile: the pinned record is not this version")
+            self._write_config(cfg)
+            for jmp, entry in (("xdp_root_jmp", "xdp_main"), ("tc_root_jmp", "tc_main")):
+                fd = self._obj_get(f"sets/{meta['set']}/{entry}")
+                try:
+                    self._set_root(jmp, fd)
+                finally:
+                    os.close(fd)
+            self._retire(meta)
+            meta["interfaces"] = self._attach(cfg, meta)
+            self._write_meta(meta)
+
+    def _retire(self, record: dict[str, Any]) -> None:
+        """Unpin every program set and cache that the record does not name."""
+        sets = self.pin / "sets"
+        if sets.is_dir():
+            for d in sets.iterdir():
+                if d.name != record["set"]:
+                    shutil.rmtree(d, ignore_errors=True)
+        keep = _cache_pin(record["shape"])
+        for c in self.pin.glob("cache_*"):
+            if c.name != keep:
+                c.unlink(missing_ok=True)
 
     def counters(self) -> dict[str, int]:
         names = constants.verdicts()
@@ -432,24 +470,27 @@ class Dataplane:
             raise DataplaneError("; ".join(errors))
         return results
 
-    def _program_swap(self, cfg: Config, meta: dict[str, Any] | None) -> tuple[float, bool]:
+    def _program_swap(
+        self, cfg: Config, meta: dict[str, Any] | None
+    ) -> tuple[float, bool, str, dict[str, int]]:
         set_id = str(time.time_ns())
-        self._set = set_id
         set_dir = self.pin / "sets" / set_id
         try:
             cflags = self._cflags(cfg)
             kinds = ["xdp", "tc"]
             if not ((self.pin / "xdp_root").exists() and (self.pin / "tc_root").exists()):
                 kinds.append("root")
-            if not (self.pin / _cache_pin(cfg.shape())).exists() or not (self.pin / "conn").exists():
+            shared = (self.pin / _cache_pin(cfg.shape()), self.pin / "conn")
+            if not all(p.exists() for p in shared):
                 # The first to compile creates and pins the shared maps; two racing workers
                 # would both try. Later sets find them pinned and compile in parallel.
                 (xdp,) = self._worker("xdp", cflags=cflags, set_id=set_id)
                 self._worker(*kinds[1:], cflags=cflags, set_id=set_id)
             else:
                 xdp, *_ = self._worker(*kinds, cflags=cflags, set_id=set_id)
-            self._slot_layout = xdp["slot"]
+            _crash_point("loaded")
             self._write_config(cfg)
+            _crash_point("config")
             xdp_main = self._obj_get(f"sets/{set_id}/xdp_main")
             tc_main = self._obj_get(f"sets/{set_id}/tc_main")
             try:
@@ -458,6 +499,7 @@ class Dataplane:
                 # which nobody reads any more; the reverse order could fill the new cache with
                 # a value whose write only the old ingress saw.
                 self._set_root("xdp_root_jmp", xdp_main)
+                _crash_point("ingress")
                 self._set_root("tc_root_jmp", tc_main)
                 swap_ms = (time.perf_counter() - t0) * 1000
             finally:
@@ -467,12 +509,7 @@ class Dataplane:
             shutil.rmtree(set_dir, ignore_errors=True)
             raise DataplaneError(f"program set not loaded: {exc}") from exc
         cache_kept = bool(meta) and list(cfg.shape()) == meta["shape"]
-        # Retire the old set and, if the shape changed, the old cache.
-        if meta and meta.get("set"):
-            shutil.rmtree(self.pin / "sets" / meta["set"], ignore_errors=True)
-        if meta and list(cfg.shape()) != meta["shape"]:
-            (self.pin / _cache_pin(meta["shape"])).unlink(missing_ok=True)
-        return swap_ms, cache_kept
+        return swap_ms, cache_kept, set_id, xdp["slot"]
 
     def _set_root(self, jmp: str, prog_fd: int) -> None:
         fd = self._obj_get(jmp)
@@ -598,6 +635,12 @@ class Dataplane:
             except NetlinkError as exc:
                 if exc.code not in (errno.ENOENT, errno.EINVAL):
                     raise
+
+
+def _crash_point(step: str) -> None:
+    """Fault injection for the kill tests: MCACHE_CRASH_AT=<step> SIGKILLs the agent there."""
+    if os.environ.get("MCACHE_CRASH_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _cache_pin(shape: list[int] | tuple[int, ...]) -> str:

@@ -81,6 +81,7 @@ class History:
     writes: list[Write] = field(default_factory=list)
     reads: list[Read] = field(default_factory=list)
     lost: int = 0
+    lost_at: list[int] = field(default_factory=list)
     malformed: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -353,6 +354,7 @@ class Reader(threading.Thread):
                 done[rid] = t
         with self.h.lock:
             self.h.lost += len(out) - len(done)
+            self.h.lost_at += [out[r][2] for r in out if r not in done]
         for rid, t1 in done.items():
             via, keys, t0, acc = out[rid]
             try:

@@ -12,8 +12,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -77,7 +75,7 @@ class Pair:
         self.pid = None
         self.dp = None
 
-    def up(self) -> "Pair":
+    def up(self) -> Pair:
         from mcache_agent.dataplane import Dataplane
 
         self.down_ns()
@@ -93,7 +91,8 @@ class Pair:
         return self
 
     def config_text(self, **over) -> str:
-        c = {"ttl_ms": self.ttl_ms, "fill_hold_ms": self.fill_hold_ms, "enabled": "true"}
+        c = {"ttl_ms": self.ttl_ms, "fill_hold_ms": self.fill_hold_ms, "enabled": "true",
+             "entries": 4096, "strategy": "auto"}
         c.update(over)
         return f"""
 apiVersion: mcache/v1
@@ -101,17 +100,18 @@ version: {self.version}
 memcached: {{address: {self.saddr}, port: 11211}}
 interfaces: [{{name: {self.sif}, xdp_mode: {self.xdp_mode}}}]
 cache:
-  entries: 4096
+  entries: {c['entries']}
   ttl_ms: {c['ttl_ms']}
   fill_hold_ms: {c['fill_hold_ms']}
   enabled: {c['enabled']}
   allowed_clients: [198.19.{self.net}.0/24]
+rollout: {{strategy: {c['strategy']}}}
 """
 
-    def apply(self, **over) -> None:
+    def apply(self, **over):
         self.version += 1
         with in_ns(self.s):
-            self.dp.apply(make_config(self.config_text(**over)), None)
+            return self.dp.apply(make_config(self.config_text(**over)), None)
 
     def down_ns(self) -> None:
         sh(f"ip netns del {self.s}", check=False)

@@ -8,8 +8,19 @@ import time
 
 import pytest
 from nsutil import in_ns, make_config, sh
-from pkt import (CMAC, SMAC, Prog, bin_req, bin_res, csum, mc_reply, mc_udp, tcp_frame,
-                 udp_frame, xdp_ctx)
+from pkt import (
+    CMAC,
+    SMAC,
+    Prog,
+    bin_req,
+    bin_res,
+    csum,
+    mc_reply,
+    mc_udp,
+    tcp_frame,
+    udp_frame,
+    xdp_ctx,
+)
 
 from mcache_agent.dataplane import Dataplane
 
@@ -95,7 +106,8 @@ class Env:
 def env():
     sh(f"ip netns del {NS}", check=False)
     sh(f"ip netns add {NS}")
-    sh(f"ip -n {NS} link add d0 type veth peer name d1 && ip -n {NS} link set d1 up && ip -n {NS} addr add 198.19.9.1/24 dev d0 && "
+    sh(f"ip -n {NS} link add d0 type veth peer name d1 && ip -n {NS} link set d1 up && "
+       f"ip -n {NS} addr add 198.19.9.1/24 dev d0 && "
        f"ip -n {NS} link set d0 up && ip -n {NS} link set lo up")
     e = Env()
     yield e
@@ -129,7 +141,7 @@ def expected_reply(rid, body, *, cport=40000):
 def test_ascii_miss_fill_hit_byte_exact(dp):
     d = dp.fill_ascii(b"k", b"hello", flags=0)
     assert d.get("fill") == 1, d
-    rid, req, rc, out, d = dp.get(b"k")
+    rid, _req, rc, out, d = dp.get(b"k")
     assert rc == XDP_TX, d
     assert d.get("hit") == 1 and "miss" not in d, d
     assert out == expected_reply(rid, b"VALUE k 0 5\r\nhello\r\nEND\r\n")
@@ -184,7 +196,8 @@ def test_ascii_fill_does_not_serve_binary(dp):
 def test_multiget_all_hit_and_one_miss(dp):
     rid = dp.next_rid()
     dp.x(mc_udp(rid, b"get a b\r\n"))
-    (_, _), d = dp.delta(lambda: dp.t(mc_reply(rid, b"VALUE a 1 1\r\nA\r\nVALUE b 2 2\r\nBB\r\nEND\r\n")))
+    reply = b"VALUE a 1 1\r\nA\r\nVALUE b 2 2\r\nBB\r\nEND\r\n"
+    (_, _), d = dp.delta(lambda: dp.t(mc_reply(rid, reply)))
     assert d.get("fill") == 2, d
     rid, _, rc, out, d = dp.get(b"a b")
     assert rc == XDP_TX and d.get("hit") == 1, d

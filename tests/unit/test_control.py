@@ -57,9 +57,13 @@ class FakeDataplane:
         self.flushes = 0
         self.torn_down = False
         self.fail_next: str | None = None
+        self.reconciled: list[int] = []
 
     def adopt(self) -> int | None:
         return self.pinned
+
+    def reconcile(self, cfg: Config) -> None:
+        self.reconciled.append(cfg.version)
 
     def apply(self, cfg: Config, previous: Config | None) -> FakeApplyResult:
         if self.fail_next:

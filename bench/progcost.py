@@ -1,0 +1,109 @@
+"""Cost of the XDP path per packet, free of scheduler noise: BPF_PROG_TEST_RUN, one run per
+call on a fresh copy of the frame (repeat>1 would re-run on the already rewritten reply), the
+kernel's own per-run duration, median over many calls. Measures mcache's attached root (tail
+calls included) and the reflector on the same frames: a GET hit, a GET miss, a non-memcached
+UDP datagram. Also the verifier's counts for every program of the loaded set."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import json
+import os
+import socket
+import statistics
+import struct
+import subprocess
+from pathlib import Path
+
+SYS_BPF = 321
+BPF_PROG_TEST_RUN = 10
+BPF_OBJ_GET = 7
+_libc = ct.CDLL(None, use_errno=True)
+
+
+def obj_get(path: str) -> int:
+    p = ct.create_string_buffer(path.encode())
+    attr = (ct.c_uint8 * 128)()
+    struct.pack_into("=QII", attr, 0, ct.addressof(p), 0, 0)
+    fd = _libc.syscall(SYS_BPF, BPF_OBJ_GET, attr, 128)
+    if fd < 0:
+        raise OSError(ct.get_errno(), f"BPF_OBJ_GET {path}")
+    return fd
+
+
+def test_run(fd: int, data: bytes, ifindex: int) -> tuple[int, int, bytes]:
+    """(retval, duration_ns, data_out) of one run."""
+    din = ct.create_string_buffer(data, len(data))
+    dout = ct.create_string_buffer(4096)
+    ctx = struct.pack("=IIIIII", 0, len(data), 0, ifindex, 0, 0)
+    cin = ct.create_string_buffer(ctx, len(ctx))
+    attr = (ct.c_uint8 * 128)()
+    struct.pack_into("=IIIIQQIIIIQQIII", attr, 0, fd, 0, len(data), len(dout),
+                     ct.addressof(din), ct.addressof(dout), 1, 0, len(ctx), 0,
+                     ct.addressof(cin), 0, 0, 0, 0)
+    if _libc.syscall(SYS_BPF, BPF_PROG_TEST_RUN, attr, 128) != 0:
+        raise OSError(ct.get_errno(), "BPF_PROG_TEST_RUN")
+    _, retval, _, size_out, _, _, _, duration = struct.unpack_from("=IIIIQQII", attr, 0)
+    return retval, duration, dout.raw[:size_out]
+
+
+def _csum(b: bytes) -> int:
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def udp_frame(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    eth = b"\x02\x00\x00\x00\x00\x01" + b"\x02\x00\x00\x00\x00\x02" + b"\x08\x00"
+    return eth + ip + udp
+
+
+XDP_NAMES = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
+
+
+def measure(fd: int, frame: bytes, ifindex: int, n: int) -> dict:
+    durs, rets = [], {}
+    for _ in range(n):
+        ret, dur, _ = test_run(fd, frame, ifindex)
+        durs.append(dur)
+        rets[XDP_NAMES.get(ret, ret)] = rets.get(XDP_NAMES.get(ret, ret), 0) + 1
+    durs.sort()
+    return {"median_ns": statistics.median(durs), "p90_ns": durs[int(0.9 * (len(durs) - 1))],
+            "n": n, "verdicts": rets}
+
+
+def prog_info(path: str) -> list[dict]:
+    p = subprocess.run(["bpftool", "-j", "prog", "show", "pinned", path], capture_output=True,
+                       text=True)
+    try:
+        x = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        return []
+    return x if isinstance(x, list) else [x]
+
+
+def set_programs(pin: Path) -> dict:
+    """verified_insns / xlated / jited sizes of every program pinned in the current set."""
+    out = {}
+    for p in sorted(pin.rglob("*")):
+        if not p.is_file():
+            continue
+        for info in prog_info(str(p)):
+            if "name" in info and info.get("type") in ("xdp", "sched_cls"):
+                out[info["name"]] = {"verified_insns": info.get("verified_insns"),
+                                     "xlated_bytes": info.get("bytes_xlated"),
+                                     "jited_bytes": info.get("bytes_jited")}
+    return out
+
+
+def hit_frame(key: bytes, client: str, server: str, rid: int = 7) -> bytes:
+    return udp_frame(client, server, 40000, 11211,
+                     struct.pack("!HHHH", rid, 0, 1, 0) + b"get " + key + b"\r\n")
+

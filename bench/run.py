@@ -1,0 +1,608 @@
+#!/usr/bin/env python3
+"""mcache benchmarks: stock memcached (A) vs mcache (B) vs the XDP reflector limit (C).
+
+    bench/run.py            full run (~10-15 min)
+    bench/run.py --quick    short run (< 3 min)
+    bench/run.py --smoke    smallest run (< 60 s; the test suite's smoke test)
+
+Writes bench/results/<mode>-<timestamp>.json (and latest-<mode>.json), PNG plots next to it.
+See docs/BENCHMARKS.md for what is measured and how to read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import loads  # noqa: E402
+import topo  # noqa: E402
+from topo import CLIENT_NS, NET, PIN, SERVER_ADDR, SERVER_IF, SERVER_NS, Topology, in_ns  # noqa: E402
+
+SERVER_CPU = "1"
+RESULTS = HERE / "results"
+
+
+# ---------------------------------------------------------------------------- profiles
+
+def profile(mode: str) -> dict:
+    if mode == "smoke":
+        return dict(rounds=1, seconds=1, warm=1, conc=16, window="1k", swaps=5, switches=5,
+                    compiles=1, scenarios=["get90_v32"], udp_scenarios=[], loss_seconds=2,
+                    testruns=500)
+    if mode == "quick":
+        return dict(rounds=3, seconds=2, warm=1, conc=16, window="1k", swaps=50, switches=50,
+                    compiles=2, scenarios=["get90_v32"],
+                    udp_scenarios=["zipf_v32", "misses", "non_memcached"], loss_seconds=6,
+                    testruns=3000)
+    return dict(rounds=3, seconds=5, warm=1, conc=16, window="1k", swaps=60, switches=60,
+                compiles=5,
+                scenarios=["get90_v32", "get90_v256", "get90_v1000", "get100_v32", "get50_v32"],
+                udp_scenarios=["uniform_v32", "zipf_v32", "uniform_v1000", "misses",
+                               "non_memcached"],
+                loss_seconds=12, testruns=20000)
+
+
+MEMASLAP = {  # name -> (value bytes, GET share)
+    "get90_v32": (32, 0.9), "get90_v256": (256, 0.9), "get90_v1000": (1000, 0.9),
+    "get100_v32": (32, 1.0), "get50_v32": (32, 0.5),
+}
+UDPGEN_KEYS = 50000
+UDPGEN = {  # name -> (kind, value bytes, zipf exponent, key prefix)
+    "uniform_v32": ("get", 32, 0.0, "u32:"), "zipf_v32": ("get", 32, 0.99, "u32:"),
+    "uniform_v1000": ("get", 1000, 0.0, "u1000:"), "misses": ("get", 32, 0.0, "none:"),
+    "non_memcached": ("raw", 32, 0.0, ""),
+}
+
+
+# ---------------------------------------------------------------------------- data plane
+
+def config_text(version: int, ttl_ms: int = 600000, strategy: str = "auto") -> str:
+    return textwrap.dedent(f"""\
+        apiVersion: mcache/v1
+        version: {version}
+        memcached: {{address: {SERVER_ADDR}, port: 11211}}
+        interfaces: [{{name: {SERVER_IF}, xdp_mode: auto}}]
+        cache: {{entries: 65536, max_value_bytes: 1024, ttl_ms: {ttl_ms}, fill_hold_ms: 0,
+                 allowed_clients: [{NET}]}}
+        rollout: {{strategy: {strategy}}}
+        """)
+
+
+class Mcache:
+    """mcache's Dataplane in the server netns, attached (B) or detached (A, C) between rounds
+    without recompiling: detach removes XDP and the TC filter, the pins stay."""
+
+    def __init__(self) -> None:
+        from mcache_agent.config import load_config
+        from mcache_agent.dataplane import Dataplane
+
+        self._load = load_config
+        self.dp = Dataplane(PIN)
+        self.version = 0
+        self.cfg = None
+        self.attached = False
+
+    def apply(self, **kw):
+        self.version += 1
+        cfg = self._load(config_text(self.version, **kw))
+        with in_ns(SERVER_NS):
+            t0 = time.perf_counter()
+            res = self.dp.apply(cfg, self.cfg)
+            wall = (time.perf_counter() - t0) * 1000
+        self.cfg = cfg
+        self.attached = True
+        return res, wall
+
+    def detach(self) -> None:
+        if not self.attached:
+            return
+        with in_ns(SERVER_NS):
+            for entry in (self.dp.meta() or {}).get("interfaces", []):
+                self.dp._detach_one(entry)
+        self.attached = False
+
+    def attach(self) -> None:
+        if self.attached:
+            return
+        with in_ns(SERVER_NS):
+            self.dp._attach(self.cfg, None)
+            # writes while detached were not seen: start from an empty cache
+            self.dp.flush()
+        self.attached = True
+
+    def counters(self) -> dict[str, int]:
+        return self.dp.counters()
+
+    def teardown(self) -> None:
+        with in_ns(SERVER_NS):
+            self.attach_for_teardown()
+            self.dp.teardown()
+
+    def attach_for_teardown(self) -> None:
+        if not self.attached and self.cfg is not None:
+            self.dp._attach(self.cfg, None)
+            self.attached = True
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def cpu_times() -> dict[str, tuple[int, int]]:
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if not line.startswith("cpu"):
+            break
+        f = line.split()
+        vals = [int(x) for x in f[1:9]]
+        idle = vals[3] + vals[4]
+        out[f[0]] = (sum(vals) - idle, sum(vals), vals[5] + vals[6])  # busy, total, irq+softirq
+    return out
+
+
+def cpu_delta(a, b, name):
+    busy = b[name][0] - a[name][0]
+    total = b[name][1] - a[name][1]
+    soft = b[name][2] - a[name][2]
+    return busy, total, soft
+
+
+def diff(a: dict, b: dict) -> dict:
+    return {k: b.get(k, 0) - a.get(k, 0) for k in b}
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    if not xs:
+        return None
+    k = min(len(xs) - 1, max(0, int(round(q * (len(xs) - 1)))))
+    return xs[k]
+
+
+def set_rps(split: bool) -> None:
+    """Client and server on their own core: the server veth's receive work (generic XDP,
+    the stack, memcached's socket) on CPU 1, the client's on CPU 0."""
+    s_mask, c_mask = ("2", "1") if split else ("0", "0")
+    for ns, dev, mask in ((SERVER_NS, SERVER_IF, s_mask), (CLIENT_NS, topo.CLIENT_IF, c_mask)):
+        subprocess.run(["ip", "netns", "exec", ns, "sh", "-c",
+                        f"for q in /sys/class/net/{dev}/queues/rx-*; do echo {mask} > $q/rps_cpus; done"],
+                       check=True, capture_output=True)
+
+
+# ---------------------------------------------------------------------------- measurement
+
+class Bench:
+    def __init__(self, args, prof) -> None:
+        self.args, self.p = args, prof
+        self.topo = Topology(memcached_threads=args.memcached_threads)
+        self.mc: Mcache | None = None
+        self.refl = {}
+        self.cur_refl = None
+        self.results: dict = {"scenarios": {}, "hot_swap": {}, "notes": []}
+
+    # modes -----------------------------------------------------------------
+    def set_mode(self, mode: str, value_len: int) -> None:
+        if self.cur_refl is not None:
+            self.cur_refl.detach()
+            self.cur_refl = None
+        if mode == "B":
+            self.mc.attach()
+        else:
+            self.mc.detach()
+        if mode == "C":
+            from reflector import Reflector
+
+            if value_len not in self.refl:
+                self.refl[value_len] = Reflector(value_len)
+            self.cur_refl = self.refl[value_len]
+            self.cur_refl.attach()
+
+    def measure(self, mode: str, value_len: int, load) -> dict:
+        self.set_mode(mode, value_len)
+        load(warm=True)
+        c0 = self.mc.counters()
+        m0 = self.topo.mc_stats()
+        t0 = cpu_times()
+        p0 = topo.proc_cpu_ticks(self.topo.mc_pid)
+        res = load(warm=False)
+        p1 = topo.proc_cpu_ticks(self.topo.mc_pid)
+        t1 = cpu_times()
+        m1 = self.topo.mc_stats()
+        c1 = self.mc.counters()
+        ops = res.get("ops") or res.get("replies") or 0
+        sbusy, stotal, ssoft = cpu_delta(t0, t1, "cpu" + SERVER_CPU) if self.args.split else (0, 0, 0)
+        abusy, atotal, _ = cpu_delta(t0, t1, "cpu")
+        hz = os.sysconf("SC_CLK_TCK")
+        res["mode"] = mode
+        res["server_cpu_busy_frac"] = sbusy / stotal if stotal else None
+        res["server_cpu_softirq_frac"] = ssoft / stotal if stotal else None
+        res["server_cpu_us_per_op"] = (sbusy / hz * 1e6 / ops) if ops and self.args.split else None
+        res["all_cpu_us_per_op"] = (abusy / hz * 1e6 / ops) if ops else None
+        res["memcached_cpu_us_per_op"] = ((p1 - p0) / hz * 1e6 / ops) if ops else None
+        cd = diff(c0, c1)
+        res["counters"] = {k: v for k, v in cd.items() if v}
+        looked = cd.get("hit", 0) + cd.get("miss", 0)
+        res["hit_ratio"] = cd.get("hit", 0) / looked if looked else None
+        res["memcached_cmd_get"] = int(m1["cmd_get"]) - int(m0["cmd_get"])
+        res["memcached_get_hits"] = int(m1["get_hits"]) - int(m0["get_hits"])
+        res["memcached_cmd_set"] = int(m1["cmd_set"]) - int(m0["cmd_set"])
+        return res
+
+    # scenarios ---------------------------------------------------------------
+    def memaslap_load(self, name: str):
+        value_len, share = MEMASLAP[name]
+        cfgf = loads.memaslap_cfg(Path(f"/tmp/mcache-bench-{name}.cfg"), 32, value_len, share)
+
+        def load(warm: bool) -> dict:
+            secs = self.p["warm"] if warm else self.p["seconds"]
+            r = loads.run_memaslap(cfgf, secs, self.p["conc"], self.p["window"],
+                                   verify=0 if warm else self.args.verify, pin_cpu=self.cpu0)
+            if not warm:
+                r["ops_per_s"] = r.get("tps")
+                r["mean_us"] = r.get("get_mean_us")
+            return r
+        return value_len, load
+
+    def udpgen_load(self, name: str):
+        kind, value_len, zipf, prefix = UDPGEN[name]
+
+        def load(warm: bool) -> dict:
+            secs = self.p["warm"] if warm else self.p["seconds"]
+            if kind == "raw":
+                r = loads.run_udpgen_raw(secs, 32, value_len, pin_cpu=self.cpu0)
+            else:
+                r = loads.run_udpgen_get(secs, 32, UDPGEN_KEYS, zipf, prefix, pin_cpu=self.cpu0)
+            r["ops_per_s"] = r["ops_s"]
+            return r
+        return value_len, load
+
+    def run_scenario(self, name: str) -> None:
+        tool = "memcaslap" if name in MEMASLAP else "udpgen"
+        value_len, load = (self.memaslap_load if tool == "memcaslap" else self.udpgen_load)(name)
+        modes = ["A", "B", "C"] if name not in ("misses", "non_memcached") else ["A", "B"]
+        runs = {m: [] for m in modes}
+        for r in range(self.p["rounds"]):
+            for m in modes:
+                res = self.measure(m, value_len, load)
+                res["round"] = r
+                runs[m].append(res)
+                print(f"  {name} round {r} {m}: {res.get('ops_per_s')} ops/s, mean "
+                      f"{res.get('mean_us')} us, hit ratio {res.get('hit_ratio')}", flush=True)
+        summary = {}
+        for m, rs in runs.items():
+            tput = [x.get("ops_per_s") or 0 for x in rs]
+            summary[m] = {
+                "ops_per_s": med(tput), "ops_per_s_min": min(tput), "ops_per_s_max": max(tput),
+                "mean_us": med([x.get("mean_us") for x in rs]),
+                "mean_us_min": min((x.get("mean_us") or 0) for x in rs),
+                "mean_us_max": max((x.get("mean_us") or 0) for x in rs),
+                "p99_us": med([x.get("p99_us", x.get("get_p99_le_us")) for x in rs]),
+                "p50_us": med([x.get("p50_us", x.get("get_p50_le_us")) for x in rs]),
+                "server_cpu_us_per_op": med([x.get("server_cpu_us_per_op") for x in rs]),
+                "all_cpu_us_per_op": med([x.get("all_cpu_us_per_op") for x in rs]),
+                "memcached_cpu_us_per_op": med([x.get("memcached_cpu_us_per_op") for x in rs]),
+                "hit_ratio": med([x.get("hit_ratio") for x in rs]),
+                "lost": sum(x.get("lost", 0) + x.get("udp_timeout", 0) + x.get("packet_drop", 0)
+                            for x in rs),
+                "verify_failed": sum(x.get("verify_failed", 0) for x in rs),
+            }
+        ratios = {}
+        a, b = summary["A"], summary["B"]
+        if a["ops_per_s"] and b["ops_per_s"]:
+            ratios["B/A_throughput"] = b["ops_per_s"] / a["ops_per_s"]
+        if a["mean_us"] and b["mean_us"]:
+            ratios["B/A_mean_latency"] = b["mean_us"] / a["mean_us"]
+        if "C" in summary and summary["C"]["ops_per_s"] and b["ops_per_s"]:
+            ratios["B/C_throughput"] = b["ops_per_s"] / summary["C"]["ops_per_s"]
+        if a["server_cpu_us_per_op"] and b["server_cpu_us_per_op"]:
+            ratios["B/A_server_cpu_per_op"] = b["server_cpu_us_per_op"] / a["server_cpu_us_per_op"]
+        self.results["scenarios"][name] = {
+            "tool": tool, "value_bytes": value_len, "runs": runs, "summary": summary,
+            "ratios": ratios,
+        }
+        print(f"  {name}: {json.dumps(ratios)}", flush=True)
+
+    # hot swap ----------------------------------------------------------------
+    def hot_swap(self) -> None:
+        mc = self.mc
+        self.set_mode("B", 32)
+        hs = self.results["hot_swap"]
+        # compile + load of a program set (agent's program_swap path: two bcc workers)
+        comp = []
+        for _ in range(self.p["compiles"]):
+            res, wall = mc.apply(strategy="program_swap")
+            comp.append({"strategy": res.strategy, "duration_ms": res.duration_ms,
+                         "switch_ms": res.swap_ms, "wall_ms": wall})
+        hs["compile_load"] = {"runs": comp,
+                              "p50_ms": med([c["duration_ms"] for c in comp]),
+                              "max_ms": max(c["duration_ms"] for c in comp)}
+        print(f"  compile+load: {hs['compile_load']['p50_ms']:.0f} ms p50", flush=True)
+
+        # map swaps under load (ttl alternates), requests lost counted by udpgen
+        gen = loads.start_udpgen_get(self.p["loss_seconds"], 8, UDPGEN_KEYS, 0.0, "u32:", 200)
+        time.sleep(1.0)
+        swaps = []
+        for i in range(self.p["swaps"]):
+            res, wall = mc.apply(ttl_ms=600000 - (i % 2) * 1000, strategy="map_swap")
+            swaps.append({"strategy": res.strategy, "outer_update_ms": res.swap_ms,
+                          "apply_ms": res.duration_ms, "wall_ms": wall})
+        time.sleep(0.5)
+        loss = loads.finish(gen, timeout=self.p["loss_seconds"] + 30)
+        # An apply turns into a program swap when the data plane's source changed under us
+        # (bpf/ edited while the benchmark runs): those are not map swaps, counted apart.
+        ms = [s for s in swaps if s["strategy"] == "map_swap"]
+        hs["map_swap"] = {
+            "n": len(ms), "not_map_swap": len(swaps) - len(ms),
+            "outer_update_ms_p50": pct([s["outer_update_ms"] for s in ms], 0.5),
+            "outer_update_ms_p99": pct([s["outer_update_ms"] for s in ms], 0.99),
+            "apply_ms_p50": pct([s["apply_ms"] for s in ms], 0.5),
+            "apply_ms_p99": pct([s["apply_ms"] for s in ms], 0.99),
+            "load_during": loss,
+            "runs": swaps,
+        }
+        print(f"  map swap: update p99 {hs['map_swap']['outer_update_ms_p99']:.2f} ms, apply p99 "
+              f"{hs['map_swap']['apply_ms_p99']:.2f} ms, lost {loss['lost']}", flush=True)
+
+        # program switches between two loaded sets: keep every object of the current set
+        # open (a prog array emptied when its last user reference goes), load a second set,
+        # then write one or the other set's entries into the root slots, as the agent does.
+        with in_ns(SERVER_NS):
+            held_a, mains_a = self._hold_set()
+        mc.apply(strategy="program_swap")
+        with in_ns(SERVER_NS):
+            held_b, mains_b = self._hold_set()
+        gen = loads.start_udpgen_get(self.p["loss_seconds"], 8, UDPGEN_KEYS, 0.0, "u32:", 200)
+        time.sleep(1.0)
+        sw = []
+        try:
+            for i in range(self.p["switches"]):
+                xdp, tc = (mains_a if i % 2 == 0 else mains_b)
+                t0 = time.perf_counter()
+                mc.dp._set_root("xdp_root_jmp", xdp)
+                mc.dp._set_root("tc_root_jmp", tc)
+                sw.append((time.perf_counter() - t0) * 1000)
+                time.sleep(0.02)
+            # leave the set the agent's meta names in place
+            mc.dp._set_root("xdp_root_jmp", mains_b[0])
+            mc.dp._set_root("tc_root_jmp", mains_b[1])
+            time.sleep(0.5)
+            loss = loads.finish(gen, timeout=self.p["loss_seconds"] + 30)
+        finally:
+            for fd in held_a + held_b:
+                os.close(fd)
+        hs["program_switch"] = {"n": len(sw), "ms_p50": pct(sw, 0.5), "ms_p99": pct(sw, 0.99),
+                                "ms_max": max(sw), "load_during": loss, "runs_ms": sw}
+        print(f"  program switch: p99 {hs['program_switch']['ms_p99']:.3f} ms, lost "
+              f"{loss['lost']}", flush=True)
+
+    def _hold_set(self):
+        meta = self.mc.dp.meta()
+        set_dir = PIN / "sets" / meta["set"]
+        fds, mains = [], {}
+        for p in sorted(set_dir.rglob("*")):
+            if p.is_file():
+                fd = self.mc.dp._obj_get(str(p.relative_to(PIN)))
+                fds.append(fd)
+                if p.name in ("xdp_main", "tc_main"):
+                    mains[p.name] = fd
+        return fds, (mains["xdp_main"], mains["tc_main"])
+
+    # where the time goes ---------------------------------------------------------
+    def prog_stats(self) -> dict:
+        """Per-packet cost of the XDP path (BPF_PROG_TEST_RUN, see progcost.py), the verifier's
+        counts, and run_time_ns/run_cnt of the attached roots over one live B run."""
+        import progcost
+        from reflector import Reflector
+
+        out: dict = {}
+        self.set_mode("B", 32)
+        key = b"u32:00000001"
+        gen = loads.run_udpgen_get(0.3, 1, 2, 0.0, "u32:", 200, pin_cpu=None)  # fills keys 0,1
+        out["warm"] = gen
+        if 32 not in self.refl:
+            self.refl[32] = Reflector(32)
+        n = self.p["testruns"]
+        frames = {
+            "get_hit": progcost.hit_frame(key, topo.CLIENT_ADDR, SERVER_ADDR),
+            "get_miss": progcost.hit_frame(b"none:00000001", topo.CLIENT_ADDR, SERVER_ADDR),
+            "non_memcached": progcost.udp_frame(topo.CLIENT_ADDR, SERVER_ADDR, 40000,
+                                                topo.ECHO_PORT, b"p" * 32),
+        }
+        with in_ns(SERVER_NS):
+            import socket as _s
+
+            ifindex = _s.if_nametoindex(SERVER_IF)
+            root = progcost.obj_get(str(PIN / "xdp_root"))
+            try:
+                out["test_run_ns"] = {
+                    "mcache": {k: progcost.measure(root, f, ifindex, n) for k, f in frames.items()},
+                    "reflector": {k: progcost.measure(self.refl[32].fn.fd, f, ifindex, n)
+                                  for k, f in frames.items()},
+                }
+            finally:
+                os.close(root)
+            out["programs"] = progcost.set_programs(PIN)
+        # live: the roots' run time (tail calls included) over one measured B run
+        try:
+            old = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
+            Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1")
+        except OSError as exc:
+            out["live_error"] = str(exc)
+            return out
+        try:
+            def snap():
+                r = {}
+                for name in ("xdp_root", "tc_root"):
+                    for info in progcost.prog_info(str(PIN / name)):
+                        r[name] = (info.get("run_cnt", 0), info.get("run_time_ns", 0))
+                return r
+            _, load = self.memaslap_load("get90_v32")
+            load(warm=True)
+            s0 = snap()
+            res = load(warm=False)
+            s1 = snap()
+            live = {"ops": res.get("ops"), "hit_ratio": None,
+                    "link": subprocess.run(["ip", "-n", SERVER_NS, "-d", "link", "show", SERVER_IF],
+                                           capture_output=True, text=True).stdout}
+            for name in s1:
+                cnt = s1[name][0] - s0.get(name, (0, 0))[0]
+                ns = s1[name][1] - s0.get(name, (0, 0))[1]
+                live[name] = {"run_cnt": cnt, "ns_per_run": ns / cnt if cnt else None}
+            out["live"] = live
+        finally:
+            Path("/proc/sys/kernel/bpf_stats_enabled").write_text(old)
+        return out
+
+    # main --------------------------------------------------------------------
+    def run(self) -> dict:
+        t_start = time.time()
+        self.cpu0 = "0" if self.args.split else None
+        loads.build_udpgen()
+        self.topo.up()
+        try:
+            set_rps(self.args.split)
+            pid = self.topo.start_memcached()
+            if self.args.split:
+                subprocess.run(["taskset", "-a", "-pc", SERVER_CPU, str(pid)], check=True,
+                               capture_output=True)
+            echo_secs = 3600
+            self.topo.spawn(SERVER_NS, loads.echo_server_argv(echo_secs, SERVER_CPU if self.args.split else None),
+                            stdout=subprocess.DEVNULL)
+            for vl in sorted({v for _, v, _, _ in UDPGEN.values()}):
+                self.topo.preload([b"u%d:%08d" % (vl, i) for i in range(UDPGEN_KEYS)], b"x" * vl)
+            self.mc = Mcache()
+            res, wall = self.mc.apply()
+            self.results["first_apply"] = {"strategy": res.strategy, "duration_ms": res.duration_ms,
+                                           "wall_ms": wall}
+            print(f"mcache applied ({res.strategy}, {res.duration_ms:.0f} ms)", flush=True)
+            for name in self.p["scenarios"] + self.p["udp_scenarios"]:
+                print(f"scenario {name}", flush=True)
+                self.run_scenario(name)
+            print("hot swap", flush=True)
+            self.hot_swap()
+            if not self.args.no_profile:
+                print("bpf run-time stats", flush=True)
+                self.results["bpf_prog_stats"] = self.prog_stats()
+        finally:
+            for r in self.refl.values():
+                with contextlib.suppress(Exception):
+                    r.close()
+            if self.mc is not None:
+                with contextlib.suppress(Exception):
+                    self.mc.teardown()
+            self.topo.down()
+            shutil.rmtree(PIN, ignore_errors=True)
+        self.results["wall_s"] = time.time() - t_start
+        return self.results
+
+
+def machine() -> dict:
+    cpu = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {"kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": cpu,
+            "memcached": subprocess.run(["memcached", "-V"], capture_output=True,
+                                        text=True).stdout.strip(),
+            "loadavg_start": Path("/proc/loadavg").read_text().split()[:3]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--seconds", type=int)
+    ap.add_argument("--scenarios", help="comma-separated subset")
+    ap.add_argument("--memcached-threads", type=int, default=1)
+    ap.add_argument("--no-split", dest="split", action="store_false",
+                    help="do not pin client/server to CPU 0/1 (RPS + taskset)")
+    ap.add_argument("--verify", type=float, default=0.01, help="memcaslap --verify share")
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--fleet", action="store_true",
+                    help="also time lab-up + canary deploy + no-op re-deploy on 3 and 10 hosts "
+                         "(takes the shared lab fleet over: lab-down first)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/run.py must run as root", file=sys.stderr)
+        return 2
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    prof = profile(mode)
+    if args.rounds:
+        prof["rounds"] = args.rounds
+    if args.seconds:
+        prof["seconds"] = args.seconds
+    if args.scenarios:
+        names = args.scenarios.split(",")
+        prof["scenarios"] = [n for n in names if n in MEMASLAP]
+        prof["udp_scenarios"] = [n for n in names if n in UDPGEN]
+    bench = Bench(args, prof)
+    mach = machine()
+    results = bench.run()
+    if args.fleet:
+        import fleet
+
+        results["fleet"] = fleet.run()
+    else:
+        results["fleet"] = {"skipped": "not requested (--fleet takes the shared lab over)"}
+    mach["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    results.update({"mode": mode, "profile": prof, "machine": mach, "split_cpus": args.split,
+                    "memcached_threads": args.memcached_threads,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    path = args.out / f"{mode}-{stamp}.json"
+    path.write_text(json.dumps(results, indent=1, default=str))
+    shutil.copyfile(path, args.out / f"latest-{mode}.json")
+    print(f"results: {path}")
+    if not args.no_plots:
+        try:
+            import plots
+
+            for p in plots.plot(results, args.out, mode):
+                print(f"plot: {p}")
+        except Exception as exc:  # plots are a convenience; the JSON is the result
+            print(f"plots failed: {exc}", file=sys.stderr)
+    print_summary(results)
+    return 0
+
+
+def print_summary(results: dict) -> None:
+    print("\nsummary (medians)")
+    for name, s in results["scenarios"].items():
+        line = []
+        for m, v in s["summary"].items():
+            line.append(f"{m} {v['ops_per_s'] or 0:,.0f} ops/s {v['mean_us'] or 0:.0f} us")
+        print(f"  {name:16s} " + " | ".join(line) + "  " +
+              " ".join(f"{k}={v:.2f}" for k, v in s["ratios"].items()))
+    hs = results.get("hot_swap", {})
+    if hs:
+        print(f"  compile+load p50 {hs['compile_load']['p50_ms']:.0f} ms; map swap update p99 "
+              f"{hs['map_swap']['outer_update_ms_p99']:.2f} ms (apply p99 "
+              f"{hs['map_swap']['apply_ms_p99']:.1f} ms), lost {hs['map_swap']['load_during']['lost']}; "
+              f"program switch p99 {hs['program_switch']['ms_p99']:.3f} ms, lost "
+              f"{hs['program_switch']['load_during']['lost']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

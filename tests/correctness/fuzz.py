@@ -1,0 +1,601 @@
+"""Structure-aware fuzzing of the pinned XDP and TC programs with BPF_PROG_TEST_RUN.
+
+    python -m tests.correctness.fuzz --frames 100000 [--seed S] [--report out.json]
+
+An interface d0 (198.19.100.1/24; a veth, this kernel has no dummy driver) in a namespace of its own carries a real config; the
+pinned roots (<bpffs>/xdp_root, <bpffs>/tc_root) run with ingress_ifindex = d0. A few keys
+are cached through the real path (an XDP miss, then memcached's reply through TC), so the
+fuzzer has hits to aim at. Frames are built around real memcached requests and then bent:
+truncations, lying IP/UDP/binary lengths, odd frame headers, IP options, fragments, VLAN
+tags, IPv6, huge and empty keys, bad binary magic/extras/key lengths, TCP writes split at
+random points, spoofed and out-of-list sources, random byte flips.
+
+Invariant (XDP): XDP_PASS with the frame unchanged, or XDP_TX of a well-formed reply (L2-L4
+mirrored, checksums right, the request id, "0 of 1") to an allowed client's plain GET that
+carries exactly the cached bytes of cached keys, in order. Nothing else (no XDP_DROP,
+no XDP_ABORTED, no changed pass). TC: TC_ACT_OK, frame unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes as ct
+import ipaddress
+import json
+import os
+import random
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+
+if __package__:
+    from . import lab as L
+else:  # pragma: no cover
+    import lab as L  # type: ignore
+
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
+TC_ACT_OK = 0
+NS = "mccf-fuzz"
+PIN = Path("/sys/fs/bpf/mcache-corr-fuzz")
+CMAC = bytes.fromhex("02000000c0de")
+SMAC = bytes.fromhex("02000000beef")
+BIN = struct.Struct("!BBHBBHIIQ")
+REGRESSIONS = Path(__file__).parent / "regressions" / "xdp_frames.txt"
+
+_libc = ct.CDLL(None, use_errno=True)
+_libc.syscall.restype = ct.c_long
+SYS_BPF, BPF_OBJ_GET, BPF_PROG_TEST_RUN = 321, 7, 10
+
+
+# ---------------------------------------------------------------- frames
+
+def csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def ipv4(src: str, dst: str, proto: int, l4: bytes, *, frag: int = 0, options: bytes = b"",
+         tot_len: int | None = None, ihl: int | None = None, ident: int = 0) -> bytes:
+    ihl = ihl if ihl is not None else 5 + len(options) // 4
+    tot = tot_len if tot_len is not None else 20 + len(options) + len(l4)
+    h = struct.pack("!BBHHHBBH4s4s", 0x40 | (ihl & 15), 0, tot & 0xFFFF, ident, frag, 64, proto, 0,
+                    socket.inet_aton(src), socket.inet_aton(dst)) + options
+    h = h[:10] + struct.pack("!H", csum(h)) + h[12:]
+    return h + l4
+
+
+def eth(payload: bytes, *, dst=SMAC, src=CMAC, etype=0x0800, vlan: int | None = None) -> bytes:
+    tag = struct.pack("!HH", 0x8100, vlan) if vlan is not None else b""
+    return dst + src + tag + struct.pack("!H", etype) + payload
+
+
+def udp(payload: bytes, *, src=L.CADDR, dst=L.SADDR, sport=40000, dport=L.PORT,
+        ulen: int | None = None, **ipkw) -> bytes:
+    ln = ulen if ulen is not None else 8 + len(payload)
+    return ipv4(src, dst, 17, struct.pack("!HHHH", sport, dport, ln & 0xFFFF, 0) + payload, **ipkw)
+
+
+def tcp(payload: bytes, *, seq: int, src=L.CADDR, dst=L.SADDR, sport=45000, dport=L.PORT,
+        flags=0x18, doff=5, **ipkw) -> bytes:
+    opts = b"\x01" * ((doff - 5) * 4) if doff > 5 else b""
+    t = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, 1, (doff & 15) << 4, flags,
+                    65535, 0, 0) + opts + payload
+    return ipv4(src, dst, 6, t, **ipkw)
+
+
+def mframe(rid: int, body: bytes, seq: int = 0, count: int = 1, res: int = 0) -> bytes:
+    return struct.pack("!HHHH", rid, seq, count, res) + body
+
+
+def bin_req(op: int, key: bytes, *, opaque=0, extras=b"", value=b"", magic=0x80,
+            klen=None, elen=None, body=None) -> bytes:
+    b = len(extras) + len(key) + len(value)
+    return BIN.pack(magic, op, len(key) if klen is None else klen,
+                    len(extras) if elen is None else elen, 0, 0, b if body is None else body,
+                    opaque, 0) + extras + key + value
+
+
+# ---------------------------------------------------------------- test runs
+
+def obj_get(path: str) -> int:
+    p = ct.create_string_buffer(path.encode())
+    attr = (ct.c_uint8 * 128)()
+    struct.pack_into("=QII", attr, 0, ct.addressof(p), 0, 0)
+    fd = _libc.syscall(SYS_BPF, BPF_OBJ_GET, attr, 128)
+    if fd < 0:
+        raise OSError(ct.get_errno(), f"BPF_OBJ_GET {path}")
+    return fd
+
+
+class Prog:
+    def __init__(self, path: str) -> None:
+        self.fd = obj_get(path)
+        self.dout = ct.create_string_buffer(8192)
+
+    def run(self, data: bytes, ctx: bytes | None = None) -> tuple[int, bytes]:
+        din = ct.create_string_buffer(data, len(data))
+        cin = ct.create_string_buffer(ctx, len(ctx)) if ctx else None
+        attr = (ct.c_uint8 * 128)()
+        struct.pack_into("=IIIIQQIIIIQQIII", attr, 0, self.fd, 0, len(data), len(self.dout),
+                         ct.addressof(din), ct.addressof(self.dout), 1, 0,
+                         len(ctx) if ctx else 0, 0, ct.addressof(cin) if cin else 0, 0, 0, 0, 0)
+        if _libc.syscall(SYS_BPF, BPF_PROG_TEST_RUN, attr, 128) != 0:
+            raise OSError(ct.get_errno(), "BPF_PROG_TEST_RUN")
+        _, retval, _, size_out = struct.unpack_from("=IIII", attr, 0)
+        return retval, self.dout.raw[:size_out]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def xdp_ctx(data_len: int, ifindex: int) -> bytes:
+    return struct.pack("=IIIIII", 0, data_len, 0, ifindex, 0, 0)
+
+
+# ---------------------------------------------------------------- the environment
+
+CACHED = {  # key -> (value, flags); filled through the real miss + reply path
+    b"fz:a": (b"alpha", 0),
+    b"fz:b": (b"B" * 700, 4294967295),
+    b"fz:c": (b"", 17),
+    b"fz:d": (b"delta\r\nEND\r\n", 3),   # a value that looks like protocol
+}
+BIN_CACHED = {b"fz:e": (b"echo-binary", 99, 0x1122334455667788)}  # filled from a binary reply
+KEYS = [*CACHED, *BIN_CACHED, b"fz:miss", b"other"]
+
+
+class Env:
+    def __init__(self, *, tag: str = "fuzz", hold_ms: int = 0) -> None:
+        from mcache_agent.dataplane import Dataplane
+
+        self.ns = NS
+        L.sh(f"ip netns del {self.ns}", check=False)
+        L.sh(f"ip netns add {self.ns}")
+        L.sh(f"ip -n {self.ns} link add d0 type veth peer name d1 && ip -n {self.ns} link set d1 up && ip -n {self.ns} addr add "
+             f"{L.SADDR}/24 dev d0 && ip -n {self.ns} link set d0 up && "
+             f"ip -n {self.ns} link set lo up")
+        self.dp = Dataplane(PIN)
+        text = L.config_text(1, "d0", hold_ms=hold_ms, ttl_ms=3_600_000)
+        with L.in_ns(self.ns):
+            self.dp.apply(L.load(text), None)
+            self.ifindex = socket.if_nametoindex("d0")
+        self.xdp = Prog(f"{PIN}/xdp_root")
+        self.tc = Prog(f"{PIN}/tc_root")
+        self.rid = 0
+        self.allowed = ipaddress.IPv4Network(L.ALLOWED)
+
+    def close(self) -> None:
+        self.xdp.close()
+        self.tc.close()
+        with L.in_ns(self.ns):
+            self.dp.teardown()
+        L.sh(f"ip netns del {self.ns}", check=False)
+
+    def x(self, frame: bytes) -> tuple[int, bytes]:
+        with L.in_ns(self.ns):
+            return self.xdp.run(frame, xdp_ctx(len(frame), self.ifindex))
+
+    def t(self, frame: bytes) -> tuple[int, bytes]:
+        return self.tc.run(frame)
+
+    def clear_hold(self) -> None:
+        """Undo a fuzzed "flush_all <delay>": its hold (no fills until the delay is over) would
+        keep the cache empty for the rest of the run. The generation is kept."""
+        from mcache_agent.dataplane import _lib
+
+        fd = self.dp._obj_get("state")
+        try:
+            key = ct.c_uint32(0)
+            buf = ct.create_string_buffer(16)
+            _lib().lookup(fd, ct.byref(key), buf)
+            new = ct.create_string_buffer(buf.raw[:8] + bytes(8), 16)
+            _lib().update(fd, ct.byref(key), new, 0)
+        finally:
+            os.close(fd)
+
+    def fill(self) -> None:
+        """(Re)fill the model keys through the real path: a miss, then memcached's reply."""
+        self.clear_hold()
+        for k, (v, fl) in CACHED.items():
+            self.rid = (self.rid + 1) & 0xFFFF
+            req = eth(udp(mframe(self.rid, b"get " + k + b"\r\n"), sport=40001))
+            rc, _ = self.x(req)
+            if rc == XDP_TX:
+                continue  # already cached
+            body = b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (k, fl, len(v), v)
+            rep = eth(udp(mframe(self.rid, body), src=L.SADDR, dst=L.CADDR, sport=L.PORT,
+                          dport=40001, frag=0x4000), dst=CMAC, src=SMAC)
+            self.t(rep)
+        for k, (v, fl, cas) in BIN_CACHED.items():
+            self.rid = (self.rid + 1) & 0xFFFF
+            req = eth(udp(mframe(self.rid, bin_req(0x0C, k, opaque=7)), sport=40002))
+            rc, _ = self.x(req)
+            if rc == XDP_TX:
+                continue
+            ex = struct.pack("!I", fl)
+            res = BIN.pack(0x81, 0x0C, len(k), 4, 0, 0, 4 + len(k) + len(v), 7, cas) + ex + k + v
+            rep = eth(udp(mframe(self.rid, res), src=L.SADDR, dst=L.CADDR, sport=L.PORT,
+                          dport=40002), dst=CMAC, src=SMAC)
+            self.t(rep)
+
+    def cached_now(self) -> set[bytes]:
+        """Which model keys the cache answers right now (probe GETs; they are not fuzz)."""
+        out = set()
+        for k in [*CACHED, *BIN_CACHED]:
+            rc, _ = self.x(eth(udp(mframe(1, b"get " + k + b"\r\n"), sport=40003)))
+            if rc == XDP_TX:
+                out.add(k)
+        return out
+
+
+# ---------------------------------------------------------------- the oracle
+
+def check_xdp(env: Env, frame: bytes, rc: int, out: bytes) -> str | None:
+    """None if the outcome is allowed, else what is wrong."""
+    if rc == XDP_PASS:
+        return None if out == frame else "XDP_PASS with a changed frame"
+    if rc != XDP_TX:
+        return f"verdict {rc}"
+    # A TX must answer a well-formed, allowed, plain IPv4/UDP GET to memcached.
+    if len(frame) < 14 + 20 + 8 + 8 or frame[12:14] != b"\x08\x00":
+        return "TX of a non-IPv4 frame"
+    ip = frame[14:34]
+    if ip[0] != 0x45 or ip[9] != 17:
+        return "TX of a frame with IP options or not UDP"
+    tot = struct.unpack_from("!H", ip, 2)[0]
+    if struct.unpack_from("!H", ip, 6)[0] & 0x3FFF:
+        return "TX of an IP fragment"
+    src, dst = socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])
+    if ipaddress.IPv4Address(src) not in env.allowed and not src.startswith("127."):
+        return f"TX to a client outside the allow-list ({src})"
+    if dst != L.SADDR:
+        return f"TX for a request to {dst}"
+    sport, dport, ulen = struct.unpack_from("!HHH", frame, 34)
+    if dport != L.PORT or 14 + tot > len(frame) or 20 + ulen > tot:
+        return "TX of a request with bad ports/lengths"
+    payload = frame[42:42 + ulen - 8]
+    rid, seq, cnt, _ = struct.unpack_from("!HHHH", payload)
+    if seq != 0 or cnt != 1:
+        return "TX of a request that is not datagram 0 of 1"
+    body = payload[8:]
+    # the reply's headers
+    if len(out) > 14 + 1500:
+        return f"reply of {len(out)} bytes: over 1500 on the wire"
+    if out[0:6] != frame[6:12] or out[6:12] != frame[0:6] or out[12:14] != b"\x08\x00":
+        return "reply L2 not mirrored"
+    rip = out[14:34]
+    if rip[0] != 0x45 or csum(rip) != 0 or rip[9] != 17:
+        return "reply IPv4 header bad (version/ihl/checksum/proto)"
+    rtot = struct.unpack_from("!H", rip, 2)[0]
+    if 14 + rtot != len(out):
+        return f"reply tot_len {rtot} vs frame {len(out)}"
+    if rip[12:16] != ip[16:20] or rip[16:20] != ip[12:16]:
+        return "reply addresses not mirrored"
+    rs, rd, rl, _ = struct.unpack_from("!HHHH", out, 34)
+    if rs != dport or rd != sport or rl != rtot - 20:
+        return "reply UDP ports/length"
+    rp = out[42:]
+    rrid, rseq, rcnt, rres = struct.unpack_from("!HHHH", rp)
+    if rrid != rid or rseq != 0 or rcnt != 1 or rres != 0:
+        return "reply frame header"
+    rb = rp[8:]
+    if body[:1] == b"\x80":
+        return check_binary(body, rb)
+    return check_ascii(body, rb)
+
+
+def check_ascii(req: bytes, rb: bytes) -> str | None:
+    if not req.startswith(b"get ") or not req.endswith(b"\r\n") or req.count(b"\r\n") != 1:
+        return f"ASCII TX for a request that is not one get line: {req[:60]!r}"
+    keys = req[4:-2].split(b" ")
+    keys = [k for k in keys if k]
+    want = b""
+    for k in keys:
+        if k in CACHED:
+            v, fl = CACHED[k]
+        elif k in BIN_CACHED:
+            v, fl, _ = BIN_CACHED[k]
+        else:
+            return f"TX answering an uncached key {k[:40]!r}"
+        want += b"VALUE %s %d %d\r\n%s\r\n" % (k, fl, len(v), v)
+    want += b"END\r\n"
+    if rb != want:
+        return f"ASCII reply differs: {rb[:80]!r} != {want[:80]!r}"
+    return None
+
+
+def check_binary(req: bytes, rb: bytes) -> str | None:
+    if len(req) < 24:
+        return "binary TX for a short request"
+    magic, op, klen, elen, _, _, body, opaque, _ = BIN.unpack_from(req)
+    if op not in (0x00, 0x09, 0x0C, 0x0D) or elen != 0 or klen != body or 24 + body != len(req):
+        return f"binary TX for a request that is not one plain GET: {req[:40].hex()}"
+    key = req[24:24 + klen]
+    if key not in BIN_CACHED:
+        return f"binary TX for a key not filled from a binary reply: {key[:40]!r}"
+    v, fl, cas = BIN_CACHED[key]
+    with_key = op in (0x0C, 0x0D)
+    k = key if with_key else b""
+    want = BIN.pack(0x81, op, len(k), 4, 0, 0, 4 + len(k) + len(v), opaque, cas) + \
+        struct.pack("!I", fl) + k + v
+    if rb != want:
+        return f"binary reply differs: {rb[:60].hex()} != {want[:60].hex()}"
+    return None
+
+
+# ---------------------------------------------------------------- the generator
+
+def rand_key(rng: random.Random) -> bytes:
+    r = rng.random()
+    if r < 0.6:
+        return rng.choice(KEYS)
+    if r < 0.7:
+        return b""
+    if r < 0.8:
+        return b"k" * rng.choice([1, 63, 64, 65, 249, 250, 251, 255, 300, 400])
+    if r < 0.9:
+        return bytes(rng.randrange(33, 127) for _ in range(rng.randint(1, 20)))
+    return bytes(rng.randrange(256) for _ in range(rng.randint(1, 12)))
+
+
+def ascii_body(rng: random.Random) -> bytes:
+    r = rng.random()
+    if r < 0.45:
+        keys = [rand_key(rng) for _ in range(rng.choice([1, 1, 1, 2, 3, 8, 9, 12]))]
+        sep = b" " if rng.random() < 0.9 else rng.choice([b"  ", b"\t", b" \r\n"])
+        cmd = rng.choice([b"get", b"get", b"get", b"gets", b"GET", b"gat 0", b"mg", b"ge"])
+        end = rng.choice([b"\r\n"] * 8 + [b"\n", b"", b"\r", b"\r\n\r\n", b"\r\nget fz:a\r\n"])
+        return cmd + b" " + sep.join(keys) + end
+    if r < 0.8:
+        k = rand_key(rng)
+        v = os.urandom(rng.choice([0, 1, 5, 100]))
+        n = len(v) if rng.random() < 0.8 else rng.randint(0, 2000)
+        cmd = rng.choice([b"set", b"add", b"replace", b"append", b"prepend", b"cas", b"ms"])
+        nr = b" noreply" if rng.random() < 0.3 else b""
+        if cmd == b"ms":
+            return b"ms %s %d%s\r\n%s\r\n" % (k, n, b" b" if rng.random() < 0.2 else b"", v)
+        extra = b" 1" if cmd == b"cas" else b""
+        return b"%s %s 0 0 %d%s%s\r\n%s\r\n" % (cmd, k, n, extra, nr, v)
+    if r < 0.93:
+        k = rand_key(rng)
+        return rng.choice([b"delete %s\r\n", b"incr %s 1\r\n", b"decr %s 1\r\n",
+                           b"touch %s 10\r\n", b"md %s\r\n", b"ma %s\r\n", b"mg %s v\r\n",
+                           b"gat 10 %s\r\n"]) % k
+    return rng.choice([b"flush_all\r\n", b"flush_all 0\r\n", b"version\r\n", b"stats\r\n",
+                       b"\r\n", b"", os.urandom(rng.randint(1, 64))])
+
+
+def binary_body(rng: random.Random) -> bytes:
+    k = rand_key(rng)[:300]
+    op = rng.choice([0x00, 0x09, 0x0C, 0x0D] * 3 + [0x01, 0x04, 0x05, 0x0E, 0x11, 0x1C, 0x08,
+                                                    0x0A, rng.randrange(256)])
+    extras = b"" if op in (0x00, 0x09, 0x0C, 0x0D, 0x04) else os.urandom(rng.choice([0, 4, 8]))
+    value = os.urandom(rng.choice([0, 0, 3, 50])) if op not in (0x00, 0x09, 0x0C, 0x0D) else b""
+    kw = {}
+    r = rng.random()
+    if r < 0.1:
+        kw["magic"] = rng.choice([0x81, 0x00, 0xFF, 0x7F])
+    elif r < 0.2:
+        kw["klen"] = rng.randrange(0x10000)
+    elif r < 0.3:
+        kw["elen"] = rng.randrange(256)
+    elif r < 0.4:
+        kw["body"] = rng.choice([0, max(0, len(k) - 1), len(k) + 1, 0xFFFFFFFF, rng.randrange(1 << 32)])
+    b = bin_req(op, k, opaque=rng.randrange(1 << 32), extras=extras, value=value, **kw)
+    if rng.random() < 0.1:  # two requests in one datagram
+        b += bin_req(0x00, rng.choice(KEYS), opaque=1)
+    return b
+
+
+def udp_frame(rng: random.Random, body: bytes) -> bytes:
+    rid = rng.randrange(0x10000)
+    r = rng.random()
+    if r < 0.85:
+        fh = mframe(rid, b"")
+    else:
+        fh = struct.pack("!HHHH", rid, rng.choice([0, 1, 5]), rng.choice([0, 1, 2]),
+                         rng.choice([0, 1]))
+    pay = fh + body
+    src = L.CADDR
+    r = rng.random()
+    if r < 0.08:  # spoofed: anywhere, or this network but outside the allow-list
+        src = rng.choice([f"{L.NET}.{rng.randint(128, 255)}", socket.inet_ntoa(os.urandom(4))])
+    elif r < 0.1:
+        src = "127.0.0.1"
+    kw: dict = {}
+    r = rng.random()
+    if r < 0.05:
+        kw["options"] = b"\x01" * (4 * rng.randint(1, 10))
+    elif r < 0.1:
+        kw["frag"] = rng.choice([0x2000, 0x2000 | 5, 5, 0x4000 | 1, 0x3FFF])
+    elif r < 0.15:
+        kw["tot_len"] = rng.choice([0, 20, 27, 28 + len(pay) - 1, 28 + len(pay) + 1, 0xFFFF])
+    elif r < 0.2:
+        kw["ulen"] = rng.choice([0, 7, 8, 9, 16, 17, 8 + len(pay) - 1, 8 + len(pay) + 1, 0xFFFF])
+    elif r < 0.22:
+        kw["ihl"] = rng.choice([0, 1, 4, 6, 15])
+    dst, dport, sport = L.SADDR, L.PORT, rng.choice([40000, 40001, 53, 11211, 65535])
+    r = rng.random()
+    if r < 0.03:
+        dst = rng.choice(["198.19.100.3", "10.0.0.1"])
+    elif r < 0.06:
+        dport = rng.choice([11212, 53, 0])
+    return udp(pay, src=src, dst=dst, sport=sport, dport=dport, **kw)
+
+
+def tcp_frames(rng: random.Random) -> list[bytes]:
+    """A write stream split into segments at random points (commands cut across them)."""
+    stream = b"".join(ascii_body(rng) for _ in range(rng.randint(1, 5)))
+    if rng.random() < 0.2:
+        stream = binary_body(rng) + stream
+    seq = rng.randrange(1 << 32)
+    sport = rng.choice([45000, 45001])
+    cuts = sorted(rng.sample(range(1, max(2, len(stream))), k=min(rng.randint(0, 3),
+                                                                  max(0, len(stream) - 2))))
+    out, prev = [], 0
+    for c in [*cuts, len(stream)]:
+        seg = stream[prev:c]
+        s = seq + prev
+        if rng.random() < 0.05:
+            s += rng.randint(1, 100)  # a gap
+        kw = {}
+        if rng.random() < 0.05:
+            kw["frag"] = rng.choice([0x2000, 5])
+        out.append(tcp(seg, seq=s, sport=sport, flags=rng.choice([0x18] * 9 + [0x11, 0x04]),
+                       doff=rng.choice([5] * 9 + [8, 4]), **kw))
+        prev = c
+    return out
+
+
+def l2(rng: random.Random, ip: bytes) -> bytes:
+    r = rng.random()
+    if r < 0.04:
+        return eth(ip, vlan=rng.randrange(4096))
+    if r < 0.07:  # IPv6 carrying the same UDP payload
+        ip6 = struct.pack("!IHBB16s16s", 0x60000000, len(ip) - 20, 17, 64,
+                          socket.inet_pton(socket.AF_INET6, "fd00::2"),
+                          socket.inet_pton(socket.AF_INET6, "fd00::1")) + ip[20:]
+        return eth(ip6, etype=0x86DD)
+    if r < 0.09:
+        return eth(ip, etype=rng.choice([0x0806, 0x88A8, 0x0000]))
+    return eth(ip)
+
+
+def mutate(rng: random.Random, f: bytes) -> bytes:
+    r = rng.random()
+    if r < 0.1:
+        return f[: rng.randint(14, max(14, len(f) - 1))]  # truncated
+    if r < 0.2:
+        b = bytearray(f)
+        for _ in range(rng.randint(1, 4)):
+            i = rng.randrange(len(b))
+            b[i] = rng.randrange(256)
+        return bytes(b)
+    if r < 0.25:
+        return f + os.urandom(rng.randint(1, 40))  # Ethernet padding / trailing garbage
+    return f
+
+
+def get_body(rng: random.Random) -> bytes:
+    """A plain GET of cached keys (the frames that can be answered), maybe bent a little."""
+    if rng.random() < 0.3:
+        k = rng.choice([*BIN_CACHED, *CACHED])
+        return bin_req(rng.choice([0x00, 0x09, 0x0C, 0x0D]), k, opaque=rng.randrange(1 << 32))
+    keys = [rng.choice([*CACHED, *BIN_CACHED]) for _ in range(rng.choice([1, 1, 2, 3, 8]))]
+    return b"get " + b" ".join(keys) + b"\r\n"
+
+
+def generate(rng: random.Random) -> list[bytes]:
+    r = rng.random()
+    if r < 0.4:
+        return [mutate(rng, l2(rng, udp_frame(rng, get_body(rng))))]
+    r = rng.random()
+    if r < 0.15:
+        return [mutate(rng, l2(rng, f)) if rng.random() < 0.3 else eth(f)
+                for f in tcp_frames(rng)]
+    body = binary_body(rng) if r < 0.4 else ascii_body(rng)
+    return [mutate(rng, l2(rng, udp_frame(rng, body)))]
+
+
+# ---------------------------------------------------------------- a run
+
+def run(frames: int, seed: int = 1, env: Env | None = None, regressions: Path | None = None,
+        refill_every: int = 10) -> dict:
+    own = env is None
+    env = env or Env()
+    rng = random.Random(seed)
+    stats = {"frames": 0, "tx": 0, "pass": 0, "tx_spoofed": 0, "spoofed": 0, "rejected": 0,
+             "tc_frames": 0, "failures": 0, "failure_examples": []}
+    found: list[str] = []
+    before = env.dp.counters()
+    t0 = time.monotonic()
+
+    def one(f: bytes) -> None:
+        try:
+            rc, out = env.x(f)
+        except OSError:
+            stats["rejected"] += 1  # the kernel refused the test input (e.g. shorter than ETH_HLEN)
+            return
+        stats["frames"] += 1
+        stats["tx" if rc == XDP_TX else "pass"] += rc in (XDP_TX, XDP_PASS)
+        if len(f) >= 34 and f[12:14] == b"\x08\x00":
+            src = ipaddress.IPv4Address(f[26:30])
+            if src not in env.allowed and not src.is_loopback:
+                stats["spoofed"] += 1
+                stats["tx_spoofed"] += rc == XDP_TX
+        if rc == XDP_TX:
+            stats["max_reply"] = max(stats.get("max_reply", 0), len(out))
+            stats["max_amplification"] = round(max(stats.get("max_amplification", 0),
+                                                   len(out) / len(f)), 2)
+        err = check_xdp(env, f, rc, out)
+        if err:
+            stats["failures"] += 1
+            if len(stats["failure_examples"]) < 10:
+                stats["failure_examples"].append({"error": err, "frame": f.hex()})
+            found.append(f"# {err}\n{f.hex()}\n")
+
+    try:
+        env.fill()
+        assert env.cached_now() == {*CACHED, *BIN_CACHED}, "the model keys did not get cached"
+        if regressions and regressions.exists():
+            for line in regressions.read_text().splitlines():
+                if line and not line.startswith("#"):
+                    one(bytes.fromhex(line))
+        n = 0
+        while stats["frames"] + stats["rejected"] < frames:
+            for f in generate(rng):
+                one(f)
+            n += 1
+            if n % refill_every == 0:
+                env.fill()
+            if n % 10 == 0:  # TC: any frame leaves unchanged with TC_ACT_OK
+                f = mutate(rng, l2(rng, udp(mframe(rng.randrange(0x10000), ascii_body(rng)),
+                                            src=L.SADDR, dst=L.CADDR, sport=L.PORT,
+                                            dport=rng.choice([40000, 40001]))))
+                try:
+                    rc, out = env.t(f)
+                except OSError:
+                    stats["rejected"] += 1
+                    continue
+                stats["tc_frames"] += 1
+                if rc != TC_ACT_OK or out != f:
+                    stats["failures"] += 1
+                    found.append(f"# TC verdict {rc}, changed={out != f}\n{f.hex()}\n")
+        stats["seconds"] = round(time.monotonic() - t0, 1)
+        stats["counters"] = L.delta(before, env.dp.counters())
+        stats["seed"] = seed
+        stats["found"] = found
+        return stats
+    finally:
+        if own:
+            env.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.correctness.fuzz")
+    ap.add_argument("--frames", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=int(time.time()))
+    ap.add_argument("--report", default="")
+    ap.add_argument("--save-failures", action="store_true",
+                    help=f"append failing frames to {REGRESSIONS}")
+    a = ap.parse_args(argv)
+    rep = run(a.frames, a.seed, regressions=REGRESSIONS)
+    found = rep.pop("found")
+    if a.save_failures and found:
+        with REGRESSIONS.open("a") as f:
+            f.writelines(found)
+    text = json.dumps(rep, indent=2)
+    if a.report:
+        Path(a.report).write_text(text + "\n")
+    print(text)
+    return 1 if rep["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
