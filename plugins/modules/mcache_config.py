@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # Copyright: mcache contributors
 # GNU General Public License v2.0 (see pyproject.toml)
-# ruff: noqa: E402, UP031  (Ansible module layout: docs before imports)
+
 """Apply an mcache config through the host's agent (`mcache-agent apply --json`)."""
 
 from __future__ import annotations
@@ -89,39 +89,14 @@ faults:
   elements: dict
 """
 
-import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-
-
-def parse_json(out):
-    """The agent prints one JSON document; take the last line that parses."""
-    for line in reversed((out or "").strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    try:
-        return json.loads(out)
-    except ValueError:
-        return None
-
-
-def stored_text(state_dir, version):
-    if version is None:
-        return None
-    try:
-        with open(os.path.join(state_dir, "versions", "%d.yml" % int(version))) as f:
-            return f.read()
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def format_faults(faults):
-    return "; ".join("%s: %s" % (f.get("path"), f.get("message")) for f in faults or [])
+from ansible.module_utils.mcache_agent_cli import (
+    format_faults,
+    parse_json,
+    stored_text,
+)
 
 
 def main():

@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # Copyright: mcache contributors
 # GNU General Public License v2.0 (see pyproject.toml)
-# ruff: noqa: E402, UP031  (Ansible module layout: docs before imports)
+
 """Run the agent's health probe (`mcache-agent probe --json`) until it passes or time is up."""
 
 from __future__ import annotations
@@ -70,21 +70,12 @@ probe:
   type: dict
 """
 
-import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-
-
-def parse_json(out):
-    for line in reversed((out or "").strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    return None
+from ansible.module_utils.mcache_agent_cli import (
+    parse_json,
+)
 
 
 def main():

@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # Copyright: mcache contributors
 # GNU General Public License v2.0 (see pyproject.toml)
-# ruff: noqa: E402, UP031, RUF005  (Ansible module layout: docs before imports)
+
 """Roll the host's mcache config back (`mcache-agent rollback [--to N] --json`)."""
 
 from __future__ import annotations
@@ -64,31 +64,14 @@ agent:
   type: dict
 """
 
-import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-
-
-def parse_json(out):
-    for line in reversed((out or "").strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    return None
-
-
-def stored_text(state_dir, version):
-    if version is None:
-        return None
-    try:
-        with open(os.path.join(state_dir, "versions", "%d.yml" % int(version))) as f:
-            return f.read()
-    except (OSError, ValueError, TypeError):
-        return None
+from ansible.module_utils.mcache_agent_cli import (
+    format_faults,
+    parse_json,
+    stored_text,
+)
 
 
 def main():
@@ -146,8 +129,7 @@ def main():
         faults = error.get("faults") or []
         msg = "rollback refused: %s" % error.get("message", "failed")
         if faults:
-            msg += " (%s)" % "; ".join("%s: %s" % (f.get("path"), f.get("message"))
-                                       for f in faults)
+            msg += " (%s)" % format_faults(faults)
         module.fail_json(msg=msg, rc=rc, kind=error.get("kind"), faults=faults, cmd=argv)
     result = doc.get("result") or {}
     changed = current != result.get("rolled_back_to", result.get("version"))

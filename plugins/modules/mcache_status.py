@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # Copyright: mcache contributors
 # GNU General Public License v2.0 (see pyproject.toml)
-# ruff: noqa: E402, UP031, RUF005  (Ansible module layout: docs before imports)
+
 """Read the agent's status and stored versions (`mcache-agent status --json`, `versions`)."""
 
 from __future__ import annotations
@@ -58,30 +58,11 @@ summary:
   type: dict
 """
 
-import json
 
 from ansible.module_utils.basic import AnsibleModule
-
-
-def parse_json(out):
-    for line in reversed((out or "").strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    return None
-
-
-def run(module, argv):
-    rc, out, err = module.run_command(argv)
-    doc = parse_json(out)
-    if not isinstance(doc, dict):
-        return None, "no JSON (exit %d): %s" % (rc, (err or out).strip()[-300:])
-    if doc.get("ok") is False:
-        return None, (doc.get("error") or {}).get("message", "failed")
-    return doc.get("result", doc), None
+from ansible.module_utils.mcache_agent_cli import (
+    run_agent,
+)
 
 
 def main():
@@ -100,8 +81,8 @@ def main():
     if not os.path.exists(p["agent_bin"]):
         module.exit_json(changed=False, installed=False, summary=summary)
     extra = ["--socket", p["socket"]] if p["socket"] else []
-    status, status_err = run(module, [p["agent_bin"], "status", "--json"] + extra)
-    versions, versions_err = run(module, [p["agent_bin"], "versions", "--json"] + extra)
+    status, status_err = run_agent(module, [p["agent_bin"], "status", "--json"] + extra)
+    versions, versions_err = run_agent(module, [p["agent_bin"], "versions", "--json"] + extra)
     errors = [e for e in (status_err, versions_err) if e]
     status = status or {}
     versions = versions or {}

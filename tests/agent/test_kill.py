@@ -47,11 +47,12 @@ class AgentProc:
         env.pop("MCACHE_CRASH_AT", None)
         if crash_at:
             env["MCACHE_CRASH_AT"] = crash_at
-        self.proc = subprocess.Popen(
-            ["nsenter", f"--net=/var/run/netns/{self.pair.s}", *AGENT, *self.opts,
-             "run", "--config", str(cfg)],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(self.root / "agent.log", "a"),
-        )
+        with open(self.root / "agent.log", "a") as log:
+            self.proc = subprocess.Popen(
+                ["nsenter", f"--net=/var/run/netns/{self.pair.s}", *AGENT, *self.opts,
+                 "run", "--config", str(cfg)],
+                env=env, stdout=subprocess.DEVNULL, stderr=log,
+            )
         for _ in range(300):
             if (self.root / "agent.sock").exists() and self.cli("status", check=False).get(
                 "result", {}
