@@ -8,7 +8,7 @@
 
 #include "mcache_maps.h"
 
-#define MC_MAX_TOK 8 /* a power of two */
+#define MC_MAX_TOK 16 /* a power of two: a command word and up to 15 keys */
 
 /*
  * buf[p] with p masked into the buffer. The empty asm keeps clang from

@@ -106,12 +106,13 @@ struct mc_config {
 	__u32 n_allowed;     /* 0 = nobody may read from the cache */
 	struct mc_cidr allowed[MC_MAX_ALLOWED];
 	__u32 serve_ifindex[MC_MAX_SERVE_IFS]; /* 0-terminated; others watch only */
+	__u64 unix_offset_ns; /* wall clock - ktime at apply: flush_all with a unix time */
 };
 
 /* Global state (mc_state[0]): the cache generation. */
 struct mc_state {
-	__u64 gen;           /* bumped by flush_all and fallbacks; older entries are dead */
-	__u64 hold_until_ns; /* flush_all <delay>: no fills until the flush has happened */
+	__u64 gen;            /* bumped by flush_all and fallbacks; older entries are dead */
+	__u64 flush_at_ns;    /* flush_all <delay>: entries known before this die at it */
 };
 
 #endif /* MCACHE_SHARED_H */

@@ -150,7 +150,9 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 		slot->cas = cas;
 		slot->has_cas = has_cas;
 		slot->gen = gen;
-		slot->fill_ns = now;
+		/* The value is at least as new as the GET's arrival: TTL and delayed flushes
+		 * count from there. */
+		slot->fill_ns = get_ns;
 		slot->valid = 1;
 	}
 	bpf_spin_unlock(&slot->lock);
@@ -164,7 +166,10 @@ static __always_inline int fill_allowed(struct mc_tscratch *s)
 	struct mc_state *st = mc_state.lookup(&zero);
 	if (!st)
 		return 0;
-	if (st->gen != s->pend.gen || bpf_ktime_get_ns() < st->hold_until_ns) {
+	__u64 fa = st->flush_at_ns;
+	/* A different generation, or a delayed flush that happened since the GET: the value
+	 * is from before the flush. */
+	if (st->gen != s->pend.gen || (fa && s->pend.get_ns < fa && bpf_ktime_get_ns() >= fa)) {
 		mc_count(MC_V_FILL_REJECTED);
 		return 0;
 	}

@@ -140,17 +140,39 @@ static __always_inline void invalidate(const __u8 *buf, __u32 off, __u32 len)
 	mc_count(MC_V_INVALIDATE);
 }
 
-/* flush_all [delay]: everything cached now is dead, and so is every fill until the delay ends. */
+#define MC_REALTIME_MAXDELTA 2592000 /* memcached: larger exptimes are unix times */
+
+/*
+ * flush_all [delay]: now, everything cached dies (a generation bump). With a delay, what
+ * memcached holds at the flush time dies then, including what is stored until then: every
+ * entry known before flush_at_ns dies at flush_at_ns (checked on lookup).
+ */
 static __always_inline void flush_all(__u32 delay_s)
 {
 	u32 zero = 0;
 	struct mc_state *st = mc_state.lookup(&zero);
-	if (st && delay_s) {
-		__u64 until = bpf_ktime_get_ns() + ((__u64)delay_s + 1) * 1000000000ULL;
-		if (until > st->hold_until_ns)
-			st->hold_until_ns = until;
+	struct mc_config *cfg = mc_config();
+	__u64 now = bpf_ktime_get_ns();
+	if (!st || !cfg || !delay_s) {
+		mc_bump_gen(MC_V_FLUSH);
+		return;
 	}
-	mc_bump_gen(MC_V_FLUSH);
+	__u64 at = now + (__u64)delay_s * 1000000000ULL;
+	if (delay_s > MC_REALTIME_MAXDELTA)
+		at = (__u64)delay_s * 1000000000ULL - cfg->unix_offset_ns;
+	if (at <= now) {
+		mc_bump_gen(MC_V_FLUSH);
+		return;
+	}
+	__u64 old = st->flush_at_ns;
+	if (old && old <= now) {
+		/* A flush time that has passed: make its deaths final before replacing it. */
+		mc_bump_gen(MC_V_FLUSH);
+		old = 0;
+	}
+	/* memcached keeps the last delay given; the earlier one only invalidates more. */
+	st->flush_at_ns = old && old < at ? old : at;
+	mc_count(MC_V_FLUSH);
 }
 
 /* A miss: remember when the GET came (and, for binary GET, its key) for the fill guard. */
@@ -208,6 +230,8 @@ static __always_inline int tcp_segment(struct xdp_md *ctx, struct mc_xscratch *s
 				       struct tcphdr *th)
 {
 	struct mc_conn_key ck = s->ck;
+	if (th->syn)
+		mc_conn.delete(&ck); /* a new connection on a reused port: nothing carries over */
 	if (th->rst || th->fin) {
 		mc_conn.delete(&ck);
 		if (s->payload_len == 0)
@@ -519,7 +543,14 @@ int xdp_get_key(struct xdp_md *ctx)
 	if (!slot)
 		return XDP_PASS;
 	__u64 now = bpf_ktime_get_ns();
-	__u64 gen = mc_gen();
+	u32 zero = 0;
+	struct mc_state *st = mc_state.lookup(&zero);
+	if (!st)
+		return XDP_PASS;
+	__u64 gen = st->gen;
+	__u64 flush_at = st->flush_at_ns;
+	if (!flush_at || now < flush_at)
+		flush_at = 0; /* a delayed flush that has not happened yet kills nothing */
 	__u64 ttl = cfg->ttl_ns;
 	int ok = 0, expired = 0;
 
@@ -536,7 +567,7 @@ int xdp_get_key(struct xdp_md *ctx)
 				break;
 			}
 		}
-		if (ok && now - slot->fill_ns > ttl) {
+		if (ok && (now - slot->fill_ns > ttl || slot->fill_ns < flush_at)) {
 			ok = 0;
 			expired = 1;
 			slot->valid = 0;

@@ -260,7 +260,10 @@ def request(path: Path, req: dict[str, Any], timeout: float = CLIENT_TIMEOUT_S) 
             raise AgentUnreachable(f"permission denied on {path} (root only)") from None
         except ConnectionRefusedError:
             raise AgentUnreachable(f"nobody is listening on {path}") from None
-        s.sendall((json.dumps(req) + "\n").encode())
+        try:
+            s.sendall((json.dumps(req) + "\n").encode())
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent answered and closed before reading (a refusal): read the answer
         data = bytearray()
         while not data.endswith(b"\n"):
             chunk = s.recv(65536)

@@ -6,6 +6,8 @@ import datetime as dt
 import difflib
 import json
 import logging
+import os
+import select
 import signal
 import sys
 import threading
@@ -337,8 +339,10 @@ class Agent:
     # ------------------------------------------------------------------ memcached watch
 
     def watch_forever(self) -> None:
-        while not self.stop_event.wait(WATCH_INTERVAL_S):
-            self._watch.tick()
+        while not self.stop_event.is_set():
+            self._watch.wait(WATCH_INTERVAL_S)
+            if not self.stop_event.is_set():
+                self._watch.tick()
 
 
 class _MemcachedWatch:
@@ -349,6 +353,37 @@ class _MemcachedWatch:
         self.detector = RestartDetector()
         self.target: tuple[str, int] | None = None
         self.reachable = True
+        self.pidfd: int | None = None
+        self.pid: int | None = None
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until the next tick, or until memcached's process exits: then flush at once,
+        before a restarted memcached can answer (polling alone leaves up to a second)."""
+        if self.pidfd is None:
+            self.agent.stop_event.wait(timeout)
+            return
+        ready, _, _ = select.select([self.pidfd], [], [], timeout)
+        if ready:
+            log.warning("memcached (pid %s) exited: flushing the cache", self.pid)
+            try:
+                self.agent.dataplane.flush()
+            except Exception:
+                log.exception("flush failed")
+            self._forget_pid()
+
+    def _forget_pid(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+        self.pidfd = self.pid = None
+
+    def _follow(self, pid: Any) -> None:
+        if not isinstance(pid, int) or pid == self.pid:
+            return
+        self._forget_pid()
+        try:
+            self.pidfd, self.pid = os.pidfd_open(pid), pid
+        except OSError:
+            pass  # not in our PID namespace (a remote memcached): polling only
 
     def tick(self) -> None:
         cfg = self.agent.running
@@ -365,6 +400,7 @@ class _MemcachedWatch:
             self.reachable = False
             return
         self.reachable = True
+        self._follow(stats.get("pid"))
         first = self.detector.last is None
         reason = self._since_last_run(stats) if first else self.detector.observe(stats)
         if first:

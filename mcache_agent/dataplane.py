@@ -261,11 +261,7 @@ class Dataplane:
                 raise DataplaneError("reconcile: the pinned record is not this version")
             self._write_config(cfg)
             for jmp, entry in (("xdp_root_jmp", "xdp_main"), ("tc_root_jmp", "tc_main")):
-                fd = self._obj_get(f"sets/{meta['set']}/{entry}")
-                try:
-                    self._set_root(jmp, fd)
-                finally:
-                    os.close(fd)
+                self._point_root(jmp, f"sets/{meta['set']}/{entry}")
             self._retire(meta)
             meta["interfaces"] = self._attach(cfg, meta)
             self._write_meta(meta)
@@ -334,7 +330,9 @@ class Dataplane:
         ]
 
     def flush(self) -> None:
-        """Empty the cache: bump the generation (entries of older generations are dead)."""
+        """Empty the cache (memcached restarted): bump the generation, which kills every
+        entry, and drop a pending delayed flush, which the new memcached does not have.
+        A read-modify-write: a flush_all the kernel counts in between still bumps."""
         if not (self.pin / "state").exists():
             return
         fd = self._obj_get("state")
@@ -343,7 +341,7 @@ class Dataplane:
             key = ct.c_uint32(0)
             _lib().lookup(fd, ct.byref(key), buf)
             gen = int.from_bytes(buf.raw[:8], "little") + 1
-            new = ct.create_string_buffer(gen.to_bytes(8, "little") + buf.raw[8:16], 16)
+            new = ct.create_string_buffer(gen.to_bytes(8, "little") + bytes(8), 16)
             _lib().update(fd, ct.byref(key), new, 0)
         finally:
             os.close(fd)
@@ -423,6 +421,8 @@ class Dataplane:
             "n_allowed": len(allowed),
             "allowed": allowed,
             "serve_ifindex": serve,
+            # bpf_ktime_get_ns() is CLOCK_MONOTONIC
+            "unix_offset_ns": time.time_ns() - time.monotonic_ns(),
         }
         return pack(self._config_layout(), values)
 
@@ -475,6 +475,7 @@ class Dataplane:
     ) -> tuple[float, bool, str, dict[str, int]]:
         set_id = str(time.time_ns())
         set_dir = self.pin / "sets" / set_id
+        switched = False
         try:
             cflags = self._cflags(cfg)
             kinds = ["xdp", "tc"]
@@ -491,25 +492,33 @@ class Dataplane:
             _crash_point("loaded")
             self._write_config(cfg)
             _crash_point("config")
-            xdp_main = self._obj_get(f"sets/{set_id}/xdp_main")
-            tc_main = self._obj_get(f"sets/{set_id}/tc_main")
-            try:
-                t0 = time.perf_counter()
-                # Ingress first: while the old egress still runs it fills only the old cache,
-                # which nobody reads any more; the reverse order could fill the new cache with
-                # a value whose write only the old ingress saw.
-                self._set_root("xdp_root_jmp", xdp_main)
-                _crash_point("ingress")
-                self._set_root("tc_root_jmp", tc_main)
-                swap_ms = (time.perf_counter() - t0) * 1000
-            finally:
-                os.close(xdp_main)
-                os.close(tc_main)
+            t0 = time.perf_counter()
+            # Ingress first: while the old egress still runs it fills only the old cache,
+            # which nobody reads any more; the reverse order could fill the new cache with
+            # a value whose write only the old ingress saw.
+            self._point_root("xdp_root_jmp", f"sets/{set_id}/xdp_main")
+            switched = True
+            _crash_point("ingress")
+            self._point_root("tc_root_jmp", f"sets/{set_id}/tc_main")
+            swap_ms = (time.perf_counter() - t0) * 1000
         except Exception as exc:
+            if switched and meta and meta.get("set"):
+                # Back to the running set before its replacement's pins go.
+                old = meta["set"]
+                self._point_root("xdp_root_jmp", f"sets/{old}/xdp_main")
+                self._point_root("tc_root_jmp", f"sets/{old}/tc_main")
             shutil.rmtree(set_dir, ignore_errors=True)
             raise DataplaneError(f"program set not loaded: {exc}") from exc
         cache_kept = bool(meta) and list(cfg.shape()) == meta["shape"]
         return swap_ms, cache_kept, set_id, xdp["slot"]
+
+    def _point_root(self, jmp: str, prog_pin: str) -> None:
+        """Switch a root's dispatch slot to a pinned program: one map update."""
+        fd = self._obj_get(prog_pin)
+        try:
+            self._set_root(jmp, fd)
+        finally:
+            os.close(fd)
 
     def _set_root(self, jmp: str, prog_fd: int) -> None:
         fd = self._obj_get(jmp)

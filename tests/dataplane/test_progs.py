@@ -417,3 +417,46 @@ def test_client_outside_allowed_clients_is_denied(dp):
     dp.reconfigure(allowed="198.19.9.128/25")
     _, req, rc, out, d = dp.get(b"dn")
     assert rc == XDP_PASS and out == req and d.get("denied") == 1, d
+
+
+# --------------------------------------------------------------------------- regressions
+
+
+def test_syn_drops_the_stream_state_of_a_reused_port(dp):
+    """A connection that died mid-value (memcached killed) leaves "skip until seq S"; a new
+    connection on the same port must not inherit it, or its writes would be skipped."""
+    dp.port += 1
+    old = tcp_frame(b"set big 0 0 100000\r\n0123", seq=1000, sport=dp.port)
+    assert dp.x(old)[0] == XDP_PASS
+    syn = tcp_frame(b"", seq=1500, sport=dp.port, flags=0x02)
+    assert dp.x(syn)[0] == XDP_PASS
+    # 1501 is "ahead" of nothing now: the delete must be parsed, not skipped as value bytes
+    _assert_invalidated(dp, b"synk", [tcp_frame(b"delete synk\r\n", seq=1501, sport=dp.port)])
+
+
+def test_multiget_of_eight_keys_is_answered(dp):
+    keys = [b"m%d" % i for i in range(8)]
+    for k in keys:
+        dp.fill_ascii(k, k.upper())
+    _, _, rc, out, d = dp.get(b" ".join(keys))
+    assert rc == XDP_TX, d
+    body = b"".join(b"VALUE %s 0 2\r\n%s\r\n" % (k, k.upper()) for k in keys) + b"END\r\n"
+    assert out.endswith(body)
+
+
+def test_delayed_flush_kills_entries_known_before_it(dp):
+    dp.reconfigure()
+    dp.fill_ascii(b"df", b"before")
+    assert dp.get(b"df")[2] == XDP_TX
+    dp.x(mc_udp(dp.next_rid(), b"flush_all 1\r\n"))
+    assert dp.get(b"df")[2] == XDP_TX  # memcached still has it until the flush time
+    # a GET that arrives before the flush time, answered after it, must not fill
+    rid = dp.next_rid()
+    dp.x(mc_udp(rid, b"get df2\r\n"))
+    time.sleep(1.1)
+    (_, _), d = dp.delta(lambda: dp.t(mc_reply(rid, b"VALUE df2 0 3\r\nold\r\nEND\r\n")))
+    assert d.get("fill_rejected") == 1 and "fill" not in d, d
+    _, _, rc, _, d = dp.get(b"df")
+    assert rc == XDP_PASS, d  # dead at the flush time
+    dp.fill_ascii(b"df", b"after")  # stored after the flush: lives
+    assert dp.get(b"df")[2] == XDP_TX

@@ -243,7 +243,7 @@ def _as_nobody(sock: Path) -> tuple[str, dict[str, Any] | None]:
         data = f.read()
     os.waitpid(pid, 0)
     kind, body = json.loads(data)
-    return kind, body if isinstance(body, dict) else None
+    return kind, body if isinstance(body, dict) else body
 
 
 def test_non_root_cannot_reach_the_socket(agent: Running) -> None:
@@ -257,7 +257,7 @@ def test_non_root_is_refused_by_peercred_even_if_perms_are_loosened(agent: Runni
     os.chmod(agent.sock.parent, 0o777)
     os.chmod(agent.sock, 0o777)
     kind, resp = _as_nobody(agent.sock)
-    assert kind == "response" and resp is not None
+    assert kind == "response" and resp is not None, (kind, resp)
     assert resp["ok"] is False and resp["error"]["kind"] == "denied"
     assert "65534" in resp["error"]["message"]
     assert not agent.dp.torn_down and not agent.agent.stop_event.is_set()
