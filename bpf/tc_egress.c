@@ -223,7 +223,7 @@ int tc_main(struct __sk_buff *skb)
 	if (cfg->server_addr && iph.saddr != cfg->server_addr)
 		return TC_ACT_OK;
 	__u32 ihl = iph.ihl * 4;
-	if (ihl < sizeof(iph) || (bpf_ntohs(iph.frag_off) & 0x3fff))
+	if (iph.version != 4 || ihl < sizeof(iph) || (bpf_ntohs(iph.frag_off) & 0x3fff))
 		return TC_ACT_OK;
 	if (bpf_skb_load_bytes(skb, sizeof(eth) + ihl, &uh, sizeof(uh)) || uh.source != cfg->port)
 		return TC_ACT_OK;

@@ -327,7 +327,7 @@ int xdp_main(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	__u32 ihl = iph->ihl * 4;
-	if (ihl < sizeof(*iph)) {
+	if (iph->version != 4 || ihl < sizeof(*iph)) {
 		mc_count(MC_V_MALFORMED);
 		return XDP_PASS;
 	}

@@ -29,17 +29,27 @@ class AgentProc:
         return ["--socket", str(self.sock), "--state-dir", str(self.state),
                 "--bpffs", str(self.lab.pin)]
 
-    def start(self, text: str | None = None) -> None:
+    def start(self, text: str | None = None, *, env: dict[str, str] | None = None,
+              wait: bool = True) -> None:
+        """`env`: extra environment of the agent (e.g. MCACHE_CRASH_AT); `wait`: until the
+        control socket answers."""
         if text is not None:
             self.cfg.write_text(text)
-        self.proc = subprocess.Popen(
-            ["nsenter", f"--net=/var/run/netns/{self.lab.s}", AGENT, "run", "--config",
-             str(self.cfg), *self.args()],
-            stdout=subprocess.DEVNULL, stderr=open(self.dir / "agent.log", "a"))
+        penv = {k: v for k, v in os.environ.items() if k != "MCACHE_CRASH_AT"}
+        penv.update(env or {})
+        with open(self.dir / "agent.log", "a") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                ["nsenter", f"--net=/var/run/netns/{self.lab.s}", AGENT, "run", "--config",
+                 str(self.cfg), *self.args()],
+                stdout=subprocess.DEVNULL, stderr=log, env=penv)
+        if not wait:
+            return
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.ctl("status", check=False).returncode == 0:
                 return
+            if self.proc.poll() is not None:
+                break
             time.sleep(0.1)
         raise RuntimeError("agent did not come up: " + (self.dir / "agent.log").read_text()[-2000:])
 
@@ -54,6 +64,17 @@ class AgentProc:
         f = self.dir / "apply.yaml"
         f.write_text(text)
         return json.loads(self.ctl("apply", str(f), "--json", check=False).stdout or "{}")
+
+    def status(self) -> dict:
+        r = self.ctl("status", "--json", check=False)
+        return json.loads(r.stdout or "{}").get("result", {}) if r.returncode == 0 else {}
+
+    def wait_dead(self, timeout: float = 120) -> int:
+        """Wait for an agent that kills itself (MCACHE_CRASH_AT); returns its exit status."""
+        assert self.proc is not None
+        rc = self.proc.wait(timeout)
+        self.proc = None
+        return rc
 
     def kill9(self) -> None:
         if self.proc:

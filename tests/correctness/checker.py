@@ -373,7 +373,7 @@ class Reader(threading.Thread):
     @staticmethod
     def parse(via: str, keys: list[bytes], reply: bytes) -> dict[bytes, bytes]:
         if via.startswith("bin"):
-            magic, op, klen, elen, _, status, body, opaque, cas = BIN.unpack_from(reply)
+            magic, _op, klen, elen, _, status, body, opaque, _cas = BIN.unpack_from(reply)
             if magic != 0x81 or len(reply) != 24 + body:
                 raise ValueError("bad binary reply")
             if opaque != (0xABCD if via == "bin_get" else 0xABCE):
@@ -491,7 +491,8 @@ def check(h: History) -> dict:
 # ---------------------------------------------------------------- a run
 
 def run(ops: int, *, lab: L.Lab | None = None, writers: int = 4, readers: int = 3,
-        burst: int = 6, pace: float = 0.004, read_pace: float = 0.003, max_seconds: float = 600, during=None) -> dict:
+        burst: int = 6, pace: float = 0.004, read_pace: float = 0.003,
+        max_seconds: float = 600, during=None) -> dict:
     """Drive `ops` reads (key reads, counted per key) plus the writes made meanwhile.
     `during(stop_event)` runs in a thread alongside (fault injection)."""
     own = lab is None
@@ -537,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ops", type=int, default=100_000)
     ap.add_argument("--report", default="")
     ap.add_argument("--no-guard", action="store_true",
-                    help="build the data plane with -DMC_TEST_NO_FILL_GUARD (must find stale reads)")
+                    help="build with -DMC_TEST_NO_FILL_GUARD (must find stale reads)")
     ap.add_argument("--hold-ms", type=int, default=50)
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--readers", type=int, default=3)

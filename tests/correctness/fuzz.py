@@ -2,9 +2,9 @@
 
     python -m tests.correctness.fuzz --frames 100000 [--seed S] [--report out.json]
 
-An interface d0 (198.19.100.1/24; a veth, this kernel has no dummy driver) in a namespace of its own carries a real config; the
-pinned roots (<bpffs>/xdp_root, <bpffs>/tc_root) run with ingress_ifindex = d0. A few keys
-are cached through the real path (an XDP miss, then memcached's reply through TC), so the
+An interface d0 (198.19.100.1/24; a veth, this kernel has no dummy driver) in a namespace
+of its own carries a real config; the pinned roots (<bpffs>/xdp_root, <bpffs>/tc_root) run
+with ingress_ifindex = d0. A few keys are cached through the real path (an XDP miss, then memcached's reply through TC), so the
 fuzzer has hits to aim at. Frames are built around real memcached requests and then bent:
 truncations, lying IP/UDP/binary lengths, odd frame headers, IP options, fragments, VLAN
 tags, IPv6, huge and empty keys, bad binary magic/extras/key lengths, TCP writes split at
@@ -157,7 +157,8 @@ class Env:
         self.ns = NS
         L.sh(f"ip netns del {self.ns}", check=False)
         L.sh(f"ip netns add {self.ns}")
-        L.sh(f"ip -n {self.ns} link add d0 type veth peer name d1 && ip -n {self.ns} link set d1 up && ip -n {self.ns} addr add "
+        L.sh(f"ip -n {self.ns} link add d0 type veth peer name d1 && "
+             f"ip -n {self.ns} link set d1 up && ip -n {self.ns} addr add "
              f"{L.SADDR}/24 dev d0 && ip -n {self.ns} link set d0 up && "
              f"ip -n {self.ns} link set lo up")
         self.dp = Dataplane(PIN)
@@ -313,7 +314,7 @@ def check_ascii(req: bytes, rb: bytes) -> str | None:
 def check_binary(req: bytes, rb: bytes) -> str | None:
     if len(req) < 24:
         return "binary TX for a short request"
-    magic, op, klen, elen, _, _, body, opaque, _ = BIN.unpack_from(req)
+    _magic, op, klen, elen, _, _, body, opaque, _ = BIN.unpack_from(req)
     if op not in (0x00, 0x09, 0x0C, 0x0D) or elen != 0 or klen != body or 24 + body != len(req):
         return f"binary TX for a request that is not one plain GET: {req[:40].hex()}"
     key = req[24:24 + klen]
@@ -386,7 +387,9 @@ def binary_body(rng: random.Random) -> bytes:
     elif r < 0.3:
         kw["elen"] = rng.randrange(256)
     elif r < 0.4:
-        kw["body"] = rng.choice([0, max(0, len(k) - 1), len(k) + 1, 0xFFFFFFFF, rng.randrange(1 << 32)])
+        kw["body"] = rng.choice(
+            [0, max(0, len(k) - 1), len(k) + 1, 0xFFFFFFFF, rng.randrange(1 << 32)]
+        )
     b = bin_req(op, k, opaque=rng.randrange(1 << 32), extras=extras, value=value, **kw)
     if rng.random() < 0.1:  # two requests in one datagram
         b += bin_req(0x00, rng.choice(KEYS), opaque=1)

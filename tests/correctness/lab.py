@@ -99,7 +99,7 @@ class Lab:
         self.dp = None
 
     # ------------------------------------------------------------ set-up
-    def up(self) -> "Lab":
+    def up(self) -> Lab:
         self.down_ns()
         sh(f"ip netns add {self.s} && ip netns add {self.c}")
         sh(f"ip link add {self.sif} netns {self.s} type veth peer name {self.cif} netns {self.c}")

@@ -55,16 +55,16 @@ def test_out_of_list_client_gets_no_answer_from_the_cache(dplab):
     lab = dplab
 
     with L.in_ns(lab.c):
-        Client((L.SADDR, L.PORT)).set(b"amp:1", b"v" * 1000)
+        Client((L.SADDR, L.PORT)).set(b"amp:1", b"v" * 150)
         time.sleep(0.05)
         udp_get(L.CADDR, b"amp:1", 1)  # fills
         c0 = lab.counters()
         for i in range(5):
-            assert b"v" * 1000 in udp_get(L.CADDR, b"amp:1", 10 + i)
+            assert b"v" * 150 in udp_get(L.CADDR, b"amp:1", 10 + i)
         c1 = lab.counters()
         assert c1["hit"] - c0["hit"] == 5, L.delta(c0, c1)
         for i in range(200):  # memcached itself answers these: the cache must not
-            assert b"v" * 1000 in udp_get(L.OUTSIDER, b"amp:1", 100 + i)
+            assert b"v" * 150 in udp_get(L.OUTSIDER, b"amp:1", 100 + i)
         c2 = lab.counters()
     assert c2["hit"] == c1["hit"], "the cache answered a client outside allowed_clients"
     assert c2["denied"] - c1["denied"] == 200
@@ -79,7 +79,8 @@ def test_socket_state_and_pins_are_root_only(lab):
 import os, socket, sys, ctypes, struct
 out = []
 try:
-    s = socket.socket(socket.AF_UNIX); s.connect({str(ag.sock)!r}); s.sendall(b'{{"op":"status"}}\\n')
+    s = socket.socket(socket.AF_UNIX); s.connect({str(ag.sock)!r})
+    s.sendall(b'{{"op":"status"}}\\n')
     out.append("socket:" + s.recv(100).decode())
 except OSError as e: out.append("socket-denied")
 for root in ({str(ag.state)!r}, {str(lab.pin)!r}):
@@ -95,7 +96,7 @@ struct.pack_into("=QII", attr, 0, ctypes.addressof(p), 0, 0)
 out.append("bpf_obj_get:" + str(libc.syscall(321, 7, attr, 128)))
 print("\\n".join(out))
 """
-    r = subprocess.run(NOBODY + ["/usr/bin/python3", "-c", probe], capture_output=True, text=True,
+    r = subprocess.run([*NOBODY, "/usr/bin/python3", "-c", probe], capture_output=True, text=True,
                        timeout=30)
     print(r.stdout, r.stderr)
     lines = r.stdout.split()
