@@ -2,13 +2,13 @@
 
     python -m tests.correctness.fuzz --frames 100000 [--seed S] [--report out.json]
 
-An interface d0 (198.19.100.1/24; a veth, this kernel has no dummy driver) in a namespace
-of its own carries a real config; the pinned roots (<bpffs>/xdp_root, <bpffs>/tc_root) run
-with ingress_ifindex = d0. A few keys are cached through the real path (an XDP miss, then
-memcached's reply through TC), so the fuzzer has hits to aim at. Frames are built around real memcached requests and then bent:
-truncations, lying IP/UDP/binary lengths, odd frame headers, IP options, fragments, VLAN
-tags, IPv6, huge and empty keys, bad binary magic/extras/key lengths, TCP writes split at
-random points, spoofed and out-of-list sources, random byte flips.
+An interface d0 (198.19.100.1/24; a veth, this kernel has no dummy driver) in a namespace of
+its own carries a real config; the pinned roots (<bpffs>/xdp_root, <bpffs>/tc_root) run with
+ingress_ifindex = d0. A few keys are cached through the real path (an XDP miss, then
+memcached's reply through TC), so the fuzzer has hits to aim at. Frames are built around real
+memcached requests and then bent: truncations, lying IP/UDP/binary lengths, odd frame headers,
+IP options, fragments, VLAN tags, IPv6, huge and empty keys, bad binary magic/extras/key
+lengths, TCP writes split at random points, spoofed and out-of-list sources, random byte flips.
 
 Invariant (XDP): XDP_PASS with the frame unchanged, or XDP_TX of a well-formed reply (L2-L4
 mirrored, checksums right, the request id, "0 of 1") to an allowed client's plain GET that
