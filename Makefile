@@ -52,6 +52,9 @@ lab-down:
 demo: lab-up
 	$(BIN)/ansible-playbook -i $(INV) playbooks/canary.yml
 	$(BIN)/ansible-playbook -i $(INV) playbooks/status.yml
+	@echo "--- mc-lab-1: a key set over TCP, read twice over UDP; the 2nd read served by the kernel:"
+	@$(LAB) exec 1 -- /opt/mcache/venv/bin/mcache-agent probe --json
+	@$(LAB) exec 1 -- /opt/mcache/venv/bin/mcache-agent status
 
 bench: setup
 	$(PY) bench/run.py

@@ -52,6 +52,10 @@ def run_probe(cfg: Config, dataplane: CountingDataplane) -> dict[str, Any]:
 
     from mcache_agent.udp_client import udp_get_ascii
 
+    # Fills are held back for fill_hold_ms after a write to the slot (the race guard): a GET
+    # sent sooner would be answered by memcached but not fill. Wait it out, so that the
+    # evidence is the plain one: GET 1 fills, GET 2 is a kernel hit.
+    time.sleep(cfg.cache.fill_hold_ms / 1000 + 0.005)
     try:
         first = udp_get_ascii(host, port, [key], timeout=_left(deadline)).get(key)
     except Exception as e:
