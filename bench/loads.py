@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,7 +21,12 @@ CLIENT_CPU = "0"
 def build_udpgen() -> Path:
     BUILD.mkdir(parents=True, exist_ok=True)
     if not UDPGEN.exists() or UDPGEN.stat().st_mtime < UDPGEN_SRC.stat().st_mtime:
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(UDPGEN), str(UDPGEN_SRC), "-lm"],
+        # gcc-12 comes with Debian's kernel headers (linux-compiler-gcc-12-x86) even where
+        # the `gcc` package is not installed
+        cc = next((c for c in ("gcc", "gcc-12", "cc") if shutil.which(c)), None)
+        if cc is None:
+            raise RuntimeError("no C compiler for bench/udpgen.c: apt-get install gcc")
+        subprocess.run([cc, "-O2", "-Wall", "-o", str(UDPGEN), str(UDPGEN_SRC), "-lm"],
                        check=True)
     return UDPGEN
 
@@ -29,8 +35,8 @@ def build_udpgen() -> Path:
 
 def memaslap_cfg(path: Path, key_len: int, value_len: int, get_share: float) -> Path:
     path.write_text(
-        "key\n%d %d 1\nvalue\n%d %d 1\ncmd\n0 %.4f\n1 %.4f\n"
-        % (key_len, key_len, value_len, value_len, 1 - get_share, get_share)
+        f"key\n{key_len} {key_len} 1\nvalue\n{value_len} {value_len} 1\n"
+        f"cmd\n0 {1 - get_share:.4f}\n1 {get_share:.4f}\n"
     )
     return path
 
@@ -111,7 +117,8 @@ def parse_memaslap(out: str) -> dict:
             res[f"{key}_p99_le_us"] = _hist_pct(hist, 0.99)
             res[f"{key}_p999_le_us"] = _hist_pct(hist, 0.999)
         m = re.match(r"^(cmd_get|cmd_set|get_misses|verify_misses|verify_failed|"
-                     r"packet_disorder|packet_drop|udp_timeout|expired_get|unexpired_unget):\s+(\d+)", s)
+                     r"packet_disorder|packet_drop|udp_timeout|expired_get|unexpired_unget):"
+                     r"\s+(\d+)", s)
         if m:
             res[m.group(1)] = int(m.group(2))
         m = re.match(r"^Run time: ([\d.]+)s Ops: (\d+) TPS: (\d+)", s)

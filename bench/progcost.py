@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import json
-import os
 import socket
 import statistics
 import struct

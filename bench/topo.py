@@ -66,13 +66,15 @@ class Topology:
            f"netns {CLIENT_NS}")
         sh(f"ip -n {SERVER_NS} addr add {SERVER_ADDR}/24 dev {SERVER_IF} && "
            f"ip -n {CLIENT_NS} addr add {CLIENT_ADDR}/24 dev {CLIENT_IF} && "
-           f"ip -n {SERVER_NS} link set {SERVER_IF} up && ip -n {CLIENT_NS} link set {CLIENT_IF} up && "
+           f"ip -n {SERVER_NS} link set {SERVER_IF} up && "
+           f"ip -n {CLIENT_NS} link set {CLIENT_IF} up && "
            f"ip -n {SERVER_NS} link set lo up && ip -n {CLIENT_NS} link set lo up")
         # Static neighbours: no ARP in the measured path.
         smac = _mac(SERVER_NS, SERVER_IF)
         cmac = _mac(CLIENT_NS, CLIENT_IF)
-        sh(f"ip -n {SERVER_NS} neigh replace {CLIENT_ADDR} lladdr {cmac} dev {SERVER_IF} nud permanent")
-        sh(f"ip -n {CLIENT_NS} neigh replace {SERVER_ADDR} lladdr {smac} dev {CLIENT_IF} nud permanent")
+        for ns, addr, mac, dev in ((SERVER_NS, CLIENT_ADDR, cmac, SERVER_IF),
+                                   (CLIENT_NS, SERVER_ADDR, smac, CLIENT_IF)):
+            sh(f"ip -n {ns} neigh replace {addr} lladdr {mac} dev {dev} nud permanent")
         # Bigger socket buffers so that bursts are not dropped in the stack.
         for ns in (SERVER_NS, CLIENT_NS):
             subprocess.run([*nsenter(ns), "sysctl", "-q", "-w", "net.core.rmem_default=4194304",

@@ -29,6 +29,7 @@ APT_PACKAGES=(
     linux-headers-amd64
     iproute2 openssh-server openssh-client
     ethtool tcpdump
+    gcc  # builds bench/udpgen.c, the benchmarks' own load generator
 )
 
 # --- 1. system packages ----------------------------------------------------------------
