@@ -69,6 +69,19 @@ class AgentProc:
         r = self.ctl("status", "--json", check=False)
         return json.loads(r.stdout or "{}").get("result", {}) if r.returncode == 0 else {}
 
+    def wait_serving(self, timeout: float = 60) -> dict:
+        """The control socket answers before the config file is applied: wait for a version."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status()
+            if st.get("version") is not None:
+                return st
+            if self.proc is not None and self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        log = (self.dir / "agent.log").read_text()[-2000:]
+        raise RuntimeError("agent serves no version: " + log)
+
     def wait_dead(self, timeout: float = 120) -> int:
         """Wait for an agent that kills itself (MCACHE_CRASH_AT); returns its exit status."""
         assert self.proc is not None
