@@ -121,7 +121,5 @@ static __always_inline void mc_bump_gen(__u32 verdict)
 	mc_count(verdict);
 }
 
-#define FNV_OFFSET 2166136261u
-#define FNV_PRIME 16777619u
 
 #endif /* MCACHE_MAPS_H */

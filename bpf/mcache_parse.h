@@ -63,13 +63,13 @@ struct mc_tokens {
 /* FNV-1a over buf[off, off + len); len <= MC_KEY_LIMIT. */
 static __always_inline __u32 mc_hash(const __u8 *buf, __u32 off, __u32 len)
 {
-	__u32 h = FNV_OFFSET;
+	__u32 h = MC_FNV_OFFSET;
 	for (__u32 i = 0; i < MC_KEY_LIMIT; i++) {
 		MC_OPAQUE(i);
 		if (i >= len)
 			break;
 		h ^= MC_AT(buf, off + i);
-		h *= FNV_PRIME;
+		h *= MC_FNV_PRIME;
 	}
 	return h;
 }

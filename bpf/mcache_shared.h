@@ -40,6 +40,10 @@
 #define MC_BIN_HDR 24        /* memcached binary header */
 #define MC_PROG_SETS 1       /* slots in the root dispatchers' prog arrays */
 
+/* FNV-1a, the key hash (mc_hash) */
+#define MC_FNV_OFFSET 2166136261
+#define MC_FNV_PRIME 16777619
+
 /* cache.protocols bits */
 #define MC_PROTO_ASCII 1
 #define MC_PROTO_BINARY 2
@@ -80,7 +84,8 @@ enum mc_verdict {
 	MC_V_EXPIRED = 12,     /* entry older than ttl_ms: treated as a miss */
 	MC_V_REWRITE = 13,     /* binary GET/GETQ rewritten to GETK/GETKQ */
 	MC_V_GETS = 14,        /* gets (needs CAS): passed to memcached */
-	MC_V_COUNT = 15,
+	MC_V_PROBE_HIT = 15,   /* a hit for the health probe's key: the probe's own evidence */
+	MC_V_COUNT = 16,
 };
 
 /*
@@ -107,6 +112,8 @@ struct mc_config {
 	struct mc_cidr allowed[MC_MAX_ALLOWED];
 	__u32 serve_ifindex[MC_MAX_SERVE_IFS]; /* 0-terminated; others watch only */
 	__u64 unix_offset_ns; /* wall clock - ktime at apply: flush_all with a unix time */
+	__u32 probe_hash;     /* mc_hash of the health probe's key */
+	__u32 pad;
 };
 
 /* Global state (mc_state[0]): the cache generation. */

@@ -599,6 +599,8 @@ int xdp_get_key(struct xdp_md *ctx)
 		remember_get(s, ko, s->binary ? kl : 0);
 		return XDP_PASS;
 	}
+	if (hash == cfg->probe_hash)
+		mc_count(MC_V_PROBE_HIT);
 	s->done = i + 1;
 	if (s->done < s->nkeys)
 		mc_xdp_jmp.call(ctx, TAIL_GET_KEY);

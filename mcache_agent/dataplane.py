@@ -224,32 +224,48 @@ class Dataplane:
             cache_kept = True
             set_id = (meta or {}).get("set")
             slot = (meta or {}).get("slot")
-            if strategy == "program_swap":
-                swap_ms, cache_kept, set_id, slot = self._program_swap(cfg, meta)
-            else:
-                swap_ms = self._write_config(cfg)
-            _crash_point("switched")
+            try:
+                if strategy == "program_swap":
+                    swap_ms, cache_kept, set_id, slot = self._program_swap(cfg, meta)
+                else:
+                    swap_ms = self._write_config(cfg)
+                _crash_point("switched")
+                # Attached before the commit point: the roots do not depend on the set, and
+                # a refusal (say, native mode on a device without it) must fail the apply.
+                attached = self._attach(cfg, meta)
+            except Exception as exc:
+                self._back_to(previous, meta)
+                if isinstance(exc, DataplaneError):
+                    raise
+                raise DataplaneError(f"{type(exc).__name__}: {exc}") from exc
             # The commit point: from here on an agent that adopts the pins runs this version.
-            # What follows (retiring the old set, attaching) is redone by reconcile().
+            # What follows (retiring the old set) is redone by reconcile().
             record = {
                 "version": cfg.version,
                 "shape": list(cfg.shape()),
                 "code": code_hash(),
                 "set": set_id,
                 "slot": slot,
-                "interfaces": (meta or {}).get("interfaces", []),
+                "interfaces": attached,
             }
             self._write_meta(record)
             _crash_point("committed")
             self._retire(record)
-            record["interfaces"] = self._attach(cfg, meta)
-            self._write_meta(record)
             return ApplyResult(
                 strategy=strategy,
                 duration_ms=(time.perf_counter() - t0) * 1000,
                 swap_ms=swap_ms,
                 cache_kept=cache_kept,
             )
+
+    def _back_to(self, previous: Config | None, meta: dict[str, Any] | None) -> None:
+        """After a failed apply: the kernel back to the recorded (running) version."""
+        if previous is None or not meta or meta.get("version") != previous.version:
+            return  # nothing recorded to go back to; the next agent start reconciles
+        try:
+            self.reconcile(previous)
+        except Exception:
+            log.exception("could not go back to version %s", previous.version)
 
     def reconcile(self, cfg: Config) -> None:
         """Make the kernel match the pinned record of `cfg` after an agent died mid-apply:
@@ -262,6 +278,11 @@ class Dataplane:
             self._write_config(cfg)
             for jmp, entry in (("xdp_root_jmp", "xdp_main"), ("tc_root_jmp", "tc_main")):
                 self._point_root(jmp, f"sets/{meta['set']}/{entry}")
+            sets = self.pin / "sets"
+            if sets.is_dir() and any(d.name != meta["set"] for d in sets.iterdir()):
+                # An interrupted program swap may have run its new ingress (and its cache) for
+                # a while: writes then invalidated only that cache. Empty them all.
+                self.flush(memcached_restarted=False)
             self._retire(meta)
             meta["interfaces"] = self._attach(cfg, meta)
             self._write_meta(meta)
@@ -329,9 +350,9 @@ class Dataplane:
             for i in meta.get("interfaces", [])
         ]
 
-    def flush(self) -> None:
-        """Empty the cache (memcached restarted): bump the generation, which kills every
-        entry, and drop a pending delayed flush, which the new memcached does not have.
+    def flush(self, *, memcached_restarted: bool = True) -> None:
+        """Empty the cache: bump the generation, which kills every entry. When memcached
+        restarted, also drop a pending delayed flush, which the new memcached does not have.
         A read-modify-write: a flush_all the kernel counts in between still bumps."""
         if not (self.pin / "state").exists():
             return
@@ -341,7 +362,8 @@ class Dataplane:
             key = ct.c_uint32(0)
             _lib().lookup(fd, ct.byref(key), buf)
             gen = int.from_bytes(buf.raw[:8], "little") + 1
-            new = ct.create_string_buffer(gen.to_bytes(8, "little") + bytes(8), 16)
+            flush_at = bytes(8) if memcached_restarted else buf.raw[8:16]
+            new = ct.create_string_buffer(gen.to_bytes(8, "little") + flush_at, 16)
             _lib().update(fd, ct.byref(key), new, 0)
         finally:
             os.close(fd)
@@ -423,6 +445,7 @@ class Dataplane:
             "serve_ifindex": serve,
             # bpf_ktime_get_ns() is CLOCK_MONOTONIC
             "unix_offset_ns": time.time_ns() - time.monotonic_ns(),
+            "probe_hash": fnv1a(cfg.probe_key.encode()),
         }
         return pack(self._config_layout(), values)
 
@@ -644,6 +667,14 @@ class Dataplane:
             except NetlinkError as exc:
                 if exc.code not in (errno.ENOENT, errno.EINVAL):
                     raise
+
+
+def fnv1a(data: bytes) -> int:
+    """The data plane's key hash (mc_hash in bpf/mcache_parse.h)."""
+    h = constants.const("MC_FNV_OFFSET")
+    for b in data:
+        h = ((h ^ b) * constants.const("MC_FNV_PRIME")) & 0xFFFFFFFF
+    return h
 
 
 def _crash_point(step: str) -> None:

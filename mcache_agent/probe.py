@@ -45,7 +45,11 @@ def run_probe(cfg: Config, dataplane: CountingDataplane) -> dict[str, Any]:
                 return done("memcached refused the probe SET")
         finally:
             client.close()
-        evidence["hits_before"] = dataplane.counters().get("hit", 0)
+        # probe_hit counts kernel hits of this key only: other clients' traffic cannot
+        # make the probe pass or fail (the global counters are kept as context).
+        counters = dataplane.counters()
+        evidence["hits_before"] = counters.get("probe_hit", 0)
+        evidence["all_hits_before"] = counters.get("hit", 0)
         evidence["cmd_get_before"] = fetch_stats(host, port, _left(deadline)).get("cmd_get")
     except (OSError, StatsError, Exception) as e:
         return done(f"probe set-up failed: {type(e).__name__}: {e}")
@@ -71,7 +75,9 @@ def run_probe(cfg: Config, dataplane: CountingDataplane) -> dict[str, Any]:
         attempts += 1
         try:
             second = udp_get_ascii(host, port, [key], timeout=_left(deadline)).get(key)
-            evidence["hits_after"] = dataplane.counters().get("hit", 0)
+            counters = dataplane.counters()
+            evidence["hits_after"] = counters.get("probe_hit", 0)
+            evidence["all_hits_after"] = counters.get("hit", 0)
         except Exception as e:
             return done(f"second UDP GET failed: {type(e).__name__}: {e}")
         if second != value or evidence["hits_after"] > evidence["hits_before"]:
@@ -88,19 +94,18 @@ def run_probe(cfg: Config, dataplane: CountingDataplane) -> dict[str, Any]:
         return done(f"could not read memcached stats after the GETs: {e}")
 
     hits_rose = evidence["hits_after"] > evidence["hits_before"]
+    # memcached's cmd_get counts every client: context, not a condition (on an idle host it
+    # rises by the GETs that missed, here usually 1).
     gets = _delta(evidence["cmd_get_before"], evidence["cmd_get_after"])
-    # Retries that missed also reached memcached; only the final GET has to be a kernel hit.
-    memcached_ok = gets is not None and gets <= attempts
-    evidence["ok"] = bool(evidence["value_ok"] and hits_rose and memcached_ok)
+    evidence["ok"] = bool(evidence["value_ok"] and hits_rose)
     if evidence["ok"]:
-        return done(f"kernel hit after {attempts} attempt(s); memcached served {gets} GET(s)")
+        return done(f"kernel hit for the probe key after {attempts} attempt(s); "
+                    f"memcached cmd_get +{gets}")
     reasons = []
     if not evidence["value_ok"]:
         reasons.append(f"second UDP GET returned {second!r}")
     if not hits_rose:
-        reasons.append(f"hit counter did not rise in {attempts} attempt(s)")
-    if not memcached_ok:
-        reasons.append(f"memcached cmd_get rose by {gets} for {attempts + 1} GETs")
+        reasons.append(f"no kernel hit for the probe key in {attempts} attempt(s)")
     return done("; ".join(reasons))
 
 

@@ -14,8 +14,9 @@ description:
   - Runs C(mcache-agent probe --json) on the host (argv list, never a shell) until the probe
     passes, O(retries) attempts are used up or O(deadline) seconds have passed.
   - The probe SETs a fresh value over TCP and GETs it twice over UDP; it passes when both
-    answers carry the value, the data plane's hit counter rose and memcached served at most one
-    of the GETs. The last probe's evidence is returned.
+    answers carry the value and the data plane counted a kernel hit for the probe key itself
+    (its own counter, so other clients' traffic cannot sway it). The last probe's evidence is
+    returned.
   - Never reports C(changed). In check mode nothing is applied, so the probe is not run.
 version_added: "0.1.0"
 author: mcache fleet
