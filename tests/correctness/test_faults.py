@@ -84,9 +84,6 @@ def _udp_get(key: bytes, rid: int) -> bytes | None:
     return acc.split(b"\r\n")[1]
 
 
-@pytest.mark.xfail(reason="BUG: Dataplane.reconcile() (mcache_agent/dataplane.py) re-points the "
-                   "roots to the pinned set without flushing: writes seen meanwhile by the "
-                   "interrupted swap's ingress invalidated only its own cache (fails in most runs)")
 def test_crash_after_ingress_switch_serves_no_value_written_meanwhile(rig):
     """Killed after a shape-changing program swap switched the ingress only: the new XDP
     invalidates writes in its own (new) cache; the agent then reconciles back to the old set,
@@ -121,9 +118,6 @@ def test_crash_after_ingress_switch_serves_no_value_written_meanwhile(rig):
         assert got == [b"new-value"] * 5, got
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: mcache_agent/dataplane.py apply() attaches "
-                   "interfaces after the commit point (_write_meta); an attach that raises "
-                   "leaves the kernel on the failed version while the agent reports the old one")
 def test_apply_failing_after_commit_keeps_the_previous_version(rig):
     with F.lab_net():
         lab = rig.lab
