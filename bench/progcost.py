@@ -6,7 +6,6 @@ UDP datagram. Also the verifier's counts for every program of the loaded set."""
 
 from __future__ import annotations
 
-import ctypes as ct
 import json
 import socket
 import statistics
@@ -14,36 +13,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-SYS_BPF = 321
-BPF_PROG_TEST_RUN = 10
-BPF_OBJ_GET = 7
-_libc = ct.CDLL(None, use_errno=True)
-
-
-def obj_get(path: str) -> int:
-    p = ct.create_string_buffer(path.encode())
-    attr = (ct.c_uint8 * 128)()
-    struct.pack_into("=QII", attr, 0, ct.addressof(p), 0, 0)
-    fd = _libc.syscall(SYS_BPF, BPF_OBJ_GET, attr, 128)
-    if fd < 0:
-        raise OSError(ct.get_errno(), f"BPF_OBJ_GET {path}")
-    return fd
-
-
-def test_run(fd: int, data: bytes, ifindex: int) -> tuple[int, int, bytes]:
-    """(retval, duration_ns, data_out) of one run."""
-    din = ct.create_string_buffer(data, len(data))
-    dout = ct.create_string_buffer(4096)
-    ctx = struct.pack("=IIIIII", 0, len(data), 0, ifindex, 0, 0)
-    cin = ct.create_string_buffer(ctx, len(ctx))
-    attr = (ct.c_uint8 * 128)()
-    struct.pack_into("=IIIIQQIIIIQQIII", attr, 0, fd, 0, len(data), len(dout),
-                     ct.addressof(din), ct.addressof(dout), 1, 0, len(ctx), 0,
-                     ct.addressof(cin), 0, 0, 0, 0)
-    if _libc.syscall(SYS_BPF, BPF_PROG_TEST_RUN, attr, 128) != 0:
-        raise OSError(ct.get_errno(), "BPF_PROG_TEST_RUN")
-    _, retval, _, size_out, _, _, _, duration = struct.unpack_from("=IIIIQQII", attr, 0)
-    return retval, duration, dout.raw[:size_out]
+from tests.bpf_syscall import Prog, xdp_ctx
 
 
 def _csum(b: bytes) -> int:
@@ -68,9 +38,11 @@ XDP_NAMES = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
 
 
 def measure(fd: int, frame: bytes, ifindex: int, n: int) -> dict:
+    prog = Prog(fd=fd)  # not closed here: the caller owns the fd
+    ctx = xdp_ctx(len(frame), ifindex)
     durs, rets = [], {}
     for _ in range(n):
-        ret, dur, _ = test_run(fd, frame, ifindex)
+        ret, dur, _ = prog.run_timed(frame, ctx)
         durs.append(dur)
         rets[XDP_NAMES.get(ret, ret)] = rets.get(XDP_NAMES.get(ret, ret), 0) + 1
     durs.sort()

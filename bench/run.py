@@ -32,6 +32,8 @@ import loads  # noqa: E402
 import topo  # noqa: E402
 from topo import CLIENT_NS, NET, PIN, SERVER_ADDR, SERVER_IF, SERVER_NS, Topology, in_ns  # noqa: E402
 
+from tests.bpf_syscall import obj_get  # noqa: E402
+
 SERVER_CPU = "1"
 RESULTS = HERE / "results"
 
@@ -471,7 +473,7 @@ class Bench:
             import socket as _s
 
             ifindex = _s.if_nametoindex(SERVER_IF)
-            root = progcost.obj_get(str(PIN / "xdp_root"))
+            root = obj_get(str(PIN / "xdp_root"))
             try:
                 out["test_run_ns"] = {
                     "mcache": {k: progcost.measure(root, f, ifindex, n) for k, f in frames.items()},

@@ -8,7 +8,6 @@ hides the bpffs pins); commands run in them with `nsenter --net=`.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -16,8 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+from tests.netns import in_ns, nsenter, sh
 
 SERVER_NS, CLIENT_NS = "mcb-s", "mcb-c"
 SERVER_IF, CLIENT_IF = "mcbs0", "mcbc0"
@@ -27,29 +25,6 @@ PORT = 11211
 ECHO_PORT = 9999
 PIN = Path("/sys/fs/bpf/mcache-bench")
 PIDFILE = Path("/tmp/mcache-bench-memcached.pid")
-
-
-def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True)
-
-
-def nsenter(ns: str) -> list[str]:
-    return ["nsenter", f"--net=/var/run/netns/{ns}"]
-
-
-@contextlib.contextmanager
-def in_ns(name: str):
-    """Run the block with this thread in netns `name` (children forked inside inherit it)."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        yield
-    finally:
-        _libc.setns(home, CLONE_NEWNET)
-        os.close(home)
-        os.close(target)
 
 
 class Topology:

@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.bpf_syscall import Prog, xdp_ctx
+
 if __package__:
     from . import lab as L
 else:  # pragma: no cover
@@ -44,9 +46,6 @@ SMAC = bytes.fromhex("02000000beef")
 BIN = struct.Struct("!BBHBBHIIQ")
 REGRESSIONS = Path(__file__).parent / "regressions" / "xdp_frames.txt"
 
-_libc = ct.CDLL(None, use_errno=True)
-_libc.syscall.restype = ct.c_long
-SYS_BPF, BPF_OBJ_GET, BPF_PROG_TEST_RUN = 321, 7, 10
 
 
 # ---------------------------------------------------------------- frames
@@ -102,41 +101,6 @@ def bin_req(op: int, key: bytes, *, opaque=0, extras=b"", value=b"", magic=0x80,
 
 
 # ---------------------------------------------------------------- test runs
-
-def obj_get(path: str) -> int:
-    p = ct.create_string_buffer(path.encode())
-    attr = (ct.c_uint8 * 128)()
-    struct.pack_into("=QII", attr, 0, ct.addressof(p), 0, 0)
-    fd = _libc.syscall(SYS_BPF, BPF_OBJ_GET, attr, 128)
-    if fd < 0:
-        raise OSError(ct.get_errno(), f"BPF_OBJ_GET {path}")
-    return fd
-
-
-class Prog:
-    def __init__(self, path: str) -> None:
-        self.fd = obj_get(path)
-        self.dout = ct.create_string_buffer(8192)
-
-    def run(self, data: bytes, ctx: bytes | None = None) -> tuple[int, bytes]:
-        din = ct.create_string_buffer(data, len(data))
-        cin = ct.create_string_buffer(ctx, len(ctx)) if ctx else None
-        attr = (ct.c_uint8 * 128)()
-        struct.pack_into("=IIIIQQIIIIQQIII", attr, 0, self.fd, 0, len(data), len(self.dout),
-                         ct.addressof(din), ct.addressof(self.dout), 1, 0,
-                         len(ctx) if ctx else 0, 0, ct.addressof(cin) if cin else 0, 0, 0, 0, 0)
-        if _libc.syscall(SYS_BPF, BPF_PROG_TEST_RUN, attr, 128) != 0:
-            raise OSError(ct.get_errno(), "BPF_PROG_TEST_RUN")
-        _, retval, _, size_out = struct.unpack_from("=IIII", attr, 0)
-        return retval, self.dout.raw[:size_out]
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def xdp_ctx(data_len: int, ifindex: int) -> bytes:
-    return struct.pack("=IIIIII", 0, data_len, 0, ifindex, 0, 0)
-
 
 # ---------------------------------------------------------------- the environment
 

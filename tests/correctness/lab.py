@@ -9,17 +9,16 @@ loses the bpffs pins). A thread that setns()es stays there: client threads enter
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
-import subprocess
 import textwrap
 import time
 from pathlib import Path
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+from tests.netns import enter_ns, in_ns, sh
+
+__all__ = ["enter_ns", "in_ns", "sh"]
 
 NET = "198.19.100"
 SADDR = f"{NET}.1"      # memcached
@@ -27,31 +26,6 @@ CADDR = f"{NET}.2"      # an allowed client
 OUTSIDER = f"{NET}.200"  # same link, outside the allow-list (allowed_clients: .0/25)
 ALLOWED = f"{NET}.0/25"
 PORT = 11211
-
-
-def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True)
-
-
-def enter_ns(name: str) -> None:
-    """Move the calling thread into netns `name` for good."""
-    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def in_ns(name: str):
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    try:
-        enter_ns(name)
-        yield
-    finally:
-        _libc.setns(home, CLONE_NEWNET)
-        os.close(home)
 
 
 def config_text(version: int, iface: str, *, ttl_ms: int = 60000, hold_ms: int = 50,

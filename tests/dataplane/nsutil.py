@@ -5,34 +5,14 @@ inside a namespace."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import subprocess
 import textwrap
 import time
 from pathlib import Path
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+from tests.netns import in_ns, sh
 
-
-def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True)
-
-
-@contextlib.contextmanager
-def in_ns(name: str):
-    """Run the block with this thread in netns `name`; sockets created inside stay there."""
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        yield
-    finally:
-        _libc.setns(home, CLONE_NEWNET)
-        os.close(home)
-        os.close(target)
+__all__ = ["Pair", "in_ns", "make_config", "sh", "start_memcached", "stop_pid"]
 
 
 def make_config(text: str):

@@ -1,21 +1,18 @@
-"""Hand-built Ethernet/IPv4/UDP/TCP frames and a BPF_PROG_TEST_RUN runner."""
+"""Hand-built Ethernet/IPv4/UDP/TCP and memcached frames (the runner: tests/bpf_syscall.py)."""
 
 from __future__ import annotations
 
-import ctypes as ct
-import os
 import socket
 import struct
+
+from tests.bpf_syscall import Prog, obj_get, xdp_ctx
+
+__all__ = ["Prog", "obj_get", "xdp_ctx"]
 
 CMAC = bytes.fromhex("02000000c0de")
 SMAC = bytes.fromhex("02000000beef")
 BIN = struct.Struct("!BBHBBHIIQ")
 
-_libc = ct.CDLL(None, use_errno=True)
-_libc.syscall.restype = ct.c_long
-SYS_BPF = 321
-BPF_OBJ_GET = 7
-BPF_PROG_TEST_RUN = 10
 
 
 def csum(data: bytes) -> int:
@@ -75,42 +72,3 @@ def bin_res(op: int, *, key=b"", value=b"", flags=0, opaque=0, cas=0, status=0) 
     ex = struct.pack("!I", flags)
     body = len(ex) + len(key) + len(value)
     return BIN.pack(0x81, op, len(key), 4, 0, status, body, opaque, cas) + ex + key + value
-
-
-def obj_get(path: str) -> int:
-    p = ct.create_string_buffer(path.encode())
-    attr = (ct.c_uint8 * 128)()
-    struct.pack_into("=QII", attr, 0, ct.addressof(p), 0, 0)
-    fd = _libc.syscall(SYS_BPF, BPF_OBJ_GET, attr, 128)
-    if fd < 0:
-        raise OSError(ct.get_errno(), f"BPF_OBJ_GET {path}")
-    return fd
-
-
-class Prog:
-    def __init__(self, path: str) -> None:
-        self.fd = obj_get(path)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def run(self, data: bytes, ctx: bytes | None = None) -> tuple[int, bytes]:
-        din = ct.create_string_buffer(data, len(data))
-        dout = ct.create_string_buffer(4096)
-        cin = ct.create_string_buffer(ctx, len(ctx)) if ctx else None
-        attr = (ct.c_uint8 * 128)()
-        # prog_fd retval data_size_in data_size_out data_in data_out repeat duration
-        # ctx_size_in ctx_size_out ctx_in ctx_out flags cpu batch_size
-        struct.pack_into("=IIIIQQIIIIQQIII", attr, 0, self.fd, 0, len(data), 4096,
-                         ct.addressof(din), ct.addressof(dout), 1, 0,
-                         len(ctx) if ctx else 0, 0, ct.addressof(cin) if cin else 0, 0, 0, 0, 0)
-        r = _libc.syscall(SYS_BPF, BPF_PROG_TEST_RUN, attr, 128)
-        if r != 0:
-            raise OSError(ct.get_errno(), "BPF_PROG_TEST_RUN")
-        _, retval, _, size_out = struct.unpack_from("=IIII", attr, 0)
-        return retval, dout.raw[:size_out]
-
-
-def xdp_ctx(data_len: int, ifindex: int) -> bytes:
-    # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-    return struct.pack("=IIIIII", 0, data_len, 0, ifindex, 0, 0)
