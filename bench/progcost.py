@@ -14,15 +14,7 @@ import subprocess
 from pathlib import Path
 
 from tests.bpf_syscall import Prog, xdp_ctx
-
-
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+from tests.dataplane.pkt import csum as _csum
 
 
 def udp_frame(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:

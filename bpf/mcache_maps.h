@@ -116,8 +116,12 @@ static __always_inline void mc_bump_gen(__u32 verdict)
 {
 	u32 zero = 0;
 	struct mc_state *st = mc_state.lookup(&zero);
-	if (st)
+	if (st) {
+		/* Like a write to every slot: a GET that arrives while the flush is still in
+		 * flight inside memcached may read a value the flush removes. */
+		st->flush_ns = bpf_ktime_get_ns();
 		__sync_fetch_and_add(&st->gen, 1);
+	}
 	mc_count(verdict);
 }
 

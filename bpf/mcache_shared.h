@@ -120,6 +120,7 @@ struct mc_config {
 struct mc_state {
 	__u64 gen;            /* bumped by flush_all and fallbacks; older entries are dead */
 	__u64 flush_at_ns;    /* flush_all <delay>: entries known before this die at it */
+	__u64 flush_ns;       /* when the last flush arrived: fills wait fill_hold_ns after it */
 };
 
 #endif /* MCACHE_SHARED_H */

@@ -160,7 +160,7 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 }
 
 /* The reply is for a GET that missed since the last flush, and no delayed flush is pending. */
-static __always_inline int fill_allowed(struct mc_tscratch *s)
+static __always_inline int fill_allowed(struct mc_tscratch *s, struct mc_config *cfg)
 {
 	u32 zero = 0;
 	struct mc_state *st = mc_state.lookup(&zero);
@@ -169,7 +169,8 @@ static __always_inline int fill_allowed(struct mc_tscratch *s)
 	__u64 fa = st->flush_at_ns;
 	/* A different generation, or a delayed flush that happened since the GET: the value
 	 * is from before the flush. */
-	if (st->gen != s->pend.gen || (fa && s->pend.get_ns < fa && bpf_ktime_get_ns() >= fa)) {
+	if (st->gen != s->pend.gen || (fa && s->pend.get_ns < fa && bpf_ktime_get_ns() >= fa) ||
+	    s->pend.get_ns < st->flush_ns + cfg->fill_hold_ns) {
 		mc_count(MC_V_FILL_REJECTED);
 		return 0;
 	}
@@ -198,7 +199,7 @@ static __always_inline int fill_binary(struct mc_tscratch *s, struct mc_config *
 	__u32 flags = ((__u32)b[24] << 24) | ((__u32)b[25] << 16) | ((__u32)b[26] << 8) | b[27];
 	__u32 key_at = MC_UDP_FRAME_HDR + MC_BIN_HDR + 4;
 	__u32 vl = body - 4 - klen;
-	if (!fill_allowed(s))
+	if (!fill_allowed(s, cfg))
 		return TC_ACT_OK;
 	if (klen) /* GETK/GETKQ: the key is in the reply */
 		fill(s, cfg, s->buf, key_at, klen, key_at + klen, vl, flags, 0, 0, cas, 1);
@@ -258,7 +259,7 @@ int tc_main(struct __sk_buff *skb)
 	    MC_AT(s->buf, len - 3) == 'D' && MC_AT(s->buf, len - 2) == '\r' &&
 	    MC_AT(s->buf, len - 1) == '\n')
 		mc_pending.delete(&pk);
-	if (!fill_allowed(s))
+	if (!fill_allowed(s, cfg))
 		return TC_ACT_OK;
 	s->pos = MC_UDP_FRAME_HDR;
 	s->items = 0;

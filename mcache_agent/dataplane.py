@@ -39,6 +39,7 @@ XDP_FLAGS_DRV_MODE = 1 << 2
 TC_EGRESS_PARENT = "ffff:fff3"
 TC_PRIO = 0xC0DE & 0x7FFF
 META_SIZE = 8192
+STATE_BYTES = 24  # struct mc_state: gen, flush_at_ns, flush_ns
 
 
 
@@ -358,12 +359,15 @@ class Dataplane:
             return
         fd = self._obj_get("state")
         try:
-            buf = ct.create_string_buffer(16)
+            buf = ct.create_string_buffer(STATE_BYTES)
             key = ct.c_uint32(0)
             _lib().lookup(fd, ct.byref(key), buf)
             gen = int.from_bytes(buf.raw[:8], "little") + 1
             flush_at = bytes(8) if memcached_restarted else buf.raw[8:16]
-            new = ct.create_string_buffer(gen.to_bytes(8, "little") + flush_at, 16)
+            flush_ns = time.monotonic_ns().to_bytes(8, "little")  # = bpf_ktime_get_ns()
+            new = ct.create_string_buffer(
+                gen.to_bytes(8, "little") + flush_at + flush_ns, STATE_BYTES
+            )
             _lib().update(fd, ct.byref(key), new, 0)
         finally:
             os.close(fd)
@@ -384,7 +388,7 @@ class Dataplane:
     def _gen(self) -> int:
         fd = self._obj_get("state")
         try:
-            buf = ct.create_string_buffer(16)
+            buf = ct.create_string_buffer(STATE_BYTES)
             key = ct.c_uint32(0)
             _lib().lookup(fd, ct.byref(key), buf)
             return int.from_bytes(buf.raw[:8], "little")

@@ -28,7 +28,7 @@ APT_PACKAGES=(
     memcached libmemcached-tools
     linux-headers-amd64
     iproute2 openssh-server openssh-client
-    ethtool tcpdump
+    ethtool tcpdump python3-pip
     gcc  # builds bench/udpgen.c, the benchmarks' own load generator
 )
 

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from tests.bpf_syscall import Prog, xdp_ctx
+from tests.dataplane.pkt import csum
 
 if __package__:
     from . import lab as L
@@ -49,15 +50,6 @@ REGRESSIONS = Path(__file__).parent / "regressions" / "xdp_frames.txt"
 
 
 # ---------------------------------------------------------------- frames
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
 
 def ipv4(src: str, dst: str, proto: int, l4: bytes, *, frag: int = 0, options: bytes = b"",
          tot_len: int | None = None, ihl: int | None = None, ident: int = 0) -> bytes:
@@ -150,16 +142,18 @@ class Env:
         return self.tc.run(frame)
 
     def clear_hold(self) -> None:
-        """Undo a fuzzed "flush_all <delay>": its hold (no fills until the delay is over) would
-        keep the cache empty for the rest of the run. The generation is kept."""
-        from mcache_agent.dataplane import _lib
+        """Undo fuzzed flushes' effect on fills (a pending delayed flush, the hold after a
+        flush), which would keep the cache empty for the rest of the run. The generation is
+        kept."""
+        from mcache_agent.dataplane import STATE_BYTES, _lib
 
         fd = self.dp._obj_get("state")
         try:
             key = ct.c_uint32(0)
-            buf = ct.create_string_buffer(16)
+            buf = ct.create_string_buffer(STATE_BYTES)
             _lib().lookup(fd, ct.byref(key), buf)
-            new = ct.create_string_buffer(buf.raw[:8] + bytes(8), 16)
+            # keep the generation; no delayed flush pending, no recent flush holding fills
+            new = ct.create_string_buffer(buf.raw[:8] + bytes(STATE_BYTES - 8), STATE_BYTES)
             _lib().update(fd, ct.byref(key), new, 0)
         finally:
             os.close(fd)
