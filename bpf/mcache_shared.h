@@ -82,10 +82,9 @@ enum mc_verdict {
 	MC_V_DENIED = 10,      /* client outside cache.allowed_clients: passed */
 	MC_V_DISABLED = 11,    /* kill switch off: passed */
 	MC_V_EXPIRED = 12,     /* entry older than ttl_ms: treated as a miss */
-	MC_V_REWRITE = 13,     /* binary GET/GETQ rewritten to GETK/GETKQ */
-	MC_V_GETS = 14,        /* gets (needs CAS): passed to memcached */
-	MC_V_PROBE_HIT = 15,   /* a hit for the health probe's key: the probe's own evidence */
-	MC_V_COUNT = 16,
+	MC_V_GETS = 13,        /* gets (needs CAS): passed to memcached */
+	MC_V_PROBE_HIT = 14,   /* a hit for the health probe's key: the probe's own evidence */
+	MC_V_COUNT = 15,
 };
 
 /*

@@ -110,7 +110,6 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 	struct mc_slot *slot = mc_cache.lookup(&idx);
 	if (!slot)
 		return;
-	__u64 now = bpf_ktime_get_ns();
 	__u64 get_ns = MC_LOAD(s->pend.get_ns);
 	__u64 gen = MC_LOAD(s->pend.gen);
 	__u64 hold = cfg->fill_hold_ns;

@@ -154,19 +154,33 @@ class Dataplane:
 
     # ------------------------------------------------------------ meta
 
+    def _read(self, name: str, size: int) -> bytes | None:
+        """Element 0 of a pinned single-element map, or None."""
+        fd = self._obj_get(name)
+        try:
+            buf = ct.create_string_buffer(size)
+            key = ct.c_uint32(0)
+            return buf.raw if _lib().lookup(fd, ct.byref(key), buf) == 0 else None
+        finally:
+            os.close(fd)
+
+    def _write(self, name: str, data: bytes) -> None:
+        """Replace element 0 of a pinned single-element map."""
+        fd = self._obj_get(name)
+        try:
+            key = ct.c_uint32(0)
+            ret = _lib().update(fd, ct.byref(key), ct.create_string_buffer(data, len(data)), 0)
+            if ret != 0:
+                raise DataplaneError(f"cannot write {self.pin / name}: {_errno(ret)}")
+        finally:
+            os.close(fd)
+
     def meta(self) -> dict[str, Any] | None:
         if not (self.pin / "meta").exists():
             return None
-        fd = self._obj_get("meta")
-        try:
-            buf = ct.create_string_buffer(META_SIZE)
-            key = ct.c_int(0)
-            if _lib().lookup(fd, ct.byref(key), buf) != 0:
-                return None
-            raw = buf.raw.split(b"\0", 1)[0]
-            return json.loads(raw) if raw else None
-        finally:
-            os.close(fd)
+        buf = self._read("meta", META_SIZE)
+        raw = buf.split(b"\0", 1)[0] if buf else b""
+        return json.loads(raw) if raw else None
 
     def _write_meta(self, meta: dict[str, Any]) -> None:
         data = json.dumps(meta, sort_keys=True).encode()
@@ -178,14 +192,7 @@ class Dataplane:
                 raise DataplaneError(f"cannot create meta map: {os.strerror(ct.get_errno())}")
             self._pin_fd(fd, "meta")
             os.close(fd)
-        fd = self._obj_get("meta")
-        try:
-            buf = ct.create_string_buffer(data, META_SIZE)
-            key = ct.c_int(0)
-            if _lib().update(fd, ct.byref(key), buf, 0) != 0:
-                raise DataplaneError(f"cannot write meta: {os.strerror(ct.get_errno())}")
-        finally:
-            os.close(fd)
+        self._write("meta", data.ljust(META_SIZE, b"\0"))
 
     # ------------------------------------------------------------ the agent contract
 
@@ -196,8 +203,12 @@ class Dataplane:
         return int(meta["version"])
 
     def plan(self, cfg: Config, previous: Config | None) -> str:
-        meta = self.meta()
-        if meta is None or meta.get("code") != code_hash():
+        return self._plan(cfg, previous, self.meta(), code_hash())
+
+    def _plan(
+        self, cfg: Config, previous: Config | None, meta: dict[str, Any] | None, code: str
+    ) -> str:
+        if meta is None or meta.get("code") != code:
             return "program_swap"
         if list(cfg.shape()) != meta["shape"]:
             return "program_swap"
@@ -216,7 +227,8 @@ class Dataplane:
             t0 = time.perf_counter()
             self._ensure_bpffs()
             meta = self.meta()
-            strategy = self.plan(cfg, previous)
+            code = code_hash()
+            strategy = self._plan(cfg, previous, meta, code)
             if cfg.strategy == "map_swap" and meta and list(cfg.shape()) != meta["shape"]:
                 raise DataplaneError(
                     "rollout.strategy map_swap cannot change the cache shape "
@@ -244,7 +256,7 @@ class Dataplane:
             record = {
                 "version": cfg.version,
                 "shape": list(cfg.shape()),
-                "code": code_hash(),
+                "code": code,
                 "set": set_id,
                 "slot": slot,
                 "interfaces": attached,
@@ -357,20 +369,11 @@ class Dataplane:
         A read-modify-write: a flush_all the kernel counts in between still bumps."""
         if not (self.pin / "state").exists():
             return
-        fd = self._obj_get("state")
-        try:
-            buf = ct.create_string_buffer(STATE_BYTES)
-            key = ct.c_uint32(0)
-            _lib().lookup(fd, ct.byref(key), buf)
-            gen = int.from_bytes(buf.raw[:8], "little") + 1
-            flush_at = bytes(8) if memcached_restarted else buf.raw[8:16]
-            flush_ns = time.monotonic_ns().to_bytes(8, "little")  # = bpf_ktime_get_ns()
-            new = ct.create_string_buffer(
-                gen.to_bytes(8, "little") + flush_at + flush_ns, STATE_BYTES
-            )
-            _lib().update(fd, ct.byref(key), new, 0)
-        finally:
-            os.close(fd)
+        state = self._read("state", STATE_BYTES) or bytes(STATE_BYTES)
+        gen = int.from_bytes(state[:8], "little") + 1
+        flush_at = bytes(8) if memcached_restarted else state[8:16]
+        flush_ns = time.monotonic_ns().to_bytes(8, "little")  # = bpf_ktime_get_ns()
+        self._write("state", gen.to_bytes(8, "little") + flush_at + flush_ns)
 
     def teardown(self) -> None:
         with self._lock:
@@ -386,14 +389,7 @@ class Dataplane:
     # ------------------------------------------------------------ internals
 
     def _gen(self) -> int:
-        fd = self._obj_get("state")
-        try:
-            buf = ct.create_string_buffer(STATE_BYTES)
-            key = ct.c_uint32(0)
-            _lib().lookup(fd, ct.byref(key), buf)
-            return int.from_bytes(buf.raw[:8], "little")
-        finally:
-            os.close(fd)
+        return int.from_bytes((self._read("state", STATE_BYTES) or bytes(8))[:8], "little")
 
     def _cflags(self, cfg: Config | None) -> list[str]:
         flags = [f'-DMC_PIN_DIR="{self.pin}"', "-Wno-unused-function"]
@@ -548,14 +544,7 @@ class Dataplane:
             os.close(fd)
 
     def _set_root(self, jmp: str, prog_fd: int) -> None:
-        fd = self._obj_get(jmp)
-        try:
-            key = ct.c_int(0)
-            val = ct.c_int(prog_fd)
-            if _lib().update(fd, ct.byref(key), ct.byref(val), 0) != 0:
-                raise DataplaneError(f"{jmp}: switch refused: {os.strerror(ct.get_errno())}")
-        finally:
-            os.close(fd)
+        self._write(jmp, prog_fd.to_bytes(4, "little"))
 
     def _wanted_interfaces(self, cfg: Config) -> list[tuple[str, str, str]]:
         """(name, requested mode, role). lo is always watched and served: a client on this
