@@ -155,5 +155,15 @@ class Lab:
         self.down_ns()
 
 
+def udp_get_from(src: str, key: bytes, rid: int, server: str = SADDR) -> bytes:
+    """The reply to `get key` sent from address `src` (call inside the client's namespace)."""
+    from mcache_agent import udp_client as uc
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((src, 0))
+        return uc.exchange(server, PORT, b"get " + key + b"\r\n", 1.0, sock=s,
+                           request_id=rid, complete=uc.ascii_complete)
+
+
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}

@@ -4,8 +4,6 @@ pins are root-only."""
 
 from __future__ import annotations
 
-import socket
-import struct
 import subprocess
 import time
 
@@ -30,16 +28,7 @@ def lab():
     lb.down()
 
 
-def udp_get(src: str, key: bytes, rid: int) -> bytes:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((src, 0))
-    s.settimeout(1)
-    s.sendto(struct.pack("!HHHH", rid, 0, 1, 0) + b"get " + key + b"\r\n", (L.SADDR, L.PORT))
-    acc = b""
-    while not acc.endswith(b"END\r\n"):
-        acc += s.recv(65535)[8:]
-    s.close()
-    return acc
+udp_get = L.udp_get_from
 
 
 @pytest.fixture(scope="module")

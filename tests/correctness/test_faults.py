@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import struct
 import time
 
 import pytest
+
+from mcache_agent.udp_client import parse_ascii_values
 
 from . import faults as F
 from . import lab as L
@@ -71,17 +71,8 @@ def test_failing_applies(rig):
 # ------------------------------------------------------------------ focused regressions
 
 def _udp_get(key: bytes, rid: int) -> bytes | None:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((L.CADDR, 0))
-    s.settimeout(1)
-    s.sendto(struct.pack("!HHHH", rid, 0, 1, 0) + b"get " + key + b"\r\n", (L.SADDR, L.PORT))
-    acc = b""
-    while not acc.endswith(b"END\r\n"):
-        acc += s.recv(65535)[8:]
-    s.close()
-    if acc == b"END\r\n":
-        return None
-    return acc.split(b"\r\n")[1]
+    values = parse_ascii_values(L.udp_get_from(L.CADDR, key, rid))
+    return values[key][1] if key in values else None
 
 
 def test_crash_after_ingress_switch_serves_no_value_written_meanwhile(rig):
