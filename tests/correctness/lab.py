@@ -155,13 +155,14 @@ class Lab:
         self.down_ns()
 
 
-def udp_get_from(src: str, key: bytes, rid: int, server: str = SADDR) -> bytes:
-    """The reply to `get key` sent from address `src` (call inside the client's namespace)."""
+def udp_get_from(src: str, key: bytes, rid: int) -> bytes:
+    """The reply to `get key` sent from address `src` (call inside the client's namespace).
+    SADDR is read at call time: faults.lab_net() moves the lab to another network."""
     from mcache_agent import udp_client as uc
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((src, 0))
-        return uc.exchange(server, PORT, b"get " + key + b"\r\n", 1.0, sock=s,
+        return uc.exchange(SADDR, PORT, b"get " + key + b"\r\n", 1.0, sock=s,
                            request_id=rid, complete=uc.ascii_complete)
 
 
