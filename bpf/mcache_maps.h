@@ -88,6 +88,12 @@ BPF_TABLE_PINNED("lru_hash", struct mc_pending_key, struct mc_pending, mc_pendin
 BPF_TABLE_PINNED("lru_hash", struct mc_conn_key, struct mc_conn, mc_conn, 65536,
 		 MC_PIN_DIR "/conn");
 
+/* First slot of the bucket of a key's hash (MC_CACHE_ENTRIES is a power of two >= MC_WAYS). */
+static __always_inline __u32 mc_bucket(__u32 hash)
+{
+	return (hash & (MC_CACHE_ENTRIES / MC_WAYS - 1)) * MC_WAYS;
+}
+
 static __always_inline void mc_count(__u32 verdict)
 {
 	u64 *c = mc_stats.lookup(&verdict);

@@ -24,6 +24,9 @@
 #ifndef MC_MAX_VALUE
 #define MC_MAX_VALUE 1024 /* bytes of value data a slot holds */
 #endif
+/* Slots per bucket: a key's hash picks a bucket of MC_WAYS adjacent slots and may sit in
+ * any of them, so two hot keys whose hashes share the low bits both stay cached. */
+#define MC_WAYS 4
 
 /* --- fixed limits of the parsers (verifier bounds) --- */
 #define MC_KEY_LIMIT 250        /* memcached refuses longer keys */

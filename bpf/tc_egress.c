@@ -67,6 +67,33 @@ static __always_inline int prefix_ok(struct mc_config *cfg, const __u8 *buf, __u
 }
 
 /*
+ * The way of the key's bucket to fill: the one that holds (or held) this hash, else a free
+ * or dead one, else the one filled longest ago. Read without locks, so a hint: the fill
+ * takes the chosen slot's lock and its guard, and a way that another fill takes meanwhile
+ * is simply overwritten (invalidation clears the key in every way).
+ */
+static __always_inline __u32 pick_way(__u32 hash, __u64 gen)
+{
+	__u32 base = mc_bucket(hash);
+	__u32 best = base;
+	__u64 oldest = ~0ULL;
+	for (__u32 w = 0; w < MC_WAYS; w++) {
+		__u32 idx = base + w;
+		struct mc_slot *c = mc_cache.lookup(&idx);
+		if (!c)
+			continue;
+		if (c->hash == hash)
+			return idx;
+		__u64 age = c->valid && c->gen == gen ? c->fill_ns : 0;
+		if (age < oldest) {
+			oldest = age;
+			best = idx;
+		}
+	}
+	return best;
+}
+
+/*
  * Fill one slot from buf: key at key_off, value at val_off. The key may come
  * from the pending GET instead (binary GET replies carry none): key_src.
  * Lengths are parked in the scratch map and re-read after every loop (MC_LOAD):
@@ -106,7 +133,7 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 	s->f_ll = mc_utoa(MC_LOAD(s->f_vl), s->lstr);
 
 	__u32 hash = MC_LOAD(s->hash);
-	__u32 idx = hash & (MC_CACHE_ENTRIES - 1);
+	__u32 idx = pick_way(hash, MC_LOAD(s->pend.gen));
 	struct mc_slot *slot = mc_cache.lookup(&idx);
 	if (!slot)
 		return;

@@ -123,20 +123,28 @@ static __always_inline int key_cacheable(struct mc_config *cfg, const __u8 *buf,
 	return 1;
 }
 
-/* A write to a key: whatever its slot holds is dead, and fills wait. */
+/*
+ * A write to a key: the key is dead in every way of its bucket (racing fills may have put it
+ * in two), and every way records the write, since a fill may pick any of them.
+ */
 static __always_inline void invalidate(const __u8 *buf, __u32 off, __u32 len)
 {
 	if (len == 0 || len > MC_KEY_LIMIT)
 		return;
-	__u32 idx = mc_hash(buf, off, len) & (MC_CACHE_ENTRIES - 1);
-	struct mc_slot *slot = mc_cache.lookup(&idx);
-	if (!slot)
-		return;
+	__u32 hash = mc_hash(buf, off, len);
+	__u32 base = mc_bucket(hash);
 	__u64 now = bpf_ktime_get_ns();
-	bpf_spin_lock(&slot->lock);
-	slot->valid = 0;
-	slot->write_ns = now;
-	bpf_spin_unlock(&slot->lock);
+	for (__u32 w = 0; w < MC_WAYS; w++) {
+		__u32 idx = base + w;
+		struct mc_slot *slot = mc_cache.lookup(&idx);
+		if (!slot)
+			continue;
+		bpf_spin_lock(&slot->lock);
+		if (slot->hash == hash)
+			slot->valid = 0;
+		slot->write_ns = now;
+		bpf_spin_unlock(&slot->lock);
+	}
 	mc_count(MC_V_INVALIDATE);
 }
 
@@ -538,7 +546,17 @@ int xdp_get_key(struct xdp_md *ctx)
 	kl = MC_LOAD(h->key_len);
 	if (kl == 0 || kl > MC_MAX_KEY)
 		return XDP_PASS;
-	__u32 idx = hash & (MC_CACHE_ENTRIES - 1);
+	/* The way that holds the key: read without the lock, so only a hint; everything is
+	 * checked again under the lock below (no way found: the bucket's first, a miss). */
+	__u32 idx = mc_bucket(hash);
+	for (__u32 w = 0; w < MC_WAYS; w++) {
+		__u32 way = mc_bucket(hash) + w;
+		struct mc_slot *c = mc_cache.lookup(&way);
+		if (c && c->valid && c->hash == hash && c->key_len == kl) {
+			idx = way;
+			break;
+		}
+	}
 	struct mc_slot *slot = mc_cache.lookup(&idx);
 	if (!slot)
 		return XDP_PASS;
@@ -679,17 +697,18 @@ int xdp_reply(struct xdp_md *ctx)
 		body = ascii_reply_len(s);
 	}
 	__u32 hdrs = sizeof(struct mc_l2l4);
+	/* Too big for one datagram, or for the frame below: memcached answers. Every key was a
+	 * hit, so there is nothing to fill from its reply (no remember_get): a refill would
+	 * copy the same value into the same slot on every such GET. */
 	if (hdrs - sizeof(struct ethhdr) + body > 1500) {
 		mc_count(MC_V_TOO_BIG);
-		remember_get(s, s->hits[0].key_off, s->binary ? s->hits[0].key_len : 0);
 		return XDP_PASS;
 	}
 	/* Size the frame from its real length: bytes after the datagram (Ethernet padding of a
 	 * short request, or a UDP length shorter than the IP one) must not trail the reply. */
 	int have = (int)((long)ctx->data_end - (long)ctx->data);
 	if (!resize(ctx, (int)(hdrs + body) - have)) {
-		mc_count(MC_V_TOO_BIG); /* no room to grow the frame: memcached answers */
-		remember_get(s, s->hits[0].key_off, s->binary ? s->hits[0].key_len : 0);
+		mc_count(MC_V_TOO_BIG); /* no room to grow the frame */
 		return XDP_PASS;
 	}
 	void *data = (void *)(long)ctx->data;

@@ -10,6 +10,7 @@ agent adopts the pins instead of reloading.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import errno
 import ipaddress
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,8 @@ class _Libbpf:
         self.xdp_attach.argtypes = [ct.c_int, ct.c_int, ct.c_uint32, ct.c_void_p]
         self.xdp_detach = lib.bpf_xdp_detach
         self.xdp_detach.argtypes = [ct.c_int, ct.c_uint32, ct.c_void_p]
+        self.xdp_query_id = lib.bpf_xdp_query_id
+        self.xdp_query_id.argtypes = [ct.c_int, ct.c_int, ct.POINTER(ct.c_uint32)]
         self.possible_cpus = lib.libbpf_num_possible_cpus
 
 
@@ -463,8 +467,10 @@ class Dataplane:
                 raise DataplaneError(f"cannot fill config map: {os.strerror(ct.get_errno())}")
             val = ct.c_int(inner)
             t0 = time.perf_counter()
-            if _lib().update(outer, ct.byref(key), ct.byref(val), 0) != 0:
-                raise DataplaneError(f"config map swap refused: {os.strerror(ct.get_errno())}")
+            with _expedited_grace_period():
+                if _lib().update(outer, ct.byref(key), ct.byref(val), 0) != 0:
+                    err = os.strerror(ct.get_errno())
+                    raise DataplaneError(f"config map swap refused: {err}")
             return (time.perf_counter() - t0) * 1000
         finally:
             os.close(inner)
@@ -686,14 +692,36 @@ def _config_doc(cfg: Config) -> tuple[Any, ...]:
 
 
 def _xdp_attached(name: str) -> bool:
-    from pyroute2 import IPRoute
+    try:
+        ifindex = socket.if_nametoindex(name)
+    except OSError:
+        return False
+    prog_id = ct.c_uint32(0)
+    return _lib().xdp_query_id(ifindex, 0, ct.byref(prog_id)) == 0 and prog_id.value != 0
 
-    with IPRoute() as ipr:
-        links = ipr.get_links(ipr.link_lookup(ifname=name))
-        if not links:
-            return False
-        xdp = links[0].get_attr("IFLA_XDP")
-        return bool(xdp and xdp.get_attr("IFLA_XDP_ATTACHED"))
+
+RCU_EXPEDITED = Path("/sys/kernel/rcu_expedited")
+
+
+@contextlib.contextmanager
+def _expedited_grace_period() -> Iterator[None]:
+    """An update of an array-of-maps returns only after an RCU grace period (the kernel's
+    maybe_wait_bpf_programs(): no program still reads the old inner map), 5-20 ms here.
+    An expedited grace period is as strong and takes microseconds, at the price of an IPI
+    to each busy CPU: the kernel's own rcu_expedited switch, set for this one update and
+    put back. Where it cannot be written (a read-only /sys), the update just takes longer."""
+    try:
+        was = RCU_EXPEDITED.read_text().strip()
+        if was == "0":
+            RCU_EXPEDITED.write_text("1")
+    except OSError:
+        was = ""
+    try:
+        yield
+    finally:
+        if was == "0":
+            with contextlib.suppress(OSError):
+                RCU_EXPEDITED.write_text("0")
 
 
 def _mount_bpffs(base: Path) -> None:

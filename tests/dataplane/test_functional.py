@@ -10,7 +10,9 @@ import pytest
 from nsutil import Pair, in_ns
 from pymemcache.client.base import Client
 
+from mcache_agent import constants
 from mcache_agent import udp_client as uc
+from mcache_agent.dataplane import fnv1a
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +218,43 @@ def test_kill_switch(pair, cli):
         assert cli.cmd_get() == gets + 1
     finally:
         pair.apply()
+
+
+def _same_bucket(n: int, entries: int = 4096) -> list[bytes]:
+    """n keys whose hashes pick the same bucket of a cache of `entries` slots."""
+    buckets = entries // constants.const("MC_WAYS")
+    found: dict[int, list[bytes]] = {}
+    for i in range(1_000_000):
+        key = b"assoc%d" % i
+        same = found.setdefault(fnv1a(key) & (buckets - 1), [])
+        same.append(key)
+        if len(same) == n:
+            return same
+    raise AssertionError("no bucket with enough keys")
+
+
+def test_keys_of_one_bucket_share_it(cli):
+    """A bucket holds MC_WAYS keys at once; a write kills only its key; one key more evicts
+    the way filled longest ago, which memcached then answers."""
+    ways = constants.const("MC_WAYS")
+    keys = _same_bucket(ways + 1)
+    for k in keys[:ways]:
+        cli.cached(k, b"v-" + k)
+    before, gets = cli.counters(), cli.cmd_get()
+    assert cli.udp_get(*keys[:ways]) == {k: b"v-" + k for k in keys[:ways]}
+    assert cli.counters()["hit"] == before["hit"] + 1 and cli.cmd_get() == gets
+    cli.mc.set(keys[1], b"new")
+    assert cli.udp_get(keys[1]) == {keys[1]: b"new"}  # memcached's answer, then cached
+    # Filled longest ago now: keys[0], then keys[2]; keys[0] is written and filled again.
+    cli.cached(keys[0], b"v-" + keys[0])
+    cli.cached(keys[ways], b"v-" + keys[ways])  # takes keys[2]'s way
+    for k in (keys[0], keys[1], keys[3], keys[ways]):
+        before, gets = cli.counters(), cli.cmd_get()
+        assert cli.udp_get(k) == {k: b"new" if k == keys[1] else b"v-" + k}
+        assert cli.counters()["hit"] == before["hit"] + 1 and cli.cmd_get() == gets, k
+    before, gets = cli.counters(), cli.cmd_get()
+    assert cli.udp_get(keys[2]) == {keys[2]: b"v-" + keys[2]}
+    assert cli.counters()["miss"] == before["miss"] + 1 and cli.cmd_get() == gets + 1
 
 
 def test_value_within_generic_headroom_is_served(cli):
