@@ -466,12 +466,13 @@ class Dataplane:
             if _lib().update(inner, ct.byref(key), value, 0) != 0:
                 raise DataplaneError(f"cannot fill config map: {os.strerror(ct.get_errno())}")
             val = ct.c_int(inner)
-            t0 = time.perf_counter()
             with _expedited_grace_period():
-                if _lib().update(outer, ct.byref(key), ct.byref(val), 0) != 0:
-                    err = os.strerror(ct.get_errno())
-                    raise DataplaneError(f"config map swap refused: {err}")
-            return (time.perf_counter() - t0) * 1000
+                t0 = time.perf_counter()
+                ret = _lib().update(outer, ct.byref(key), ct.byref(val), 0)
+                swap_ms = (time.perf_counter() - t0) * 1000
+            if ret != 0:
+                raise DataplaneError(f"config map swap refused: {os.strerror(ct.get_errno())}")
+            return swap_ms
         finally:
             os.close(inner)
             os.close(outer)
