@@ -236,38 +236,47 @@ static __always_inline int fill_binary(struct mc_tscratch *s, struct mc_config *
 
 int tc_main(struct __sk_buff *skb)
 {
-	struct ethhdr eth;
-	struct iphdr iph;
-	struct udphdr uh;
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) || eth.h_proto != bpf_htons(ETH_P_IP))
+	/* Every packet the host sends on the interface comes here: the headers are read in
+	 * place (a locally built UDP packet has them in the linear part; one that has not is
+	 * simply not filled from), and anything that is not a reply from memcached's port
+	 * leaves before the scratch map is touched. */
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *iph = (void *)(eth + 1);
+	if ((void *)(iph + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
+	    iph->protocol != IPPROTO_UDP)
 		return TC_ACT_OK;
-	if (bpf_skb_load_bytes(skb, sizeof(eth), &iph, sizeof(iph)) || iph.protocol != IPPROTO_UDP)
+	__u32 ihl = iph->ihl * 4;
+	if (iph->version != 4 || ihl < sizeof(*iph) || (bpf_ntohs(iph->frag_off) & 0x3fff))
+		return TC_ACT_OK;
+	struct udphdr *uh = (void *)iph + ihl;
+	if ((void *)(uh + 1) > data_end)
 		return TC_ACT_OK;
 	struct mc_config *cfg = mc_config();
+	if (!cfg || !cfg->enabled || uh->source != cfg->port)
+		return TC_ACT_OK;
+	if (cfg->server_addr && iph->saddr != cfg->server_addr)
+		return TC_ACT_OK;
 	struct mc_tscratch *s = scratch();
-	if (!cfg || !s || !cfg->enabled)
+	if (!s)
 		return TC_ACT_OK;
-	if (cfg->server_addr && iph.saddr != cfg->server_addr)
+	__u32 client_addr = iph->daddr;
+	__u16 client_port = uh->dest;
+	__u64 len = bpf_ntohs(uh->len);
+	if (len < sizeof(*uh) + MC_UDP_FRAME_HDR + 5)
 		return TC_ACT_OK;
-	__u32 ihl = iph.ihl * 4;
-	if (iph.version != 4 || ihl < sizeof(iph) || (bpf_ntohs(iph.frag_off) & 0x3fff))
-		return TC_ACT_OK;
-	if (bpf_skb_load_bytes(skb, sizeof(eth) + ihl, &uh, sizeof(uh)) || uh.source != cfg->port)
-		return TC_ACT_OK;
-	__u64 len = bpf_ntohs(uh.len);
-	if (len < sizeof(uh) + MC_UDP_FRAME_HDR + 5)
-		return TC_ACT_OK;
-	len -= sizeof(uh);
+	len -= sizeof(*uh);
 	if (!MC_SIZE_OK(len, MC_BUF))
 		return TC_ACT_OK; /* a reply too large for one slot anyway */
-	if (bpf_skb_load_bytes(skb, sizeof(eth) + ihl + sizeof(uh), s->buf, len))
+	if (bpf_skb_load_bytes(skb, sizeof(*eth) + ihl + sizeof(*uh), s->buf, len))
 		return TC_ACT_OK;
 	/* Only single-datagram replies: sequence 0 of 1. */
 	if (s->buf[2] != 0 || s->buf[3] != 0 || s->buf[4] != 0 || s->buf[5] != 1)
 		return TC_ACT_OK;
 	struct mc_pending_key pk = {
-		.client_addr = iph.daddr,
-		.client_port = uh.dest,
+		.client_addr = client_addr,
+		.client_port = client_port,
 		.request_id = ((__u16)s->buf[0] << 8) | s->buf[1],
 	};
 	struct mc_pending *p = mc_pending.lookup(&pk);
