@@ -11,6 +11,8 @@
  * or when the cache was flushed since: the fill race guard. Packets always
  * leave unchanged (TC_ACT_OK).
  */
+#include "mcache_socket.h"
+
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>

@@ -11,6 +11,8 @@
  *   xdp_scan     parse one command of a write stream, invalidate its key(s)
  * Anything not understood is passed to memcached untouched.
  */
+#include "mcache_socket.h"
+
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
