@@ -36,7 +36,7 @@ struct mc_slot {
 	__u8 flags_str_len;   /* decimal text of flags, as memcached prints it */
 	__u8 len_str_len;     /* decimal text of val_len */
 	__u8 has_cas;         /* filled from a binary reply: cas is memcached's */
-	__u8 pad;
+	__u8 unservable;      /* a reply did not fit the frame: pass GETs until refilled */
 	__u8 flags_str[16];
 	__u8 len_str[16];
 	__u64 cas;

@@ -177,6 +177,7 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 		slot->flags = flags;
 		slot->cas = cas;
 		slot->has_cas = has_cas;
+		slot->unservable = 0;
 		slot->gen = gen;
 		/* The value is at least as new as the GET's arrival: TTL and delayed flushes
 		 * count from there. */

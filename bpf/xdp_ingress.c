@@ -38,7 +38,7 @@ struct mc_hit {
 	__u8 flags_str_len;
 	__u8 len_str_len;
 	__u32 flags;
-	__u32 pad;
+	__u32 slot_idx; /* where the value came from */
 	__u64 cas;
 	__u8 flags_str[16];
 	__u8 len_str[16];
@@ -572,7 +572,7 @@ int xdp_get_key(struct xdp_md *ctx)
 	if (!flush_at || now < flush_at)
 		flush_at = 0; /* a delayed flush that has not happened yet kills nothing */
 	__u64 ttl = cfg->ttl_ns;
-	int ok = 0, expired = 0;
+	int ok = 0, expired = 0, unservable = 0;
 
 	bpf_spin_lock(&slot->lock);
 	if (slot->valid && slot->gen == gen && slot->hash == hash && slot->key_len == kl &&
@@ -592,6 +592,10 @@ int xdp_get_key(struct xdp_md *ctx)
 			expired = 1;
 			slot->valid = 0;
 		}
+		if (ok && slot->unservable) {
+			ok = 0;
+			unservable = 1;
+		}
 	}
 	if (ok) {
 		__u32 vl = slot->val_len;
@@ -602,6 +606,7 @@ int xdp_get_key(struct xdp_md *ctx)
 			((__u64 *)h->val)[w] = ((__u64 *)slot->val)[w];
 		}
 		h->val_len = vl;
+		h->slot_idx = idx;
 		h->flags = slot->flags;
 		h->cas = slot->cas;
 		h->flags_str_len = slot->flags_str_len;
@@ -612,6 +617,12 @@ int xdp_get_key(struct xdp_md *ctx)
 	}
 	bpf_spin_unlock(&slot->lock);
 
+	if (unservable) {
+		/* Cached, but the reply did not fit last time: memcached answers, and since the
+		 * slot holds the value already there is nothing to fill (no remember_get). */
+		mc_count(MC_V_TOO_BIG);
+		return XDP_PASS;
+	}
 	if (!ok) {
 		if (expired)
 			mc_count(MC_V_EXPIRED);
@@ -685,6 +696,28 @@ static __always_inline __u32 ascii_reply_len(struct mc_xscratch *s)
 	return total;
 }
 
+/*
+ * A single-key reply that did not fit: later GETs of the key pass at lookup, without copying
+ * the value and failing to grow the frame each time. The room a frame has is a property of
+ * the interface and its driver (generic mode: 256 bytes of headroom and the skb's tailroom),
+ * so what did not fit once will not fit next time. A fill of the slot clears the mark.
+ */
+static __always_inline void mark_unservable(struct mc_xscratch *s)
+{
+	if (s->nkeys != 1)
+		return; /* a multi-get may be too big only as a whole */
+	struct mc_hit *h = &s->hits[0];
+	__u32 idx = h->slot_idx;
+	struct mc_slot *slot = mc_cache.lookup(&idx);
+	if (!slot)
+		return;
+	__u16 kl = h->key_len, vl = h->val_len;
+	bpf_spin_lock(&slot->lock);
+	if (slot->key_len == kl && slot->val_len == vl)
+		slot->unservable = 1; /* another key's slot by now: it is only passed, never wrong */
+	bpf_spin_unlock(&slot->lock);
+}
+
 int xdp_reply(struct xdp_md *ctx)
 {
 	struct mc_xscratch *s = scratch();
@@ -703,6 +736,7 @@ int xdp_reply(struct xdp_md *ctx)
 	 * hit, so there is nothing to fill from its reply (no remember_get): a refill would
 	 * copy the same value into the same slot on every such GET. */
 	if (hdrs - sizeof(struct ethhdr) + body > 1500) {
+		mark_unservable(s);
 		mc_count(MC_V_TOO_BIG);
 		return XDP_PASS;
 	}
@@ -710,6 +744,7 @@ int xdp_reply(struct xdp_md *ctx)
 	 * short request, or a UDP length shorter than the IP one) must not trail the reply. */
 	int have = (int)((long)ctx->data_end - (long)ctx->data);
 	if (!resize(ctx, (int)(hdrs + body) - have)) {
+		mark_unservable(s);
 		mc_count(MC_V_TOO_BIG); /* no room to grow the frame */
 		return XDP_PASS;
 	}

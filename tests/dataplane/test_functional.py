@@ -273,6 +273,17 @@ def test_value_too_large_for_the_frame_is_answered_by_memcached(cli):
     after = cli.counters()
     assert after["too_big"] == before["too_big"] + 1, (before, after)
     assert after["hit"] == before["hit"], (before, after)
+    # From now on the slot is marked: passed at lookup, not filled again, still correct.
+    before, gets = cli.counters(), cli.cmd_get()
+    assert cli.udp_get(b"large") == {b"large": v}
+    after = cli.counters()
+    assert after["too_big"] == before["too_big"] + 1 and cli.cmd_get() == gets + 1
+    assert (after["miss"], after["fill"], after["hit"]) == (
+        before["miss"], before["fill"], before["hit"]), (before, after)
+    # A write and a fill that fits clear the mark.
+    cli.mc.set(b"large", b"small")
+    assert cli.udp_get(b"large") == {b"large": b"small"}
+    cli.cached(b"large", b"small")
 
 
 def test_attached_modes(pair):
