@@ -272,20 +272,26 @@ int tc_main(struct __sk_buff *skb)
 	len -= sizeof(*uh);
 	if (!MC_SIZE_OK(len, MC_BUF))
 		return TC_ACT_OK; /* a reply too large for one slot anyway */
-	if (bpf_skb_load_bytes(skb, sizeof(*eth) + ihl + sizeof(*uh), s->buf, len))
+	__u32 off = sizeof(*eth) + ihl + sizeof(*uh);
+	/* The frame header first: only a single-datagram reply (sequence 0 of 1) to a GET that
+	 * missed is worth copying; most replies here are to writes, or to GETs that were hits
+	 * too big for the frame. */
+	__u8 fh[MC_UDP_FRAME_HDR];
+	if (bpf_skb_load_bytes(skb, off, fh, sizeof(fh)))
 		return TC_ACT_OK;
-	/* Only single-datagram replies: sequence 0 of 1. */
-	if (s->buf[2] != 0 || s->buf[3] != 0 || s->buf[4] != 0 || s->buf[5] != 1)
+	if (fh[2] != 0 || fh[3] != 0 || fh[4] != 0 || fh[5] != 1)
 		return TC_ACT_OK;
 	struct mc_pending_key pk = {
 		.client_addr = client_addr,
 		.client_port = client_port,
-		.request_id = ((__u16)s->buf[0] << 8) | s->buf[1],
+		.request_id = ((__u16)fh[0] << 8) | fh[1],
 	};
 	struct mc_pending *p = mc_pending.lookup(&pk);
 	if (!p)
 		return TC_ACT_OK;
 	__builtin_memcpy(&s->pend, p, sizeof(*p));
+	if (bpf_skb_load_bytes(skb, off, s->buf, len))
+		return TC_ACT_OK;
 	s->len = len;
 	if (s->buf[MC_UDP_FRAME_HDR] == MC_BIN_RES_MAGIC) {
 		mc_pending.delete(&pk);
