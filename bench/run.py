@@ -292,7 +292,7 @@ class Bench:
         tool = "memcaslap" if name in MEMASLAP else "udpgen"
         value_len, load = (self.memaslap_load if tool == "memcaslap" else self.udpgen_load)(name)
         # C on non-memcached traffic: the reflector passes it, so C is what any generic-mode
-        # XDP program costs there (the skb is re-allocated for 256 bytes of headroom).
+        # XDP program costs there, and B/C what mcache's programs add to that.
         modes = ["A", "B"] if name == "misses" else ["A", "B", "C"]
         runs = {m: [] for m in modes}
         for r in range(self.p["rounds"]):
