@@ -550,9 +550,10 @@ int xdp_get_key(struct xdp_md *ctx)
 		return XDP_PASS;
 	/* The way that holds the key: read without the lock, so only a hint; everything is
 	 * checked again under the lock below (no way found: the bucket's first, a miss). */
-	__u32 idx = mc_bucket(hash);
+	__u32 base = mc_bucket(hash);
+	__u32 idx = base;
 	for (__u32 w = 0; w < MC_WAYS; w++) {
-		__u32 way = mc_bucket(hash) + w;
+		__u32 way = base + w;
 		struct mc_slot *c = mc_cache.lookup(&way);
 		if (c && c->valid && c->hash == hash && c->key_len == kl) {
 			idx = way;
