@@ -20,9 +20,9 @@ help:
 	@echo "make setup            install system packages and the venv (idempotent)"
 	@echo "make test             setup, lint, then pytest -q tests"
 	@echo "make lint             ruff check . and ansible-lint"
-	@echo "make lab-up HOSTS=N   bring up the lab fleet (1..10 hosts, default 3)"
+	@echo "make lab-up HOSTS=N   bring up the lab fleet (1..30 hosts, default 3)"
 	@echo "make lab-down         tear the lab fleet down"
-	@echo "make demo             lab-up, canary deploy, fleet status"
+	@echo "make demo             a fresh lab fleet, canary deploy, fleet status"
 	@echo "make bench            benchmarks (bench/run.py); bench-quick: a short run"
 	@echo "make clean            remove the venv, caches and build output"
 
@@ -49,15 +49,20 @@ lab-up: setup
 lab-down:
 	@$(LAB) down
 
-demo: lab-up
+# A fresh lab every time: whatever an earlier run left on the hosts (other versions, another
+# release) would make the demo about that instead.
+demo: setup
+	@$(LAB) down
+	@$(LAB) up $(HOSTS)
 	$(BIN)/ansible-playbook -i $(INV) playbooks/canary.yml
 	$(BIN)/ansible-playbook -i $(INV) playbooks/status.yml
 	@echo "--- mc-lab-1: a key set over TCP, read twice over UDP; the 2nd read served by the kernel:"
 	@$(LAB) exec 1 -- /opt/mcache/venv/bin/mcache-agent probe --json
 	@$(LAB) exec 1 -- /opt/mcache/venv/bin/mcache-agent status
 
+# The fleet part (bench/fleet.py) takes the lab fleet over: lab-down first and at the end.
 bench: setup
-	$(PY) bench/run.py
+	$(PY) bench/run.py --fleet
 
 bench-quick: setup
 	$(PY) bench/run.py --quick

@@ -1,7 +1,7 @@
 """Where a program set's compile+load time goes: python start + bcc import, bcc/LLVM compile,
 then BPF_PROG_LOAD (verifier + JIT) of each program, with the verifier's instruction counts
-(/proc/self/fdinfo). Same sources and flags as mcache_agent.loader, run one half after the
-other in this process; maps are pinned under a scratch bpffs dir that is removed afterwards.
+(the kernel's prog info). Same sources and flags as the agent's loader worker, run one half
+after the other in this process; maps are pinned under a scratch bpffs dir, removed afterwards.
 
     python bench/compile_split.py --pin /sys/fs/bpf/mcache-bench-compile --cflag=-D...
 """
@@ -19,14 +19,6 @@ import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 
-def fdinfo(fd: int) -> dict[str, str]:
-    out = {}
-    for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
-        k, _, v = line.partition(":")
-        out[k.strip()] = v.strip()
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pin", required=True)
@@ -37,8 +29,9 @@ def main() -> None:
     import bcc
 
     from mcache_agent import constants
-    from mcache_agent.dataplane_src import inline_source
-    from mcache_agent.loader import TC_PROGS, XDP_PROGS
+    from mcache_agent.dataplane import libbpf
+    from mcache_agent.dataplane.loader import TC_PROGS, XDP_PROGS
+    from mcache_agent.dataplane.source import inline_source
 
     res: dict = {"import_bcc_s": time.perf_counter() - t_imp,
                  "python_start_s": (time.time() - args.start) - (time.perf_counter() - T0)
@@ -55,8 +48,8 @@ def main() -> None:
                 t = time.perf_counter()
                 fn = b.load_func(name, ptype)
                 dt = time.perf_counter() - t
-                info = fdinfo(fn.fd)
-                loads[name] = {"load_s": dt, "verified_insns": int(info.get("verified_insns", 0))}
+                loads[name] = {"load_s": dt,
+                               "verified_insns": libbpf.prog_info(fn.fd).verified_insns}
             res[f"{kind}_load"] = loads
             res[f"{kind}_load_total_s"] = sum(x["load_s"] for x in loads.values())
     finally:

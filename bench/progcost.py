@@ -6,25 +6,11 @@ UDP datagram. Also the verifier's counts for every program of the loaded set."""
 
 from __future__ import annotations
 
-import json
-import socket
 import statistics
 import struct
-import subprocess
-from pathlib import Path
 
-from tests.bpf_syscall import Prog, xdp_ctx
-from tests.dataplane.pkt import csum as _csum
-
-
-def udp_frame(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
-    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
-                     socket.inet_aton(src), socket.inet_aton(dst))
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
-    eth = b"\x02\x00\x00\x00\x00\x01" + b"\x02\x00\x00\x00\x00\x02" + b"\x08\x00"
-    return eth + ip + udp
-
+from harness.frames import udp_frame
+from harness.testrun import Prog, xdp_ctx
 
 XDP_NAMES = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
 
@@ -42,31 +28,14 @@ def measure(fd: int, frame: bytes, ifindex: int, n: int) -> dict:
             "n": n, "verdicts": rets}
 
 
-def prog_info(path: str) -> list[dict]:
-    p = subprocess.run(["bpftool", "-j", "prog", "show", "pinned", path], capture_output=True,
-                       text=True)
-    try:
-        x = json.loads(p.stdout)
-    except json.JSONDecodeError:
-        return []
-    return x if isinstance(x, list) else [x]
-
-
-def set_programs(pin: Path) -> dict:
-    """verified_insns / xlated / jited sizes of every program pinned in the current set."""
-    out = {}
-    for p in sorted(pin.rglob("*")):
-        if not p.is_file():
-            continue
-        for info in prog_info(str(p)):
-            if "name" in info and info.get("type") in ("xdp", "sched_cls"):
-                out[info["name"]] = {"verified_insns": info.get("verified_insns"),
-                                     "xlated_bytes": info.get("bytes_xlated"),
-                                     "jited_bytes": info.get("bytes_jited")}
-    return out
+def set_programs(dp) -> dict:
+    """verified_insns / xlated / jited sizes of every program of the running set (and the
+    roots), from the kernel's own account (mcache_agent.dataplane.libbpf.prog_info)."""
+    return {name: {"verified_insns": info.verified_insns, "xlated_bytes": info.xlated_bytes,
+                   "jited_bytes": info.jited_bytes}
+            for name, info in sorted(dp.programs().items())}
 
 
 def hit_frame(key: bytes, client: str, server: str, rid: int = 7) -> bytes:
-    return udp_frame(client, server, 40000, 11211,
-                     struct.pack("!HHHH", rid, 0, 1, 0) + b"get " + key + b"\r\n")
-
+    return udp_frame(struct.pack("!HHHH", rid, 0, 1, 0) + b"get " + key + b"\r\n",
+                     src=client, dst=server)

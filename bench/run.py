@@ -32,7 +32,9 @@ import loads  # noqa: E402
 import topo  # noqa: E402
 from topo import CLIENT_NS, NET, PIN, SERVER_ADDR, SERVER_IF, SERVER_NS, Topology, in_ns  # noqa: E402
 
-from tests.bpf_syscall import obj_get  # noqa: E402
+from harness.frames import udp_frame  # noqa: E402
+from mcache_agent.config import load_config  # noqa: E402
+from mcache_agent.dataplane import Dataplane, libbpf  # noqa: E402
 
 SERVER_CPU = "1"
 RESULTS = HERE / "results"
@@ -86,13 +88,10 @@ def config_text(version: int, ttl_ms: int = 600000, strategy: str = "auto") -> s
 
 class Mcache:
     """mcache's Dataplane in the server netns, attached (B) or detached (A, C) between rounds
-    without recompiling: detach removes XDP and the TC filter, the pins stay."""
+    without recompiling: detaching takes XDP and the TC filter off, the pins stay, and
+    attaching again empties the cache (writes passed unseen meanwhile)."""
 
     def __init__(self) -> None:
-        from mcache_agent.config import load_config
-        from mcache_agent.dataplane import Dataplane
-
-        self._load = load_config
         self.dp = Dataplane(PIN)
         self.version = 0
         self.cfg = None
@@ -100,7 +99,7 @@ class Mcache:
 
     def apply(self, **kw):
         self.version += 1
-        cfg = self._load(config_text(self.version, **kw))
+        cfg = load_config(config_text(self.version, **kw))
         with in_ns(SERVER_NS):
             t0 = time.perf_counter()
             res = self.dp.apply(cfg, self.cfg)
@@ -113,17 +112,14 @@ class Mcache:
         if not self.attached:
             return
         with in_ns(SERVER_NS):
-            for entry in (self.dp.meta() or {}).get("interfaces", []):
-                self.dp._detach_one(entry)
+            self.dp.detach_interfaces()
         self.attached = False
 
     def attach(self) -> None:
         if self.attached:
             return
         with in_ns(SERVER_NS):
-            self.dp._attach(self.cfg, None)
-            # writes while detached were not seen: start from an empty cache
-            self.dp.flush()
+            self.dp.attach_interfaces(self.cfg)
         self.attached = True
 
     def counters(self) -> dict[str, int]:
@@ -131,13 +127,7 @@ class Mcache:
 
     def teardown(self) -> None:
         with in_ns(SERVER_NS):
-            self.attach_for_teardown()
             self.dp.teardown()
-
-    def attach_for_teardown(self) -> None:
-        if not self.attached and self.cfg is not None:
-            self.dp._attach(self.cfg, None)
-            self.attached = True
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -380,55 +370,47 @@ class Bench:
         print(f"  map swap: update p99 {hs['map_swap']['outer_update_ms_p99']:.2f} ms, apply p99 "
               f"{hs['map_swap']['apply_ms_p99']:.2f} ms, lost {loss['lost']}", flush=True)
 
-        # program switches between two loaded sets: keep every object of the current set
-        # open (a prog array emptied when its last user reference goes), load a second set,
-        # then write one or the other set's entries into the root slots, as the agent does.
-        with in_ns(SERVER_NS):
-            held_a, mains_a = self._hold_set()
+        # program switches between two loaded sets: hold every object of the current set
+        # open (a retired set keeps working while held), load a second set, then switch the
+        # roots to one or the other set, as the agent does.
+        held_a = mc.dp.hold(mc.dp.record().set)
         mc.apply(strategy="program_swap")
-        with in_ns(SERVER_NS):
-            held_b, mains_b = self._hold_set()
+        held_b = mc.dp.hold(mc.dp.record().set)
         gen = loads.start_udpgen_get(self.p["loss_seconds"], 8, UDPGEN_KEYS, 0.0, "u32:", 200)
         time.sleep(1.0)
         sw = []
         try:
             for i in range(self.p["switches"]):
-                xdp, tc = (mains_a if i % 2 == 0 else mains_b)
-                t0 = time.perf_counter()
-                mc.dp._set_root("xdp_root_jmp", xdp)
-                mc.dp._set_root("tc_root_jmp", tc)
-                sw.append((time.perf_counter() - t0) * 1000)
+                sw.append((held_a if i % 2 == 0 else held_b).switch_to())
                 time.sleep(0.02)
-            # leave the set the agent's meta names in place
-            mc.dp._set_root("xdp_root_jmp", mains_b[0])
-            mc.dp._set_root("tc_root_jmp", mains_b[1])
+            held_b.switch_to()  # leave the set the record names in place
             time.sleep(0.5)
             loss = loads.finish(gen, timeout=self.p["loss_seconds"] + 30)
         finally:
-            for fd in held_a + held_b:
-                os.close(fd)
+            held_a.close()
+            held_b.close()
         hs["program_switch"] = {"n": len(sw), "ms_p50": pct(sw, 0.5), "ms_p99": pct(sw, 0.99),
                                 "ms_max": max(sw), "load_during": loss, "runs_ms": sw}
         print(f"  program switch: p99 {hs['program_switch']['ms_p99']:.3f} ms, lost "
               f"{loss['lost']}", flush=True)
 
     def compile_breakdown(self) -> dict:
-        """Where compile+load goes: the agent's two loader workers alone (in parallel, as in a
-        program swap), and one process doing compile then load of each program in turn."""
+        """Where compile+load goes: a program set loaded by the agent's loader workers alone
+        (in parallel, as in a program swap), and one process doing compile then load of each
+        program in turn."""
         dp, out = self.mc.dp, {}
         with in_ns(SERVER_NS):
-            cflags = dp._cflags(self.mc.cfg)
+            cflags = dp.cflags(self.mc.cfg)
             walls = []
             for _ in range(max(1, self.p["compiles"])):
-                sid = f"bench{time.time_ns()}"
                 t0 = time.perf_counter()
-                dp._worker("xdp", "tc", cflags=cflags, set_id=sid)
+                set_id = dp.load_set(self.mc.cfg)
                 walls.append((time.perf_counter() - t0) * 1000)
-                shutil.rmtree(PIN / "sets" / sid, ignore_errors=True)
+                dp.discard(set_id)
         out["workers_parallel_ms"] = walls
         scratch = "/sys/fs/bpf/mcache-bench-compile"
-        flags = [f for f in cflags if not f.startswith("-DMC_PIN_DIR")]
-        flags.append(f'-DMC_PIN_DIR="{scratch}"')
+        flags = [f for f in cflags if not f.startswith(("-DMC_PIN_DIR", "-DMC_STATE_DIR"))]
+        flags += [f'-DMC_PIN_DIR="{scratch}"', f'-DMC_STATE_DIR="{scratch}"']
         p = subprocess.run([sys.executable, str(HERE / "compile_split.py"), "--pin", scratch,
                             "--start", str(time.time()), *[f"--cflag={f}" for f in flags]],
                            capture_output=True, text=True, timeout=120,
@@ -438,18 +420,6 @@ class Bench:
         except (IndexError, json.JSONDecodeError):
             out["sequential"] = {"error": p.stderr[-2000:]}
         return out
-
-    def _hold_set(self):
-        meta = self.mc.dp.meta()
-        set_dir = PIN / "sets" / meta["set"]
-        fds, mains = [], {}
-        for p in sorted(set_dir.rglob("*")):
-            if p.is_file():
-                fd = self.mc.dp._obj_get(str(p.relative_to(PIN)))
-                fds.append(fd)
-                if p.name in ("xdp_main", "tc_main"):
-                    mains[p.name] = fd
-        return fds, (mains["xdp_main"], mains["tc_main"])
 
     # where the time goes ---------------------------------------------------------
     def prog_stats(self) -> dict:
@@ -469,23 +439,20 @@ class Bench:
         frames = {
             "get_hit": progcost.hit_frame(key, topo.CLIENT_ADDR, SERVER_ADDR),
             "get_miss": progcost.hit_frame(b"none:00000001", topo.CLIENT_ADDR, SERVER_ADDR),
-            "non_memcached": progcost.udp_frame(topo.CLIENT_ADDR, SERVER_ADDR, 40000,
-                                                topo.ECHO_PORT, b"p" * 32),
+            "non_memcached": udp_frame(b"p" * 32, src=topo.CLIENT_ADDR, dst=SERVER_ADDR,
+                                       sport=40000, dport=topo.ECHO_PORT),
         }
         with in_ns(SERVER_NS):
             import socket as _s
 
             ifindex = _s.if_nametoindex(SERVER_IF)
-            root = obj_get(str(PIN / "xdp_root"))
-            try:
+            with libbpf.opened(PIN / "xdp_root") as root:
                 out["test_run_ns"] = {
                     "mcache": {k: progcost.measure(root, f, ifindex, n) for k, f in frames.items()},
                     "reflector": {k: progcost.measure(self.refl[32].fn.fd, f, ifindex, n)
                                   for k, f in frames.items()},
                 }
-            finally:
-                os.close(root)
-            out["programs"] = progcost.set_programs(PIN)
+            out["programs"] = progcost.set_programs(self.mc.dp)
         # live: the roots' run time (tail calls included) over one measured B run
         try:
             old = Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
@@ -495,11 +462,9 @@ class Bench:
             return out
         try:
             def snap():
-                r = {}
-                for name in ("xdp_root", "tc_root"):
-                    for info in progcost.prog_info(str(PIN / name)):
-                        r[name] = (info.get("run_cnt", 0), info.get("run_time_ns", 0))
-                return r
+                progs = self.mc.dp.programs()
+                return {name: (progs[name].run_cnt, progs[name].run_time_ns)
+                        for name in ("xdp_root", "tc_root") if name in progs}
             _, load = self.memaslap_load("get90_v32")
             load(warm=True)
             s0 = snap()
@@ -601,8 +566,8 @@ def main() -> int:
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--fleet", action="store_true",
-                    help="also time lab-up + canary deploy + no-op re-deploy on 3 and 10 hosts "
-                         "(takes the shared lab fleet over: lab-down first)")
+                    help="also time the fleet operations on 3, 10 and 20 lab hosts "
+                         "(bench/fleet.py; takes the shared lab fleet over: lab-down first)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -645,6 +610,11 @@ def main() -> int:
 
             for p in plots.plot(results, args.out, mode):
                 print(f"plot: {p}")
+            if args.fleet:
+                import fleet
+
+                fleet.plot(results["fleet"], args.out / f"{mode}-fleet.png")
+                print(f"plot: {args.out / f'{mode}-fleet.png'}")
         except Exception as exc:  # plots are a convenience; the JSON is the result
             print(f"plots failed: {exc}", file=sys.stderr)
     print_summary(results)

@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.netns import in_ns, nsenter, sh
+from harness.netns import in_ns, nsenter, sh
 
 SERVER_NS, CLIENT_NS = "mcb-s", "mcb-c"
 SERVER_IF, CLIENT_IF = "mcbs0", "mcbc0"

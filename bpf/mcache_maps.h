@@ -1,8 +1,13 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * State shared by the ingress and egress programs. Every map that must
- * outlive the agent (or a program swap) is pinned under MC_PIN_DIR, so a
+ * outlive the agent (or a program swap) is pinned under MC_STATE_DIR, so a
  * newly loaded program set picks up the same cache, counters and config.
+ *
+ * MC_STATE_DIR names this file's layouts (the agent passes <pins>/maps-<abi>,
+ * abi being a hash of this file and mcache_shared.h): a program set built
+ * from other layouts gets maps of its own instead of misreading these, and
+ * the agent retires the old ones once the new set runs.
  */
 #ifndef MCACHE_MAPS_H
 #define MCACHE_MAPS_H
@@ -11,6 +16,9 @@
 
 #ifndef MC_PIN_DIR
 #define MC_PIN_DIR "/sys/fs/bpf/mcache"
+#endif
+#ifndef MC_STATE_DIR
+#define MC_STATE_DIR MC_PIN_DIR
 #endif
 #ifndef MC_SHAPE
 #define MC_SHAPE "default"
@@ -47,6 +55,9 @@ struct mc_slot {
 	__u8 val[MC_VAL_BUF];
 };
 
+_Static_assert(sizeof(struct mc_slot) == MC_SLOT_HEADER + MC_KEY_BUF + MC_VAL_BUF,
+	       "MC_SLOT_HEADER is the slot's size without its buffers");
+
 /* A GET that missed, remembered until its reply passes egress. */
 struct mc_pending_key {
 	__u32 client_addr;
@@ -64,6 +75,9 @@ struct mc_pending {
 	__u8 key[MC_KEY_LIMIT + 6];
 };
 
+_Static_assert(sizeof(struct mc_pending_key) == MC_PENDING_KEY_BYTES, "mc_pending_key size");
+_Static_assert(sizeof(struct mc_pending) == MC_PENDING_VALUE_BYTES, "mc_pending size");
+
 /* TCP write-stream parser state, per connection. */
 struct mc_conn_key {
 	__u32 saddr;
@@ -77,16 +91,21 @@ struct mc_conn {
 	__u32 partial;    /* a command line was cut at a segment end */
 };
 
-BPF_TABLE_PINNED("percpu_array", u32, u64, mc_stats, MC_V_COUNT, MC_PIN_DIR "/stats");
-BPF_TABLE_PINNED("array", u32, struct mc_state, mc_state, 1, MC_PIN_DIR "/state");
+_Static_assert(sizeof(struct mc_conn_key) == MC_CONN_KEY_BYTES, "mc_conn_key size");
+_Static_assert(sizeof(struct mc_conn) == MC_CONN_VALUE_BYTES, "mc_conn size");
+
+BPF_TABLE_PINNED("percpu_array", u32, u64, mc_stats, MC_V_COUNT, MC_STATE_DIR "/stats");
+BPF_TABLE_PINNED("array", u32, struct mc_state, mc_state, 1, MC_STATE_DIR "/state");
 BPF_TABLE("array", u32, struct mc_config, mc_cfg_tmpl, 1);
-BPF_TABLE_PINNED("array_of_maps$mc_cfg_tmpl", u32, int, mc_cfg, 1, MC_PIN_DIR "/cfg");
+BPF_TABLE_PINNED("array_of_maps$mc_cfg_tmpl", u32, int, mc_cfg, 1, MC_STATE_DIR "/cfg");
 BPF_TABLE_PINNED("array", u32, struct mc_slot, mc_cache, MC_CACHE_ENTRIES,
-		 MC_PIN_DIR "/cache_" MC_SHAPE);
-BPF_TABLE_PINNED("lru_hash", struct mc_pending_key, struct mc_pending, mc_pending, 65536,
-		 MC_PIN_DIR "/pending");
-BPF_TABLE_PINNED("lru_hash", struct mc_conn_key, struct mc_conn, mc_conn, 65536,
-		 MC_PIN_DIR "/conn");
+		 MC_STATE_DIR "/cache_" MC_SHAPE);
+/* Live entries of this cache, by generation parity (see mc_level_add). */
+BPF_TABLE_PINNED("array", u32, u64, mc_level, 2, MC_STATE_DIR "/level_" MC_SHAPE);
+BPF_TABLE_PINNED("lru_hash", struct mc_pending_key, struct mc_pending, mc_pending,
+		 MC_PENDING_ENTRIES, MC_STATE_DIR "/pending");
+BPF_TABLE_PINNED("lru_hash", struct mc_conn_key, struct mc_conn, mc_conn, MC_CONN_ENTRIES,
+		 MC_STATE_DIR "/conn");
 
 /* First slot of the bucket of a key's hash (MC_CACHE_ENTRIES is a power of two >= MC_WAYS). */
 static __always_inline __u32 mc_bucket(__u32 hash)
@@ -117,6 +136,21 @@ static __always_inline __u64 mc_gen(void)
 	return st ? st->gen : 0;
 }
 
+/*
+ * The cache's fill level, kept as it changes so that reading it costs one lookup however
+ * large the cache: +1 when a fill takes a slot that held no live entry, -1 when a live
+ * entry is invalidated or expires. Counted per generation parity: a generation bump kills
+ * every entry at once, so the next generation's count starts at zero, and an update that
+ * raced the bump lands in the count nobody reads.
+ */
+static __always_inline void mc_level_add(__u64 gen, __s64 delta)
+{
+	u32 k = gen & 1;
+	u64 *n = mc_level.lookup(&k);
+	if (n)
+		__sync_fetch_and_add(n, delta);
+}
+
 /* Empties the whole cache at once: entries of an older generation are dead. */
 static __always_inline void mc_bump_gen(__u32 verdict)
 {
@@ -126,6 +160,10 @@ static __always_inline void mc_bump_gen(__u32 verdict)
 		/* Like a write to every slot: a GET that arrives while the flush is still in
 		 * flight inside memcached may read a value the flush removes. */
 		st->flush_ns = bpf_ktime_get_ns();
+		u32 next = (st->gen + 1) & 1;
+		u64 *n = mc_level.lookup(&next);
+		if (n)
+			*n = 0;
 		__sync_fetch_and_add(&st->gen, 1);
 	}
 	mc_count(verdict);

@@ -28,13 +28,29 @@
  * any of them, so two hot keys whose hashes share the low bits both stay cached. */
 #define MC_WAYS 4
 
-/* --- fixed limits of the parsers (verifier bounds) --- */
-#define MC_KEY_LIMIT 250        /* memcached refuses longer keys */
-#define MC_MAX_VALUE_LIMIT 1400 /* a cached reply must fit one UDP datagram */
+/*
+ * --- limits of a config ---
+ * The schema (schemas/mcache-config.schema.json) states each again, the agent's checks read
+ * them from here (mcache_agent/constants.py), and tests/unit/test_limits.py fails when the
+ * two drift apart.
+ */
+#define MC_MIN_ENTRIES 16          /* smallest cache: a power of two of MC_WAYS buckets */
 #define MC_MAX_ENTRIES_LIMIT 1048576
-#define MC_MAX_PREFIX 32     /* key prefix filter bytes */
-#define MC_MAX_ALLOWED 16    /* client CIDRs in the allow-list */
-#define MC_MAX_SERVE_IFS 8   /* interfaces that answer GETs */
+#define MC_KEY_LIMIT 250           /* memcached refuses longer keys */
+#define MC_MAX_VALUE_LIMIT 1400    /* a cached reply must fit one UDP datagram ... */
+#define MC_DATAGRAM_LIMIT 1400     /* ... of this many payload bytes: key + value + */
+#define MC_REPLY_OVERHEAD 100      /* the frame header, "VALUE <key> <flags> <len>" and "END" */
+#define MC_MAX_PREFIX 32           /* key prefix filter bytes */
+#define MC_MAX_IFS 8               /* interfaces a config lists ... */
+#define MC_MAX_SERVE_IFS 9         /* ... and lo, which the agent always serves */
+#define MC_MAX_CLIENT_NETS 16      /* client networks a config lists (or its interfaces have) */
+#define MC_MAX_ALLOWED 18          /* ... and the host's own address and 127.0.0.0/8 */
+
+_Static_assert(MC_MAX_SERVE_IFS == MC_MAX_IFS + 1, "lo is served besides the listed interfaces");
+_Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
+	       "the host's own address and loopback are always allowed besides the listed networks");
+
+/* --- fixed limits of the parsers (verifier bounds) --- */
 #define MC_MAX_MULTIGET 8    /* keys in one ASCII multi-get answered by XDP */
 #define MC_MAX_TCP_CMDS 8    /* commands parsed in one TCP segment */
 #define MC_MAX_FILL_ITEMS 8  /* VALUE items filled from one reply */
@@ -42,6 +58,19 @@
 #define MC_UDP_FRAME_HDR 8   /* memcached UDP frame: id, seq, count, reserved */
 #define MC_BIN_HDR 24        /* memcached binary header */
 #define MC_PROG_SETS 1       /* slots in the root dispatchers' prog arrays */
+
+/*
+ * --- sizes of the pinned maps (mcache_maps.h asserts them) ---
+ * The agent estimates a config's kernel memory from these before it loads anything (the
+ * 1 GiB check), and reports the kernel's own account once loaded.
+ */
+#define MC_SLOT_HEADER 88          /* struct mc_slot without its key and value buffers */
+#define MC_PENDING_ENTRIES 65536   /* GETs that missed, awaiting their reply */
+#define MC_PENDING_KEY_BYTES 8
+#define MC_PENDING_VALUE_BYTES 280
+#define MC_CONN_ENTRIES 65536      /* TCP write streams followed */
+#define MC_CONN_KEY_BYTES 12
+#define MC_CONN_VALUE_BYTES 8
 
 /* FNV-1a, the key hash (mc_hash) */
 #define MC_FNV_OFFSET 2166136261

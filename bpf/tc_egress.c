@@ -142,7 +142,7 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 	__u64 get_ns = MC_LOAD(s->pend.get_ns);
 	__u64 gen = MC_LOAD(s->pend.gen);
 	__u64 hold = cfg->fill_hold_ns;
-	int ok = 0;
+	int ok = 0, was_live = 0;
 
 	bpf_spin_lock(&slot->lock);
 #ifdef MC_TEST_NO_FILL_GUARD
@@ -152,6 +152,7 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 	if (slot->write_ns + hold <= get_ns) {
 #endif
 		ok = 1;
+		was_live = slot->valid && slot->gen == gen;
 		slot->valid = 0;
 		for (__u32 j = 0; j < MC_KEY_BUF; j++) {
 			MC_OPAQUE(j);
@@ -185,6 +186,8 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 		slot->valid = 1;
 	}
 	bpf_spin_unlock(&slot->lock);
+	if (ok && !was_live)
+		mc_level_add(gen, 1);
 	mc_count(ok ? MC_V_FILL : MC_V_FILL_REJECTED);
 }
 

@@ -136,16 +136,22 @@ static __always_inline void invalidate(const __u8 *buf, __u32 off, __u32 len)
 	__u32 hash = mc_hash(buf, off, len);
 	__u32 base = mc_bucket(hash);
 	__u64 now = bpf_ktime_get_ns();
+	__u64 gen = mc_gen();
 	for (__u32 w = 0; w < MC_WAYS; w++) {
 		__u32 idx = base + w;
 		struct mc_slot *slot = mc_cache.lookup(&idx);
 		if (!slot)
 			continue;
+		int killed = 0;
 		bpf_spin_lock(&slot->lock);
-		if (slot->hash == hash)
+		if (slot->hash == hash) {
+			killed = slot->valid && slot->gen == gen;
 			slot->valid = 0;
+		}
 		slot->write_ns = now;
 		bpf_spin_unlock(&slot->lock);
+		if (killed)
+			mc_level_add(gen, -1);
 	}
 	mc_count(MC_V_INVALIDATE);
 }
@@ -617,6 +623,8 @@ int xdp_get_key(struct xdp_md *ctx)
 		((__u64 *)h->len_str)[0] = ((__u64 *)slot->len_str)[0];
 	}
 	bpf_spin_unlock(&slot->lock);
+	if (expired)
+		mc_level_add(gen, -1);
 
 	if (unservable) {
 		/* Cached, but the reply did not fit last time: memcached answers, and since the

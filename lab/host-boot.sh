@@ -22,6 +22,12 @@ for d in etc var opt usr/local root; do
     mount -t overlay "ov-$NAME-$key" \
         -o "lowerdir=/$d,upperdir=$HD/ov/$key/upper,workdir=$HD/ov/$key/work" "/$d"
 done
+# The machine's own mcache state must not leak into a host: its overlays' lower layer is the
+# machine's tree, where an agent run on the machine itself (the README's single-host commands,
+# a benchmark, a test) leaves /var/lib/mcache, /etc/mcache and the like. Removing them in the
+# overlay records whiteouts in the host's upper layer; the machine's files stay as they are.
+rm -rf /var/lib/mcache /etc/mcache /opt/mcache /var/log/mcache \
+    /etc/systemd/system/mcache-agent.service /etc/systemd/system/mcache-memcached.service
 mkdir -p "$HD/run"
 mount --bind "$HD/run" /run
 mkdir -p /run/sshd /run/lock
@@ -34,7 +40,7 @@ echo "$NAME" >/etc/hostname
 {
     echo "127.0.0.1 localhost"
     echo "::1 localhost ip6-localhost ip6-loopback"
-    for j in $(seq 1 10); do echo "198.18.0.$((10 + j)) mc-lab-$j"; done
+    for j in $(seq 1 30); do echo "198.18.0.$((10 + j)) mc-lab-$j"; done
     echo "198.18.0.1 mclab-controller"
 } >/etc/hosts
 

@@ -2,7 +2,7 @@
 # mcache lab fleet: N hosts on this machine, reachable over ssh, that look like hosts to
 # Ansible. See lab/README.md.
 #
-#   lab/lab.sh up [N]            bring up hosts 1..N (default $HOSTS or 3, max 10); idempotent:
+#   lab/lab.sh up [N]            bring up hosts 1..N (default $HOSTS or 3, max 30); idempotent:
 #                                hosts already up are left alone, hosts above N are removed
 #   lab/lab.sh down              tear everything down (idempotent)
 #   lab/lab.sh status            one line per host: index name address init-pid state
@@ -20,7 +20,7 @@ LAB_DIR="${MCLAB_DIR:-/srv/mcache-lab}"
 BRIDGE=mclab0
 BRIDGE_ADDR=198.18.0.1
 PREFIX=24
-MAX_HOSTS=10
+MAX_HOSTS=30
 INVENTORY="$REPO/inventory/lab/hosts.yml"
 KEY="$LAB_DIR/ssh/id_ed25519"
 # Must match ansible.cfg's control_path_dir (ssh ControlPersist masters, closed by `down`).

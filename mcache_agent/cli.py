@@ -17,6 +17,9 @@ from mcache_agent.config import ConfigError, Fault, check_semantics, load_config
 from mcache_agent.paths import DEFAULT_BPFFS, DEFAULT_SOCKET, DEFAULT_STATE_DIR
 
 EXIT_OK, EXIT_RUNTIME, EXIT_INVALID, EXIT_UNREACHABLE = 0, 1, 2, 3
+# status answers while an apply runs (the socket serves requests concurrently): a status that
+# takes longer than this means the agent is stuck.
+STATUS_TIMEOUT_S = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="mcache per-host agent")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     run = sub.add_parser("run", parents=[common], help="run the daemon")
-    run.add_argument("--config", type=Path, required=True)
+    run.add_argument("--config", type=Path, required=True,
+                     help="config to start with; when the file does not exist yet, the agent "
+                          "serves what is pinned (or nothing) until a config is applied")
     run.add_argument("--detach-on-exit", action="store_true",
                      help="tear the data plane down on SIGTERM (default: leave it serving)")
     v = sub.add_parser("validate", parents=[common], help="check config files (no daemon)")
@@ -56,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, fault: Any = None) -> int:
+    """`fault`: tests only, passed to the daemon's data plane (see Dataplane)."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse: usage errors are bad input
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         from mcache_agent import daemon
 
         return daemon.run(args.config, args.state_dir, args.socket, args.bpffs,
-                          args.detach_on_exit)
+                          args.detach_on_exit, fault=fault)
     if args.cmd == "validate":
         return cmd_validate(args)
     if args.cmd == "status":
@@ -176,21 +182,44 @@ def _human(op: str, result: Any) -> None:
     elif op in ("apply", "rollback"):
         if result.get("check"):
             print(result.get("diff") or "(no change)", end="" if result.get("diff") else "\n")
+            why = "; ".join(result.get("reasons") or [])
             print(f"would apply version {result.get('version')} with strategy "
-                  f"{result.get('strategy')}")
+                  f"{result.get('strategy')}" + (f" ({why})" if why else ""))
         elif not result.get("changed"):
             print(result.get("message", "no change"))
         else:
             print(f"version {result.get('version')} applied: strategy {result.get('strategy')}, "
-                  f"{result.get('duration_ms')} ms (swap {result.get('swap_ms')} ms), cache kept: "
-                  f"{result.get('cache_kept')}")
+                  f"{_ms(result.get('duration_ms'))} (switch {_ms(result.get('swap_ms'))}), "
+                  f"cache kept: {_yes_no(result.get('cache_kept'))}")
     elif op == "probe":
         print(f"probe {'ok' if result.get('ok') else 'FAILED'}: {result.get('detail')} "
-              f"({result.get('duration_ms')} ms)")
+              f"({_ms(result.get('duration_ms'))})")
     elif op == "stop":
         print("agent stopped" + (", data plane torn down" if result.get("teardown") else ""))
     else:
         print(json.dumps(result, indent=2))
+
+
+def _ms(v: Any) -> str:
+    """A duration for people: ms with one decimal; '-' when there is none."""
+    return "-" if v is None else f"{float(v):.1f} ms"
+
+
+def _bytes(v: Any) -> str:
+    if v is None:
+        return "-"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if v >= size:
+            return f"{v / size:.1f} {unit}"
+    return f"{v} B"
+
+
+def _yes_no(v: Any) -> str:
+    return "-" if v is None else ("yes" if v else "no")
+
+
+def _or_dash(v: Any) -> str:
+    return "-" if v is None or v == "" else str(v)
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -203,16 +232,32 @@ def format_status(st: dict[str, Any]) -> str:
     cache = st.get("cache") or {}
     probe = st.get("probe") or {}
     counters = st.get("counters") or {}
+    cfile = st.get("config_file") or {}
+    busy = st.get("apply_in_progress") or {}
     attached = ", ".join(f"{a.get('interface')}({a.get('mode')},{a.get('role')})"
                          for a in st.get("attached") or []) or "-"
+    agent = "running" if st.get("running") else "not running"
+    if st.get("starting"):
+        agent += " (starting)"
     rows = [
-        ("agent", "running" if st.get("running") else "not running"),
-        ("version", str(st.get("version"))),
-        ("last apply", f"v{last.get('version')} {last.get('result')} {last.get('strategy')} "
-                       f"{last.get('duration_ms')} ms" if last else "-"),
+        ("agent", agent),
+        ("version", _or_dash(st.get("version"))),
+        ("last apply", f"v{last.get('version')} {_or_dash(last.get('result'))} "
+                       f"{_or_dash(last.get('strategy'))} {_ms(last.get('duration_ms'))}"
+                       if last else "-"),
+    ]
+    if busy:
+        rows.append(("applying", f"v{busy.get('version')} since {busy.get('since')}"))
+    if cfile and cfile.get("result") not in ("applied", "running"):
+        rows.append(("config file", f"{cfile.get('result')}: {cfile.get('message')}"))
+        for f in cfile.get("faults") or []:
+            rows.append(("", f"{f.get('path')}: {f.get('message')}"))
+    used, entries = cache.get("used"), cache.get("entries")
+    rows += [
         ("attached", attached),
-        ("cache", f"{cache.get('used')}/{cache.get('entries')} entries, "
-                  f"~{cache.get('memory_bytes')} bytes"),
+        ("cache", f"{_or_dash(used)}/{_or_dash(entries)} entries, "
+                  f"{_bytes(cache.get('memory_bytes'))} of kernel memory"
+                  if entries is not None else "-"),
         ("hit ratio", "-" if st.get("hit_ratio") is None else f"{st['hit_ratio']:.2%}"),
         ("counters", " ".join(f"{k}={v}" for k, v in counters.items() if v) or "-"),
         ("probe", f"{'ok' if probe.get('ok') else 'FAILED'} at {probe.get('at')}"
@@ -244,10 +289,19 @@ def _print_json(doc: Any) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """The agent's status; when it does not answer, what the pins and the versions store say,
+    and exit 3 (not reachable)."""
     try:
-        resp = control.request(args.socket, {"op": "status"}, timeout=10.0)
+        resp = control.request(args.socket, {"op": "status"}, timeout=STATUS_TIMEOUT_S)
     except (control.AgentUnreachable, ValueError) as e:
-        return _show(args, "status", {"ok": True, "result": offline_status(args, str(e))})
+        offline = offline_status(args, str(e))
+        if args.json:
+            _print_json({"ok": False, "error": {"kind": "unreachable", "message": str(e),
+                                                "faults": []}, "offline": offline})
+        else:
+            print(format_status(offline))
+            print(f"mcache-agent: agent not reachable: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     return _show(args, "status", resp)
 
 

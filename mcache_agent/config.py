@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import socket
 import subprocess
@@ -19,19 +20,27 @@ from typing import Any
 import jsonschema
 import yaml
 
+from mcache_agent import constants
 from mcache_agent.paths import schema_path
 
 API_VERSION = "mcache/v1"
 MAX_CONFIG_BYTES = 1 << 20
+# The agent's own cap on the kernel memory one config may take (the data plane has none).
 MAX_MEMORY_BYTES = 1 << 30
-# A cached reply carries the UDP frame header, "VALUE <key> <flags> <len>\r\n" and "END\r\n"
-# around the key and value; 100 bytes covers them, and the whole must fit one datagram.
-REPLY_OVERHEAD = 100
-DATAGRAM_LIMIT = 1400
-SLOT_HEADER_BYTES = 64
-# pending + conn LRU hashes, stats, state and config maps: small next to the cache itself.
-FIXED_MAPS_BYTES = 4 << 20
-MAX_PREFIX_BYTES = 32
+# The kernel's hash map accounting (kernel/bpf/hashtab.c, htab_map_mem_usage): a preallocated
+# element is struct htab_elem (48 bytes on 64-bit) with the key and value each rounded up to
+# 8 bytes, and every bucket (a power of two of them) is 16 bytes.
+HTAB_ELEM_BYTES = 48
+HTAB_BUCKET_BYTES = 16
+# Every other map (counters, state, config, fill level, prog arrays, the record) is small;
+# the scratch maps are per CPU.
+SMALL_MAPS_BYTES = 256 << 10
+SCRATCH_BYTES_PER_CPU = 16 << 10
+
+
+def limit(name: str) -> int:
+    """A data-plane limit from bpf/mcache_shared.h (the one place it is defined)."""
+    return constants.const(name)
 
 
 @dataclass(frozen=True)
@@ -95,12 +104,21 @@ class Config:
         return (self.cache.entries, self.cache.max_key_bytes, self.cache.max_value_bytes)
 
     def slot_bytes(self) -> int:
-        return SLOT_HEADER_BYTES + _round8(self.cache.max_key_bytes) + _round8(
+        """sizeof(struct mc_slot) for this shape (asserted by the C compiler)."""
+        return limit("MC_SLOT_HEADER") + _round8(self.cache.max_key_bytes) + _round8(
             self.cache.max_value_bytes
         )
 
     def memory_bytes(self) -> int:
-        return self.cache.entries * self.slot_bytes() + FIXED_MAPS_BYTES
+        """The kernel memory this config's data plane takes, estimated before anything is
+        loaded (status reports the kernel's own account once it is)."""
+        cache = self.cache.entries * self.slot_bytes()
+        pending = _htab_bytes(limit("MC_PENDING_ENTRIES"), limit("MC_PENDING_KEY_BYTES"),
+                              limit("MC_PENDING_VALUE_BYTES"))
+        conn = _htab_bytes(limit("MC_CONN_ENTRIES"), limit("MC_CONN_KEY_BYTES"),
+                           limit("MC_CONN_VALUE_BYTES"))
+        scratch = SCRATCH_BYTES_PER_CPU * _possible_cpus()
+        return cache + pending + conn + scratch + SMALL_MAPS_BYTES
 
     def interface_names(self) -> tuple[str, ...]:
         return tuple(i.name for i in self.interfaces)
@@ -108,6 +126,22 @@ class Config:
 
 def _round8(n: int) -> int:
     return (n + 7) & ~7
+
+
+def _htab_bytes(entries: int, key: int, value: int) -> int:
+    buckets = 1 << max(entries - 1, 0).bit_length()
+    return entries * (HTAB_ELEM_BYTES + _round8(key) + _round8(value)) + \
+        buckets * HTAB_BUCKET_BYTES
+
+
+def _possible_cpus() -> int:
+    """What the kernel sizes per-CPU maps by (/sys/devices/system/cpu/possible, e.g. "0-7")."""
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+        return sum(int(b) - int(a) + 1 if b else 1
+                   for a, _, b in (part.partition("-") for part in text.split(",")))
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------- loading
@@ -338,21 +372,24 @@ def check_semantics(
     (validation on the Ansible controller)."""
     faults: list[Fault] = []
     c = cfg.cache
-    reply = c.max_key_bytes + c.max_value_bytes + REPLY_OVERHEAD
-    if reply > DATAGRAM_LIMIT:
+    overhead, datagram = limit("MC_REPLY_OVERHEAD"), limit("MC_DATAGRAM_LIMIT")
+    reply = c.max_key_bytes + c.max_value_bytes + overhead
+    if reply > datagram:
         faults.append(Fault("$.cache.max_value_bytes",
-                            f"max_key_bytes + max_value_bytes + {REPLY_OVERHEAD} = {reply} is over "
-                            f"{DATAGRAM_LIMIT}: a cached reply must fit one UDP datagram"))
+                            f"max_key_bytes + max_value_bytes + {overhead} = {reply} is over "
+                            f"{datagram}: a cached reply must fit one UDP datagram"))
     mem = cfg.memory_bytes()
     if mem > MAX_MEMORY_BYTES:
         faults.append(Fault("$.cache.entries",
-                            f"the cache would take about {mem} bytes ({mem / (1 << 20):.0f} MiB: "
-                            f"{c.entries} slots of {cfg.slot_bytes()} bytes); the limit is "
-                            f"{MAX_MEMORY_BYTES} bytes ({MAX_MEMORY_BYTES >> 20} MiB)"))
+                            f"the data plane would take about {mem} bytes of kernel memory "
+                            f"({mem / (1 << 20):.0f} MiB, of which {c.entries} cache slots of "
+                            f"{cfg.slot_bytes()} bytes); the limit is {MAX_MEMORY_BYTES} bytes "
+                            f"({MAX_MEMORY_BYTES >> 20} MiB)"))
     prefix_len = len(c.key_prefix.encode("utf-8"))
-    if prefix_len > MAX_PREFIX_BYTES:
+    if prefix_len > limit("MC_MAX_PREFIX"):
         faults.append(Fault("$.cache.key_prefix",
-                            f"prefix is {prefix_len} bytes; the limit is {MAX_PREFIX_BYTES}"))
+                            f"prefix is {prefix_len} bytes; the limit is "
+                            f"{limit('MC_MAX_PREFIX')}"))
     if prefix_len > c.max_key_bytes:
         faults.append(Fault("$.cache.key_prefix",
                             f"prefix is {prefix_len} bytes, longer than max_key_bytes "
@@ -458,10 +495,18 @@ def host_faults(cfg: Config, interfaces: dict[str, dict[str, Any]] | None = None
         if local and cfg.memcached.address not in local:
             faults.append(Fault("$.memcached.address",
                                 f"{cfg.memcached.address} is not an address of this host"))
-    if not cfg.cache.allowed_clients and not _interface_networks(cfg, host):
-        faults.append(Fault("$.cache.allowed_clients",
-                            "empty, and the listed interfaces have no IPv4 address to take the "
-                            "networks from: no client could read from the cache"))
+    if not cfg.cache.allowed_clients:
+        nets = _interface_networks(cfg, host)
+        room = limit("MC_MAX_CLIENT_NETS")
+        if not nets:
+            faults.append(Fault("$.cache.allowed_clients",
+                                "empty, and the listed interfaces have no IPv4 address to take "
+                                "the networks from: no client could read from the cache"))
+        elif len(nets) > room:
+            faults.append(Fault("$.cache.allowed_clients",
+                                f"empty, and the listed interfaces are on {len(nets)} IPv4 "
+                                f"networks; the data plane holds {room}: list the client "
+                                "networks"))
     return faults
 
 

@@ -1,7 +1,9 @@
 """The control socket: one JSON line in, one JSON line out, root only.
 
-The server owns the transport rules (permissions, SO_PEERCRED, size cap, slow clients, garbage);
-what a request means is up to the handler it is given (the daemon).
+The server owns the transport rules (permissions, SO_PEERCRED, size cap, slow clients, garbage,
+how many clients at once); what a request means is up to the handler it is given (the daemon).
+Each connection is served on its own thread, so `status` answers while an apply runs: the
+handler decides what must wait for what.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,10 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 2 << 20
 READ_TIMEOUT_S = 5.0
+# Connections served at once; more are answered "busy" (a runaway client cannot pile up threads).
+MAX_CLIENTS = 16
+# On stop, how long in-flight requests may take to send their answers.
+DRAIN_TIMEOUT_S = 30.0
 # An apply may compile and load programs; give it time before the client gives up.
 CLIENT_TIMEOUT_S = 300.0
 
@@ -90,6 +97,7 @@ class ControlServer:
         allowed_uids: frozenset[int] = frozenset({0}),
         read_timeout: float = READ_TIMEOUT_S,
         max_request: int = MAX_REQUEST_BYTES,
+        max_clients: int = MAX_CLIENTS,
     ) -> None:
         self.path = Path(path)
         self.handler = handler
@@ -98,6 +106,9 @@ class ControlServer:
         self.max_request = max_request
         self.stopping = threading.Event()
         self._sock: socket.socket | None = None
+        self._slots = threading.BoundedSemaphore(max_clients)
+        self._threads: set[threading.Thread] = set()
+        self._threads_lock = threading.Lock()
 
     def bind(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -121,7 +132,8 @@ class ControlServer:
         self._sock = sock
 
     def serve_forever(self) -> None:
-        """Serve one connection at a time until stop() or a handler asks to stop."""
+        """Serve until stop() or a handler asks to stop, each connection on its own thread;
+        then wait (a while) for the requests still running to send their answers."""
         assert self._sock is not None, "bind() first"
         try:
             while not self.stopping.is_set():
@@ -133,10 +145,37 @@ class ControlServer:
                     if self.stopping.is_set():
                         break
                     raise
-                with conn:
-                    self._serve_one(conn)
+                if not self._slots.acquire(blocking=False):
+                    with conn:
+                        conn.settimeout(self.read_timeout)
+                        _send(conn, error("busy", f"{MAX_CLIENTS} requests are being served; "
+                                                  "try again"))
+                    continue
+                t = threading.Thread(target=self._serve_conn, args=(conn,), daemon=True,
+                                     name="control")
+                with self._threads_lock:
+                    self._threads.add(t)
+                t.start()
         finally:
             self.close()
+            self._drain_threads()
+
+    def _serve_conn(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                self._serve_one(conn)
+        finally:
+            self._slots.release()
+            with self._threads_lock:
+                self._threads.discard(threading.current_thread())
+
+    def _drain_threads(self) -> None:
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        with self._threads_lock:
+            threads = list(self._threads)
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(max(deadline - time.monotonic(), 0))
 
     def stop(self) -> None:
         self.stopping.set()

@@ -24,6 +24,7 @@ from mcache_agent.config import (
     parse_config,
 )
 from mcache_agent.control import ControlServer, Response, error, ok
+from mcache_agent.dataplane import Plan, PlanRefused
 from mcache_agent.memcached_stats import RestartDetector, StatsError, fetch_stats
 from mcache_agent.versions import VersionsError, VersionStore, atomic_write
 
@@ -41,19 +42,9 @@ def invalid(message: str, faults: list[Fault]) -> Response:
     return error("invalid", message, [f.to_dict() for f in faults])
 
 
-def predict_strategy(cfg: Config, previous: Config | None) -> str:
-    """What an apply would do, for `apply --check`, when the data plane cannot say itself."""
-    if previous is None:
-        return "program_swap"
-    if cfg == previous:
-        return "none"
-    if cfg.strategy != "auto":
-        return cfg.strategy
-    if cfg.shape() != previous.shape() or cfg.cache.protocols != previous.cache.protocols:
-        return "program_swap"
-    if cfg.interfaces != previous.interfaces:
-        return "reattach"
-    return "map_swap"
+def ms(value: float | None) -> float | None:
+    """Milliseconds as the agent reports them: one decimal."""
+    return None if value is None else round(value, 1)
 
 
 def status_document(
@@ -65,6 +56,8 @@ def status_document(
     version: int | None,
     last_apply: dict[str, Any] | None,
     probe: dict[str, Any] | None,
+    config_file: dict[str, Any] | None = None,
+    in_progress: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The `status` shape of ARCHITECTURE.md, built from whatever answers; failures go in errors."""
     errors: list[str] = []
@@ -80,18 +73,25 @@ def status_document(
 
     counters: dict[str, int] = ask("counters", {})
     usage = ask("cache_usage", None)
+    memory = ask("memory", None) if version is not None else None
     hit, miss = counters.get("hit", 0), counters.get("miss", 0)
     doc: dict[str, Any] = {
         "version": version,
         "running": running,
         "last_apply": last_apply,
+        "apply_in_progress": in_progress,
+        "config_file": config_file,
         "attached": ask("attached", []),
         "counters": counters,
         "hit_ratio": round(hit / (hit + miss), 4) if hit + miss else None,
         "cache": {
-            "entries": usage[0] if usage else (running_cfg.cache.entries if running_cfg else None),
-            "used": usage[1] if usage else None,
-            "memory_bytes": running_cfg.memory_bytes() if running_cfg else None,
+            "entries": usage.entries if usage else None,
+            "used": usage.used if usage else None,
+            # what the kernel allocated for every map of the data plane (fdinfo memlock)
+            "memory_bytes": memory.total_bytes if memory else None,
+            "memory_by_map": memory.maps if memory else {},
+            # what validation estimated for the running config before loading it
+            "memory_estimate_bytes": running_cfg.memory_bytes() if running_cfg else None,
             "kept_across_last_apply": (last_apply or {}).get("cache_kept"),
         },
         "probe": probe,
@@ -104,6 +104,9 @@ def status_document(
 
 
 class Agent:
+    """What the control socket's requests mean. Changes (apply, rollback, probe, stop) run one
+    at a time under `lock`; status never takes it, so it answers while a change runs."""
+
     def __init__(
         self,
         dataplane: Any,
@@ -119,6 +122,9 @@ class Agent:
         self.running: Config | None = None
         self.last_apply: dict[str, Any] | None = None
         self.last_probe: dict[str, Any] | None = None
+        self.config_file: dict[str, Any] | None = None
+        self.in_progress: dict[str, Any] | None = None
+        self.starting = True
         self.lock = threading.RLock()
         self.stop_event = threading.Event()
         self.torn_down = False
@@ -128,9 +134,29 @@ class Agent:
 
     # ------------------------------------------------------------------ start
 
-    def start(self, file_cfg: Config) -> int | None:
-        """Adopt what is pinned when it is the stored current version, then bring the config file
-        in when it is news. Returns an exit code when the daemon cannot go on."""
+    def start(self, file_cfg: Config | None, *, path: str = "",
+              faults: list[Fault] | None = None) -> None:
+        """Adopt what is pinned when it is the stored current version, then bring the config
+        file in when it is news. A config file that is refused (`faults`, or by the apply)
+        never stops the agent: it keeps serving what it adopted, and status says why."""
+        with self.lock:
+            try:
+                self._adopt()
+                self.config_file = self._bring_in(file_cfg, path, faults or [])
+            except Exception as e:  # the kernel keeps serving what it has; say so
+                log.exception("start failed")
+                self.config_file = {"path": path, "version": None, "result": "failed",
+                                    "message": f"start failed: {type(e).__name__}: {e}",
+                                    "faults": []}
+            finally:
+                self.starting = False
+        level = logging.INFO if self.config_file["result"] in ("applied", "running", "absent") \
+            else logging.ERROR
+        log.log(level, "config file %s: %s", path or "-", self.config_file["message"])
+        for f in self.config_file["faults"]:
+            log.error("%s: %s", f["path"], f["message"])
+
+    def _adopt(self) -> None:
         pinned = self.dataplane.adopt()
         current = self.store.current()
         if pinned is not None and pinned != current and self.store.has(pinned):
@@ -152,25 +178,38 @@ class Agent:
         elif pinned is not None:
             log.warning("pinned version %s is not the stored current one (%s): re-applying",
                         pinned, current)
+
+    def _bring_in(self, cfg: Config | None, path: str, faults: list[Fault]) -> dict[str, Any]:
+        def report(result: str, message: str, fault_list: list[dict[str, str]] | None = None,
+                   version: int | None = None) -> dict[str, Any]:
+            return {"path": path, "version": version, "result": result, "message": message,
+                    "faults": fault_list or []}
+
+        keeping = (f"; serving version {self.running.version}" if self.running else
+                   "; serving nothing until a config is applied")
+        if cfg is None and not faults:
+            return report("absent", f"no config file{keeping}")
+        if cfg is None:
+            return report("refused", f"config has {len(faults)} fault(s){keeping}",
+                          [f.to_dict() for f in faults])
         if self.running is not None:
-            if file_cfg == self.running:
-                return None
-            if self._was_rolled_back_from(file_cfg):
-                log.warning("config file version %d was applied before and rolled back from; "
-                            "keeping version %d (use `mcache-agent apply` to re-apply it)",
-                            file_cfg.version, self.running.version)
-                return None
-        resp = self.apply_text(file_cfg.text)
+            if cfg == self.running:
+                return report("running", f"version {cfg.version} is running", version=cfg.version)
+            if cfg.version < self.running.version:
+                # Applied through the socket since the file was written: the newer one stays.
+                return report("kept", f"the file's version {cfg.version} is older than the "
+                                      f"running version {self.running.version}; keeping it",
+                              version=cfg.version)
+            if self._was_rolled_back_from(cfg):
+                return report("kept", f"version {cfg.version} was rolled back from; keeping "
+                                      f"version {self.running.version} (apply it to re-apply)",
+                              version=cfg.version)
+        resp = self.apply_text(cfg.text)
         if resp["ok"]:
-            return None
+            return report("applied", f"version {cfg.version} applied", version=cfg.version)
         err = resp["error"]
-        for f in err.get("faults", []):
-            log.error("%s: %s", f["path"], f["message"])
-        log.error("config file not applied: %s", err["message"])
-        if self.running is not None:
-            log.warning("still serving version %d", self.running.version)
-            return None
-        return 2 if err["kind"] == "invalid" else 1
+        result = "refused" if err["kind"] == "invalid" else "failed"
+        return report(result, f"{err['message']}{keeping}", err.get("faults"), cfg.version)
 
     def _was_rolled_back_from(self, cfg: Config) -> bool:
         out = self.store.outcome(cfg.version)
@@ -209,7 +248,7 @@ class Agent:
             running = self.running
             faults = check_semantics(cfg, running, allow_rollback=rollback,
                                      host_checks=self.host_checks)
-            if not rollback:
+            if not rollback and not any(f.path == "$.version" for f in faults):
                 faults += self._history_faults(cfg)
             if faults:
                 return invalid(f"config has {len(faults)} fault(s)", faults)
@@ -217,8 +256,12 @@ class Agent:
                 return ok({"version": cfg.version, "strategy": "none", "result": "ok",
                            "changed": False, "check": check,
                            "message": f"version {cfg.version} is already running"})
+            try:
+                plan = self.dataplane.plan(cfg, running)
+            except PlanRefused as e:
+                return invalid("config has 1 fault(s)", [Fault(e.path, e.message)])
             if check:
-                return ok(self._plan(cfg, running))
+                return ok(self._check_result(cfg, running, plan))
             return self._apply(cfg, running)
 
     def _history_faults(self, cfg: Config) -> list[Fault]:
@@ -237,9 +280,8 @@ class Agent:
                                    f"({out.get('applied_at')}) with different content; "
                                    "give the change a new version number")]
 
-    def _plan(self, cfg: Config, running: Config | None) -> dict[str, Any]:
-        plan = getattr(self.dataplane, "plan", None)
-        strategy = plan(cfg, running) if callable(plan) else predict_strategy(cfg, running)
+    @staticmethod
+    def _check_result(cfg: Config, running: Config | None, plan: Plan) -> dict[str, Any]:
         old = running.text if running else ""
         diff = "".join(difflib.unified_diff(
             old.splitlines(keepends=True), cfg.text.splitlines(keepends=True),
@@ -248,37 +290,38 @@ class Agent:
         ))
         return {"check": True, "changed": True, "version": cfg.version,
                 "running_version": running.version if running else None,
-                "strategy": strategy, "diff": diff}
+                "strategy": plan.strategy, "reasons": list(plan.reasons),
+                "cache_kept": plan.cache_kept, "diff": diff}
 
     def _apply(self, cfg: Config, running: Config | None) -> Response:
         t0 = time.monotonic()
         outcome: dict[str, Any] = {"applied_at": utcnow()}
-        # Recorded before the kernel is touched: an agent killed mid-apply finds the attempt.
-        self.store.store(cfg, {**outcome, "result": "in_progress", "strategy": None,
-                               "duration_ms": None, "swap_ms": None, "cache_kept": None,
-                               "error": None})
+        self.in_progress = {"op": "apply", "version": cfg.version, "since": outcome["applied_at"]}
         try:
-            res = self.dataplane.apply(cfg, running)
-        except Exception as e:
-            outcome.update(strategy=None, result="failed", error=f"{type(e).__name__}: {e}",
-                           duration_ms=round((time.monotonic() - t0) * 1000, 3), swap_ms=None,
-                           cache_kept=None)
+            # Recorded before the kernel is touched: an agent killed mid-apply finds the attempt.
+            self.store.store(cfg, {**outcome, "result": "in_progress", "strategy": None,
+                                   "duration_ms": None, "swap_ms": None, "cache_kept": None,
+                                   "error": None})
+            try:
+                res = self.dataplane.apply(cfg, running)
+            except Exception as e:
+                outcome.update(strategy=None, result="failed", error=f"{type(e).__name__}: {e}",
+                               duration_ms=ms((time.monotonic() - t0) * 1000), swap_ms=None,
+                               cache_kept=None)
+                self.store.store(cfg, outcome)
+                self.last_apply = {"version": cfg.version, **outcome}
+                log.error("apply of version %d failed: %s", cfg.version, outcome["error"])
+                return error("runtime",
+                             f"apply of version {cfg.version} failed: {outcome['error']}")
+            outcome.update(strategy=res.strategy, result="ok", duration_ms=ms(res.duration_ms),
+                           swap_ms=ms(res.swap_ms), cache_kept=res.cache_kept,
+                           reasons=list(res.reasons), error=None)
             self.store.store(cfg, outcome)
+            self.store.set_current(cfg.version)
+            self.running = cfg
             self.last_apply = {"version": cfg.version, **outcome}
-            log.error("apply of version %d failed: %s", cfg.version, outcome["error"])
-            return error("runtime", f"apply of version {cfg.version} failed: {outcome['error']}")
-        outcome.update(
-            strategy=getattr(res, "strategy", None),
-            result="ok",
-            duration_ms=getattr(res, "duration_ms", round((time.monotonic() - t0) * 1000, 3)),
-            swap_ms=getattr(res, "swap_ms", None),
-            cache_kept=getattr(res, "cache_kept", None),
-            error=None,
-        )
-        self.store.store(cfg, outcome)
-        self.store.set_current(cfg.version)
-        self.running = cfg
-        self.last_apply = {"version": cfg.version, **outcome}
+        finally:
+            self.in_progress = None
         log.info("applied version %d (%s, %.1f ms)", cfg.version, outcome["strategy"],
                  outcome["duration_ms"] or 0)
         if self.on_config is not None:
@@ -330,11 +373,14 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         running = self.running
-        return status_document(
+        doc = status_document(
             self.dataplane, self.store, running, running=True,
             version=running.version if running else None,
             last_apply=self.last_apply, probe=self.last_probe,
+            config_file=self.config_file, in_progress=self.in_progress,
         )
+        doc["starting"] = self.starting
+        return doc
 
     # ------------------------------------------------------------------ memcached watch
 
@@ -447,33 +493,27 @@ class _MemcachedWatch:
 
 
 def run(config: Path, state_dir: Path, socket_path: Path, bpffs: Path,
-        detach_on_exit: bool) -> int:
+        detach_on_exit: bool, *, fault: Any = None) -> int:
+    """The daemon. Exits non-zero only when it cannot serve its socket: a config file that is
+    refused is reported in status (the agent keeps serving what is pinned), never fatal.
+    `fault`: tests only (Dataplane's fault hook)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(Path(config))
-        faults = check_semantics(cfg, None)
-    except ConfigError as e:
-        faults = e.faults
-    if faults:
-        for f in faults:
-            print(f, file=sys.stderr)
-        return 2
-    store = VersionStore(state_dir)
-    store.ensure()
+    from mcache_agent.dataplane import Dataplane
 
-    agent_box: list[Agent] = []
-    server = ControlServer(socket_path, lambda req: agent_box[0].handle(req))
+    store = VersionStore(state_dir)
+    try:
+        store.ensure()
+    except OSError as e:
+        print(f"cannot use the state directory {state_dir}: {e}", file=sys.stderr)
+        return 1
+    agent = Agent(Dataplane(Path(bpffs), fault=fault), store)
+    server = ControlServer(socket_path, agent.handle)
     try:
         server.bind()
     except (OSError, RuntimeError) as e:
         print(f"cannot serve {socket_path}: {e}", file=sys.stderr)
         return 1
-
-    from mcache_agent.dataplane import Dataplane
-
-    agent = Agent(Dataplane(Path(bpffs)), store)
-    agent_box.append(agent)
     agent.on_stop = server.stop
     metrics = _Metrics(agent)
     agent.on_config = metrics.reconfigure
@@ -485,19 +525,25 @@ def run(config: Path, state_dir: Path, socket_path: Path, bpffs: Path,
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    try:
-        code = agent.start(cfg)
-    except Exception:
-        log.exception("start failed")
-        server.close()
-        return 1
-    if code is not None:
-        server.close()
-        return code
-    metrics.reconfigure(agent.running, None)
-    threading.Thread(target=agent.watch_forever, name="memcached-watch", daemon=True).start()
-    log.info("serving %s (version %s)", socket_path,
-             agent.running.version if agent.running else None)
+    def start() -> None:
+        cfg, faults = None, []
+        try:
+            # A host being prepared has no config yet: serve what is pinned (or nothing) until
+            # one is applied through the socket.
+            if Path(config).exists():
+                cfg = load_config(Path(config))
+                faults = check_semantics(cfg, None)
+        except ConfigError as e:
+            faults = e.faults
+        agent.start(None if faults else cfg, path=str(config), faults=faults)
+        metrics.reconfigure(agent.running, None)
+        threading.Thread(target=agent.watch_forever, name="memcached-watch",
+                         daemon=True).start()
+        log.info("serving %s (version %s)", socket_path,
+                 agent.running.version if agent.running else "none")
+
+    # The socket answers from the start: status during a first apply says what is going on.
+    threading.Thread(target=start, name="start", daemon=True).start()
     server.serve_forever()
     agent.stop_event.set()
     # Without --detach-on-exit the pinned data plane keeps serving after we are gone.

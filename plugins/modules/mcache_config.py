@@ -2,23 +2,27 @@
 # Copyright: mcache contributors
 # GNU General Public License v2.0 (see pyproject.toml)
 
-"""Apply an mcache config through the host's agent (`mcache-agent apply --json`)."""
+"""Roll a config out on one host: apply, probe, roll back on a failed probe, keep."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: mcache_config
-short_description: Apply an mcache config through the host's mcache agent
+short_description: Apply an mcache config through the host's agent, gated by its health probe
 description:
-  - Writes O(content) (or uses O(src)) and runs C(mcache-agent apply FILE --json) on the host,
-    with an argv list (never a shell).
-  - In check mode runs C(mcache-agent apply FILE --check --json), which changes nothing and
-    returns what would change.
-  - Reports C(changed) only when the running version changed (the agent says so); a config that
-    is already running is a no-op.
-  - With C(--diff), returns the running config text (from the agent's versions store) as
-    C(before) and the new text as C(after).
+  - One call does what a config change needs on a host, over the agent's control socket (no
+    shell, no agent process started). It applies the config (a map or program hot swap, or
+    nothing when it already runs), runs the health probe until it passes or the deadline, rolls
+    back to the version that ran before when it does not (O(rollback_on_failure)), and keeps the
+    config that passed as the one the agent starts with (O(persist_path)).
+  - With O(release), the host must run that release of the agent and its services first (the
+    fingerprint this module records in O(release_path) once the host is prepared for it); when
+    it does not, or when
+    no agent answers, nothing is applied and C(prepared=false) is returned, so that the play
+    prepares the host and calls the module again with O(record_release).
+  - In check mode the agent plans the change (C(apply --check)) and nothing changes; the diff
+    is the running config's text against the new one.
 version_added: "0.1.0"
 author: mcache fleet
 options:
@@ -28,21 +32,53 @@ options:
   src:
     description: Path of a config file on the host. Mutually exclusive with O(content).
     type: path
-  agent_bin:
-    description: The agent's command line tool.
-    type: path
-    default: /opt/mcache/venv/bin/mcache-agent
   state_dir:
     description: The agent's state dir (versions store), read for the diff's C(before) text.
     type: path
     default: /var/lib/mcache
   socket:
-    description: The agent's control socket (the agent's default when not given).
+    description: The agent's control socket.
+    type: path
+    default: /run/mcache/agent.sock
+  release:
+    description: The release the host must run before a config is applied (see above).
+    type: str
+  release_path:
+    description: Where the host's release fingerprint is kept.
+    type: path
+    default: /etc/mcache/release
+  record_release:
+    description: The host was just prepared for O(release) (the C(mcache_host) role ran without
+      a failure): record it in O(release_path) instead of comparing.
+    type: bool
+    default: false
+  probe:
+    description: Run the health probe after the apply (a GET that must be served by the
+      kernel), also when nothing changed.
+    type: bool
+    default: true
+  probe_retries:
+    description: Probes at most, until one passes.
+    type: int
+    default: 5
+  probe_delay:
+    description: Seconds between probes.
+    type: float
+    default: 1
+  probe_deadline:
+    description: Seconds all probes may take together.
+    type: float
+    default: 30
+  rollback_on_failure:
+    description: When the probe fails after a change, roll the host back to the version that
+      ran before (and then fail).
+    type: bool
+    default: false
+  persist_path:
+    description: Keep the config that passed here (mode 0600), for the agent's next start.
     type: path
 notes:
-  - Exit codes of the agent - 0 ok, 2 bad input, 1 runtime failure, 3 agent not reachable.
-  - In check mode, an agent that is not running yet (a host being prepared in the same check
-    run) is reported as C(changed) with the whole config as the diff.
+  - Talks to the agent's control socket as root; the agent must be running (C(mcache_host)).
 attributes:
   check_mode:
     support: full
@@ -51,51 +87,75 @@ attributes:
 """
 
 EXAMPLES = r"""
-- name: Apply the rendered fleet config
+- name: Roll the fleet config out on a prepared host, roll back on a failed probe
   mcache_config:
     content: "{{ lookup('ansible.builtin.template', mcache_config_file) }}"
+    release: "{{ mcache_config_release }}"
+    rollback_on_failure: true
+    persist_path: /etc/mcache/mcache.yml
   register: applied
 
-- name: Apply a file already on the host
+- name: Apply a file already on the host, no probe
   mcache_config:
     src: /etc/mcache/mcache.yml
+    probe: false
 """
 
 RETURN = r"""
+prepared:
+  description: The host runs the wanted release and its agent answers; false means nothing was
+    applied (prepare the host, then call again).
+  returned: always
+  type: bool
 version:
   description: The version of the config that was applied (or would be, in check mode).
-  returned: success
+  returned: when prepared
   type: int
 previous_version:
   description: The version that ran before (null when nothing ran).
-  returned: success
+  returned: when prepared
   type: int
 strategy:
   description: How the agent swapped (map_swap, program_swap, reattach, none).
-  returned: success
+  returned: when prepared
   type: str
+reasons:
+  description: Why the agent chose that strategy.
+  returned: when prepared
+  type: list
+  elements: str
 duration_ms:
   description: How long the apply took on the host.
   returned: when applied
   type: float
-agent:
-  description: The agent's full C(result) document.
-  returned: success
+probe:
+  description: The last probe's evidence (ok, detail, attempts).
+  returned: when probed
   type: dict
+rolled_back_to:
+  description: The version the host was rolled back to after a failed probe.
+  returned: when rolled back
+  type: int
+persisted:
+  description: Whether the config file for the agent's next start was written.
+  returned: when prepared
+  type: bool
 faults:
   description: The agent's faults (JSON path and message) when it refused the config.
-  returned: failure
+  returned: when refused
   type: list
   elements: dict
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mcache_agent_cli import (
-    format_faults,
-    parse_json,
+from ansible.module_utils.mcache_agent_client import (
+    AgentRefused,
+    AgentUnreachable,
+    probe_until_ok,
+    read_text,
+    request,
     stored_text,
+    write_atomic,
 )
 
 
@@ -104,86 +164,90 @@ def main():
         argument_spec=dict(
             content=dict(type="str"),
             src=dict(type="path"),
-            agent_bin=dict(type="path", default="/opt/mcache/venv/bin/mcache-agent"),
             state_dir=dict(type="path", default="/var/lib/mcache"),
-            socket=dict(type="path"),
+            socket=dict(type="path", default="/run/mcache/agent.sock"),
+            release=dict(type="str"),
+            release_path=dict(type="path", default="/etc/mcache/release"),
+            record_release=dict(type="bool", default=False),
+            probe=dict(type="bool", default=True),
+            probe_retries=dict(type="int", default=5),
+            probe_delay=dict(type="float", default=1.0),
+            probe_deadline=dict(type="float", default=30.0),
+            rollback_on_failure=dict(type="bool", default=False),
+            persist_path=dict(type="path"),
         ),
         mutually_exclusive=[("content", "src")],
         required_one_of=[("content", "src")],
         supports_check_mode=True,
     )
     p = module.params
-    if p["content"] is not None:
-        path = os.path.join(module.tmpdir, "mcache.yml")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(p["content"])
-        new_text = p["content"]
-    else:
-        path = p["src"]
-        try:
-            with open(path) as f:
-                new_text = f.read()
-        except OSError as e:
-            module.fail_json(msg="cannot read %s: %s" % (path, e))
+    text = p["content"]
+    if text is None:
+        text = read_text(p["src"])
+        if text is None:
+            module.fail_json(msg="cannot read %s" % p["src"])
 
-    if not os.path.exists(p["agent_bin"]) and module.check_mode:
-        module.exit_json(changed=True, version=None, previous_version=None, strategy=None,
-                         agent={}, diff={"before": "", "after": new_text},
-                         msg="agent not installed yet; it would start with this config")
+    # 1. Is the host ready for a config: the wanted release, an agent that answers?
+    recorded = False
+    if p["release"] is not None and p["record_release"]:
+        recorded = (read_text(p["release_path"]) or "").strip() != p["release"]
+        if recorded and not module.check_mode:
+            write_atomic(p["release_path"], p["release"] + "\n", mode=0o644)
+    elif p["release"] is not None:
+        have = (read_text(p["release_path"]) or "").strip()
+        if have != p["release"]:
+            module.exit_json(changed=module.check_mode, prepared=False,
+                             msg="the host runs release %s, not %s" % (have or "none",
+                                                                       p["release"]))
+    try:
+        result = request(p["socket"], {"op": "apply", "config": text,
+                                       "check": module.check_mode})
+    except AgentUnreachable as e:
+        module.exit_json(changed=module.check_mode, prepared=False,
+                         msg="agent not reachable: %s" % e)
+    except AgentRefused as e:
+        module.fail_json(msg="the agent refused the config: %s" % e.describe(), prepared=True,
+                         kind=e.kind, faults=e.faults)
 
-    argv = [p["agent_bin"], "apply", path, "--json"]
-    if p["socket"]:
-        argv += ["--socket", p["socket"]]
-    if module.check_mode:
-        argv.append("--check")
-    rc, out, err = module.run_command(argv)
-    doc = parse_json(out)
-    if not isinstance(doc, dict):
-        module.fail_json(msg="mcache-agent apply printed no JSON (exit %d)" % rc, rc=rc,
-                         stdout=out, stderr=err, cmd=argv)
-
-    if not doc.get("ok"):
-        error = doc.get("error") or {}
-        if rc == 3 and module.check_mode:
-            module.exit_json(changed=True, version=None, previous_version=None, strategy=None,
-                             agent={}, diff={"before": "", "after": new_text},
-                             msg="agent not running; it would start with this config: %s"
-                             % error.get("message"))
-        faults = error.get("faults") or []
-        msg = "mcache-agent refused the config: %s" % error.get("message", "failed")
-        if faults:
-            msg += " (%s)" % format_faults(faults)
-        module.fail_json(msg=msg, rc=rc, kind=error.get("kind"), faults=faults,
-                         stderr=err, cmd=argv)
-
-    result = doc.get("result") or {}
-    # The agent says changed=false (strategy none) when this exact version is already running.
+    # 2. What changed, with the diff of the config text.
     changed = bool(result.get("changed"))
-    if module.check_mode:
-        previous = result.get("running_version")
-    else:
-        previous = result.get("previous_version")
-    ret = dict(
-        changed=changed,
-        version=result.get("version"),
-        previous_version=previous,
-        strategy=result.get("strategy"),
-        duration_ms=result.get("duration_ms"),
-        agent=result,
-    )
+    previous = result.get("running_version") if module.check_mode else \
+        result.get("previous_version")
+    ret = dict(prepared=True, changed=changed or recorded, version=result.get("version"),
+               previous_version=previous, strategy=result.get("strategy"),
+               reasons=result.get("reasons") or [], duration_ms=result.get("duration_ms"),
+               persisted=False)
     if changed:
-        before = stored_text(p["state_dir"], previous)
-        if before is not None or previous is None:
-            ret["diff"] = {
-                "before": before or "",
-                "after": new_text,
-                "before_header": "version %s" % previous if previous is not None
-                else "(nothing running)",
-                "after_header": "version %s" % result.get("version"),
-            }
-        elif result.get("diff"):
-            ret["diff"] = {"prepared": result["diff"]}
+        ret["diff"] = {"before": stored_text(p["state_dir"], previous) or "", "after": text,
+                       "before_header": "version %s" % previous if previous is not None
+                       else "(nothing running)",
+                       "after_header": "version %s" % result.get("version")}
+
+    # 3. The health gate (an unchanged host too: a rollout stops at an unhealthy host).
+    if p["probe"] and not module.check_mode:
+        ret["probe"] = probe_until_ok(p["socket"], p["probe_retries"], p["probe_delay"],
+                                      p["probe_deadline"])
+        if not ret["probe"].get("ok"):
+            msg = "probe failed on version %s: %s" % (ret["version"], ret["probe"].get("detail"))
+            if p["rollback_on_failure"] and changed and previous is not None:
+                try:
+                    back = request(p["socket"], {"op": "rollback", "to": previous})
+                    ret["rolled_back_to"] = back.get("rolled_back_to")
+                    msg += "; rolled back to version %s" % ret["rolled_back_to"]
+                except (AgentRefused, AgentUnreachable) as e:
+                    msg += "; rollback to version %s failed: %s" % (previous, e)
+            elif p["rollback_on_failure"] and changed:
+                msg += "; nothing to roll back to: version %s was the first" % ret["version"]
+            elif not changed:
+                msg += "; nothing changed here, so nothing to roll back"
+            module.fail_json(msg=msg, **ret)
+
+    # 4. Keep what passed as the config the agent starts with.
+    if p["persist_path"] and read_text(p["persist_path"]) != text:
+        ret["persisted"] = True
+        ret["changed"] = True
+        if not module.check_mode:
+            write_atomic(p["persist_path"], text)
     module.exit_json(**ret)
 
 

@@ -2,7 +2,7 @@
 # Copyright: mcache contributors
 # GNU General Public License v2.0 (see pyproject.toml)
 
-"""Roll the host's mcache config back (`mcache-agent rollback [--to N] --json`)."""
+"""Roll the host's mcache config back, and probe the version rolled back to."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ DOCUMENTATION = r"""
 module: mcache_rollback
 short_description: Roll an mcache host back to its previous or to a stored config version
 description:
-  - Runs C(mcache-agent rollback [--to N] --json) on the host (argv list, never a shell).
-  - Without O(to), goes back to the agent's previous version; fails clearly when there is none.
+  - Asks the host's agent, over its control socket, to re-apply its previous version or the
+    stored version O(to); fails clearly when there is nothing to roll back to.
   - O(to) must be a version the agent has stored (applied before on this host).
+  - With O(probe), then runs the health probe on the version rolled back to (one module call
+    for both).
   - C(changed) only when the running version changed. In check mode, reads the agent's versions
     and says what would happen (with the diff) without changing anything.
 version_added: "0.1.0"
@@ -22,17 +24,30 @@ options:
   to:
     description: The version to go back to (default - the previous one).
     type: int
-  agent_bin:
-    description: The agent's command line tool.
-    type: path
-    default: /opt/mcache/venv/bin/mcache-agent
   state_dir:
     description: The agent's state dir (versions store), read for the diff.
     type: path
     default: /var/lib/mcache
   socket:
-    description: The agent's control socket (the agent's default when not given).
+    description: The agent's control socket.
     type: path
+    default: /run/mcache/agent.sock
+  probe:
+    description: Probe the version rolled back to.
+    type: bool
+    default: false
+  probe_retries:
+    description: Probes at most, until one passes.
+    type: int
+    default: 5
+  probe_delay:
+    description: Seconds between probes.
+    type: float
+    default: 1
+  probe_deadline:
+    description: Seconds all probes may take together.
+    type: float
+    default: 30
 attributes:
   check_mode:
     support: full
@@ -41,8 +56,9 @@ attributes:
 """
 
 EXAMPLES = r"""
-- name: Back to the previous version
+- name: Back to the previous version, and probe it
   mcache_rollback:
+    probe: true
 
 - name: Back to version 3
   mcache_rollback:
@@ -58,18 +74,22 @@ rolled_back_from:
   description: The version that ran before.
   returned: success
   type: int
+probe:
+  description: The last probe's evidence.
+  returned: when probed
+  type: dict
 agent:
-  description: The agent's full C(result) document.
+  description: The agent's full C(result) document of the rollback.
   returned: success
   type: dict
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mcache_agent_cli import (
-    format_faults,
-    parse_json,
+from ansible.module_utils.mcache_agent_client import (
+    AgentRefused,
+    AgentUnreachable,
+    probe_until_ok,
+    request,
     stored_text,
 )
 
@@ -78,24 +98,22 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             to=dict(type="int"),
-            agent_bin=dict(type="path", default="/opt/mcache/venv/bin/mcache-agent"),
             state_dir=dict(type="path", default="/var/lib/mcache"),
-            socket=dict(type="path"),
+            socket=dict(type="path", default="/run/mcache/agent.sock"),
+            probe=dict(type="bool", default=False),
+            probe_retries=dict(type="int", default=5),
+            probe_delay=dict(type="float", default=1.0),
+            probe_deadline=dict(type="float", default=30.0),
         ),
         supports_check_mode=True,
     )
     p = module.params
-    extra = ["--socket", p["socket"]] if p["socket"] else []
-    if not os.path.exists(p["agent_bin"]):
-        module.fail_json(msg="nothing to roll back to: the mcache agent is not installed (%s)"
-                         % p["agent_bin"])
-
-    rc, out, err = module.run_command([p["agent_bin"], "versions", "--json"] + extra)
-    vdoc = parse_json(out)
-    if not isinstance(vdoc, dict) or not vdoc.get("ok", True):
-        module.fail_json(msg="cannot read the agent's versions (exit %d)" % rc, stdout=out,
-                         stderr=err)
-    versions = vdoc.get("result", vdoc)
+    try:
+        versions = request(p["socket"], {"op": "versions"}, timeout=30)
+    except AgentUnreachable as e:
+        module.fail_json(msg="nothing to roll back: the mcache agent does not answer (%s)" % e)
+    except AgentRefused as e:
+        module.fail_json(msg="cannot read the agent's versions: %s" % e.describe())
     current = versions.get("current")
     stored = [v.get("version") for v in versions.get("versions") or []]
     target = p["to"] if p["to"] is not None else versions.get("previous")
@@ -108,33 +126,33 @@ def main():
                          "(current: %s, stored: %s)" % (target, current, stored or "none"),
                          current=current, stored=stored)
 
+    changed = target != current
     diff = {"before": stored_text(p["state_dir"], current) or "",
             "after": stored_text(p["state_dir"], target) or "",
             "before_header": "version %s" % current, "after_header": "version %s" % target}
     if module.check_mode:
-        changed = target != current
         module.exit_json(changed=changed, version=target, rolled_back_from=current, agent={},
                          diff=diff if changed else None)
 
-    argv = [p["agent_bin"], "rollback", "--json"] + extra
+    req = {"op": "rollback"}
     if p["to"] is not None:
-        argv += ["--to", str(p["to"])]
-    rc, out, err = module.run_command(argv)
-    doc = parse_json(out)
-    if not isinstance(doc, dict):
-        module.fail_json(msg="mcache-agent rollback printed no JSON (exit %d)" % rc, rc=rc,
-                         stdout=out, stderr=err, cmd=argv)
-    if not doc.get("ok"):
-        error = doc.get("error") or {}
-        faults = error.get("faults") or []
-        msg = "rollback refused: %s" % error.get("message", "failed")
-        if faults:
-            msg += " (%s)" % format_faults(faults)
-        module.fail_json(msg=msg, rc=rc, kind=error.get("kind"), faults=faults, cmd=argv)
-    result = doc.get("result") or {}
-    changed = current != result.get("rolled_back_to", result.get("version"))
-    module.exit_json(changed=changed, version=result.get("rolled_back_to", result.get("version")),
-                     rolled_back_from=current, agent=result, diff=diff if changed else None)
+        req["to"] = p["to"]
+    try:
+        result = request(p["socket"], req)
+    except (AgentUnreachable, AgentRefused) as e:
+        msg = e.describe() if isinstance(e, AgentRefused) else str(e)
+        module.fail_json(msg="rollback refused: %s" % msg,
+                         faults=getattr(e, "faults", []))
+    version = result.get("rolled_back_to", result.get("version"))
+    ret = dict(changed=current != version, version=version, rolled_back_from=current,
+               agent=result, diff=diff if changed else None)
+    if p["probe"]:
+        ret["probe"] = probe_until_ok(p["socket"], p["probe_retries"], p["probe_delay"],
+                                      p["probe_deadline"])
+        if not ret["probe"].get("ok"):
+            module.fail_json(msg="rolled back to version %s, but its probe failed: %s"
+                             % (version, ret["probe"].get("detail")), **ret)
+    module.exit_json(**ret)
 
 
 if __name__ == "__main__":

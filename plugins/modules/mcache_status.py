@@ -2,29 +2,36 @@
 # Copyright: mcache contributors
 # GNU General Public License v2.0 (see pyproject.toml)
 
-"""Read the agent's status and stored versions (`mcache-agent status --json`, `versions`)."""
+"""Read the agent's status and stored versions."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: mcache_status
-short_description: Read what the mcache agent on a host is running
+short_description: Read what the mcache agent on a host is running, and why not more
 description:
-  - Runs C(mcache-agent status --json) and C(mcache-agent versions --json) on the host (argv
-    lists, never a shell) and returns both, plus a one-line summary for fleet tables.
+  - Asks the host's agent over its control socket for its status and its stored versions, and
+    returns both with a summary for fleet tables.
+  - When the agent does not answer, says whether it is installed, and reads what the pins and
+    the versions store say (C(mcache-agent status --json), which prints that when the agent is
+    down).
   - Read only; never reports C(changed).
-  - When the agent is not installed, returns C(installed=false) instead of failing.
 version_added: "0.1.0"
 author: mcache fleet
 options:
   agent_bin:
-    description: The agent's command line tool.
+    description: The agent's command line tool (only run when the agent does not answer).
     type: path
     default: /opt/mcache/venv/bin/mcache-agent
   socket:
-    description: The agent's control socket (the agent's default when not given).
+    description: The agent's control socket.
     type: path
+    default: /run/mcache/agent.sock
+  desired_version:
+    description: The config version the host should run; the summary then says why it does
+      not, or what is wrong, in C(reason).
+    type: int
 attributes:
   check_mode:
     support: full
@@ -44,49 +51,94 @@ installed:
   returned: always
   type: bool
 status:
-  description: The agent's status document (see docs/ARCHITECTURE.md).
+  description: The agent's status document (see docs/ARCHITECTURE.md); when the agent does not
+    answer, what the pins and the versions store say.
   returned: when installed
   type: dict
 versions:
   description: The agent's stored versions (current, previous, versions[]).
-  returned: when installed
+  returned: when the agent answers
   type: dict
 summary:
-  description: version, running, modes (attached XDP modes), hit_ratio, probe_ok, current,
-    previous, stored (version numbers).
+  description: version, running, modes (attached XDP modes), hit_ratio, probe_ok,
+    probe_detail, current, previous, stored (version numbers), config_file (the start-up
+    config's fate, with its faults), last_apply (result and error), unreachable (why the
+    agent did not answer), reason (why the host is not right, or null).
   returned: always
   type: dict
 """
 
+import json
+import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mcache_agent_cli import (
-    run_agent,
+from ansible.module_utils.mcache_agent_client import (
+    AgentRefused,
+    AgentUnreachable,
+    request,
 )
+
+
+def offline(module, agent_bin, socket):
+    """What `mcache-agent status` says from the pins and the store when the agent is down."""
+    _rc, out, _err = module.run_command([agent_bin, "status", "--json", "--socket", socket])
+    try:
+        doc = json.loads(out)
+    except ValueError:
+        return {}
+    return doc.get("offline") or doc.get("result") or {}
+
+
+def reason(summary, desired):
+    """Why a host is not at the desired version or not healthy, in one line; None when fine."""
+    out = []
+    if summary["unreachable"]:
+        out.append(summary["unreachable"])
+    cf = summary["config_file"] or {}
+    if cf.get("result") in ("refused", "failed"):
+        faults = "; ".join("%s: %s" % (f.get("path"), f.get("message"))
+                           for f in cf.get("faults") or [])
+        out.append("start-up config %s: %s%s" % (cf["result"], cf.get("message"),
+                                                 " (%s)" % faults if faults else ""))
+    last = summary["last_apply"] or {}
+    if last.get("result") == "failed":
+        out.append("apply of version %s failed: %s" % (last.get("version"), last.get("error")))
+    if summary["probe_ok"] is False:
+        out.append("probe failed: %s" % summary["probe_detail"])
+    if not out and desired is not None and summary["version"] != desired:
+        out.append("runs version %s, not yet rolled out" % summary["version"])
+    return "; ".join(out) or None
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             agent_bin=dict(type="path", default="/opt/mcache/venv/bin/mcache-agent"),
-            socket=dict(type="path"),
+            socket=dict(type="path", default="/run/mcache/agent.sock"),
+            desired_version=dict(type="int"),
         ),
         supports_check_mode=True,
     )
     p = module.params
-    import os
-
     summary = {"version": None, "running": False, "modes": [], "hit_ratio": None,
-               "probe_ok": None, "current": None, "previous": None, "stored": []}
-    if not os.path.exists(p["agent_bin"]):
+               "probe_ok": None, "probe_detail": None, "current": None, "previous": None,
+               "stored": [], "config_file": None, "last_apply": None, "unreachable": None,
+               "reason": None}
+    installed = os.path.exists(p["agent_bin"])
+    status, versions = {}, {}
+    try:
+        status = request(p["socket"], {"op": "status"}, timeout=10)
+        versions = request(p["socket"], {"op": "versions"}, timeout=10)
+    except (AgentUnreachable, AgentRefused) as e:
+        summary["unreachable"] = "agent not installed" if not installed else \
+            "agent not answering: %s" % e
+        if installed:
+            status = offline(module, p["agent_bin"], p["socket"])
+    if not installed:
+        summary["reason"] = summary["unreachable"]
         module.exit_json(changed=False, installed=False, summary=summary)
-    extra = ["--socket", p["socket"]] if p["socket"] else []
-    status, status_err = run_agent(module, [p["agent_bin"], "status", "--json"] + extra)
-    versions, versions_err = run_agent(module, [p["agent_bin"], "versions", "--json"] + extra)
-    errors = [e for e in (status_err, versions_err) if e]
-    status = status or {}
-    versions = versions or {}
     probe = status.get("probe") or {}
+    last = status.get("last_apply") or {}
     modes = []
     for a in status.get("attached") or []:
         if a.get("role", "serve") == "serve" and a.get("mode") not in modes:
@@ -97,12 +149,17 @@ def main():
         modes=modes,
         hit_ratio=status.get("hit_ratio"),
         probe_ok=probe.get("ok") if probe else None,
+        probe_detail=probe.get("detail") if probe else None,
         current=versions.get("current", status.get("current")),
         previous=versions.get("previous", status.get("previous")),
         stored=[v.get("version") for v in versions.get("versions") or []],
+        config_file=status.get("config_file"),
+        last_apply={"version": last.get("version"), "result": last.get("result"),
+                    "error": last.get("error")} if last else None,
     )
+    summary["reason"] = reason(summary, p["desired_version"])
     module.exit_json(changed=False, installed=True, status=status, versions=versions,
-                     summary=summary, errors=errors + list(status.get("errors") or []))
+                     summary=summary, errors=list(status.get("errors") or []))
 
 
 if __name__ == "__main__":

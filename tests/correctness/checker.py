@@ -43,10 +43,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-if __package__:
-    from . import lab as L
-else:  # pragma: no cover
-    import lab as L  # type: ignore
+from tests.correctness import lab as L
 
 now = time.monotonic_ns
 INF = 1 << 62

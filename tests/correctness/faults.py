@@ -8,7 +8,7 @@ UDP GET load (ASCII single and multi-key gets of a small hot keyset) and acknowl
               while no agent runs); the restarted agent adopts the same version
   applies     random valid configs through `mcache-agent apply` (map swaps: ttl_ms, enabled,
               protocols, key_prefix, fill_hold_ms; program swaps: entries 4096/8192)
-  failing     applies that fail midway: MCACHE_CRASH_AT=<step> (the agent SIGKILLs itself at that
+  failing     applies that fail midway: crash_at=<step> (the agent SIGKILLs itself at that
               step), an interface whose native XDP attach is refused (the apply raises after the
               pins' commit point), a veth deleted while the apply runs; afterwards the host serves
               its previous version (status version = pinned version, probe ok, hits go on)
@@ -41,15 +41,9 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-if __package__:
-    from . import checker as C
-    from . import lab as L
-    from .agentproc import AgentProc
-else:  # pragma: no cover
-    import checker as C  # type: ignore
-    from agentproc import AgentProc  # type: ignore
-
-    import lab as L  # type: ignore
+from tests.agentproc import AgentProc
+from tests.correctness import checker as C
+from tests.correctness import lab as L
 
 now = time.monotonic_ns
 NET = "198.19.120"
@@ -175,8 +169,8 @@ class Rig:
         return self.lab.dp.counters().get("hit", 0)
 
     def pinned_version(self) -> int | None:
-        m = self.lab.dp.meta()
-        return m and m.get("version")
+        rec = self.lab.dp.record()
+        return rec.version if rec else None
 
     def down(self) -> None:
         with contextlib.suppress(Exception):
@@ -311,7 +305,7 @@ def memcached_restarts(rounds: int, down_s: float = 0.5):
         lab = rig.lab
         flush_ms = []
         for _ in range(rounds):
-            gen0 = lab.dp._gen()
+            gen0 = lab.dp.generation()
             kill = now()
             run.event("memcached killed")
             lab.kill_memcached()
@@ -319,7 +313,7 @@ def memcached_restarts(rounds: int, down_s: float = 0.5):
             lab.start_memcached()
             up = now()
             run.event("memcached up")
-            if not _wait(lambda g=gen0: lab.dp._gen() > g, 10):
+            if not _wait(lambda g=gen0: lab.dp.generation() > g, 10):
                 run.failures.append("no flush within 10 s of the memcached restart")
             flush = now()
             run.event("flush seen")
@@ -438,9 +432,9 @@ def failing_applies(steps: list[str], attach: int, veth: int):
             v_prev = rig.version
             v_run = rig.agent.status().get("version")
             rig.agent.kill9()
-            rig.agent.start(env={"MCACHE_CRASH_AT": step})
+            rig.agent.start(crash_at=step)
             rig.agent.wait_serving()
-            cur = rig.lab.dp.meta()["shape"][0]
+            cur = rig.lab.dp.record().shape[0]
             # steps before `switched` exist only in a program swap: change the shape there
             entries = (8192 if cur == 4096 else 4096) if step in CRASH_STEPS[:3] else cur
             text = rig.text(v_prev + 1, entries=entries, ttl_ms=30000 + v_prev)
@@ -502,7 +496,7 @@ def failing_applies(steps: list[str], attach: int, veth: int):
             L.sh(f"ip -n {lab.s} link add {va} type veth peer name {vb} && "
                  f"ip -n {lab.s} link set {va} up && ip -n {lab.s} link set {vb} up")
             v_prev = rig.version
-            cur = rig.lab.dp.meta()["shape"][0]
+            cur = rig.lab.dp.record().shape[0]
             text = rig.text(v_prev + 1, prefix="zz:", entries=8192 if cur == 4096 else 4096,
                             extra_ifaces=(va,))
             killer = threading.Timer(0.25 + 0.2 * i, L.sh,

@@ -19,7 +19,6 @@ no XDP_ABORTED, no changed pass). TC: TC_ACT_OK, frame unchanged.
 from __future__ import annotations
 
 import argparse
-import ctypes as ct
 import ipaddress
 import json
 import os
@@ -30,13 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.bpf_syscall import Prog, xdp_ctx
-from tests.dataplane.pkt import csum
-
-if __package__:
-    from . import lab as L
-else:  # pragma: no cover
-    import lab as L  # type: ignore
+from harness.frames import csum
+from harness.testrun import Prog, xdp_ctx
+from tests.correctness import lab as L
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
 TC_ACT_OK = 0
@@ -145,18 +140,13 @@ class Env:
         """Undo fuzzed flushes' effect on fills (a pending delayed flush, the hold after a
         flush), which would keep the cache empty for the rest of the run. The generation is
         kept."""
-        from mcache_agent.dataplane import STATE_BYTES, _lib
+        from mcache_agent.dataplane import libbpf
 
-        fd = self.dp._obj_get("state")
-        try:
-            key = ct.c_uint32(0)
-            buf = ct.create_string_buffer(STATE_BYTES)
-            _lib().lookup(fd, ct.byref(key), buf)
+        zero = (0).to_bytes(4, "little")
+        with libbpf.opened(self.dp.state_path("state")) as fd:
+            state = libbpf.map_lookup(fd, zero, 24) or bytes(24)
             # keep the generation; no delayed flush pending, no recent flush holding fills
-            new = ct.create_string_buffer(buf.raw[:8] + bytes(STATE_BYTES - 8), STATE_BYTES)
-            _lib().update(fd, ct.byref(key), new, 0)
-        finally:
-            os.close(fd)
+            libbpf.map_update(fd, zero, state[:8] + bytes(16))
 
     def fill(self) -> None:
         """(Re)fill the model keys through the real path: a miss, then memcached's reply."""

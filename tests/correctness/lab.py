@@ -16,7 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from tests.netns import enter_ns, in_ns, sh
+from harness.netns import enter_ns, in_ns, sh
 
 __all__ = ["enter_ns", "in_ns", "sh"]
 
@@ -86,7 +86,7 @@ class Lab:
         if self.want_dp:
             from mcache_agent.dataplane import Dataplane
 
-            self.dp = Dataplane(self.pin)
+            self.dp = Dataplane(self.pin, extra_cflags=self.extra_cflags.split())
             self.apply()
         return self
 
@@ -98,18 +98,8 @@ class Lab:
     def apply(self, **kw):
         self.version += 1
         text = self.config(**kw)
-        old = os.environ.get("MCACHE_EXTRA_CFLAGS")
-        if self.extra_cflags:
-            os.environ["MCACHE_EXTRA_CFLAGS"] = self.extra_cflags
-        try:
-            with in_ns(self.s):
-                return self.dp.apply(load(text), None)
-        finally:
-            if self.extra_cflags:
-                if old is None:
-                    os.environ.pop("MCACHE_EXTRA_CFLAGS", None)
-                else:
-                    os.environ["MCACHE_EXTRA_CFLAGS"] = old
+        with in_ns(self.s):
+            return self.dp.apply(load(text), None)
 
     def start_memcached(self) -> int:
         self.pidfile.unlink(missing_ok=True)

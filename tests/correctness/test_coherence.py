@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from . import checker
-from . import lab as L
+from tests.correctness import checker
+from tests.correctness import lab as L
 
 CI_OPS = int(os.environ.get("MCACHE_CORR_OPS", "20000"))
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from . import lab as L
-from .agentproc import AgentProc
+from tests.agentproc import AgentProc
+from tests.correctness import lab as L
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ import time
 import pytest
 
 from mcache_agent.udp_client import parse_ascii_values
-
-from . import faults as F
-from . import lab as L
+from tests.correctness import faults as F
+from tests.correctness import lab as L
 
 SIZES = dict(F.CI)
 if os.environ.get("MCACHE_FAULTS_LONG"):
@@ -92,9 +91,9 @@ def test_crash_after_ingress_switch_serves_no_value_written_meanwhile(rig):
             assert rig.hits() > h0, "never served from the kernel"
         v_run = rig.agent.status()["version"]
         rig.agent.kill9()
-        rig.agent.start(env={"MCACHE_CRASH_AT": "ingress"})
+        rig.agent.start(crash_at="ingress")
         rig.agent.wait_serving()
-        cur = rig.lab.dp.meta()["shape"][0]
+        cur = rig.lab.dp.record().shape[0]
         rig.version += 1
         rig.agent.apply(rig.text(rig.version, entries=8192 if cur == 4096 else 4096))
         assert rig.agent.wait_dead(30) == -9

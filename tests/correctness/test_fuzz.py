@@ -12,8 +12,8 @@ import socket
 
 import pytest
 
-from . import fuzz as F
-from . import lab as L
+from tests.correctness import fuzz as F
+from tests.correctness import lab as L
 
 CI_FRAMES = int(os.environ.get("MCACHE_FUZZ_FRAMES", "20000"))
 

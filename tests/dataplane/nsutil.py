@@ -10,9 +10,13 @@ import textwrap
 import time
 from pathlib import Path
 
-from tests.netns import in_ns, sh
+from pymemcache.client.base import Client
 
-__all__ = ["Pair", "in_ns", "make_config", "sh", "start_memcached", "stop_pid"]
+from harness.netns import in_ns, sh
+from mcache_agent import udp_client as uc
+
+__all__ = ["NsClient", "Pair", "agent_owned", "in_ns", "make_config", "sh", "start_memcached",
+           "stop_pid"]
 
 
 def make_config(text: str):
@@ -104,3 +108,53 @@ rollout: {{strategy: {c['strategy']}}}
         if self.pid:
             stop_pid(self.pid)
         self.down_ns()
+
+
+class NsClient:
+    """A client of the pair's memcached from inside a namespace: TCP (pymemcache) and UDP."""
+
+    def __init__(self, pair: Pair, ns: str):
+        self.p, self.ns = pair, ns
+        with in_ns(ns):
+            self.mc = Client((pair.saddr, 11211), timeout=2, connect_timeout=2,
+                             default_noreply=False)
+            self.mc.version()  # connect now: the socket lives in this namespace
+
+    def udp_get(self, *keys: bytes) -> dict[bytes, bytes]:
+        with in_ns(self.ns):
+            return uc.udp_get_ascii(self.p.saddr, 11211, list(keys), timeout=2)
+
+    def udp_bin(self, key: bytes, opcode=uc.OP_GET) -> uc.BinaryReply:
+        with in_ns(self.ns):
+            return uc.udp_get_binary(self.p.saddr, 11211, key, opcode=opcode, timeout=2)
+
+    def udp_raw(self, payload: bytes) -> bytes:
+        with in_ns(self.ns):
+            return uc.exchange(self.p.saddr, 11211, payload, timeout=2)
+
+    def cmd_get(self) -> int:
+        return int(self.mc.stats()[b"cmd_get"])
+
+    def counters(self):
+        return self.p.dp.counters()
+
+    def cached(self, key: bytes, value: bytes) -> None:
+        """Store key over TCP and get it into the cache; assert the kernel serves it."""
+        self.mc.set(key, value)
+        assert self.udp_get(key) == {key: value}  # miss, fills
+        before, gets = self.counters(), self.cmd_get()
+        assert self.udp_get(key) == {key: value}
+        after = self.counters()
+        assert after["hit"] == before["hit"] + 1, (before, after)
+        assert self.cmd_get() == gets, "memcached saw a GET the cache should have answered"
+
+
+def agent_owned(p: Pair, keys: dict[bytes, bytes]) -> Pair:
+    """A pair whose data plane the real agent will own: nothing loaded, keys stored."""
+    with in_ns(p.s):
+        p.dp.teardown()
+    c = NsClient(p, p.c)
+    for k, v in keys.items():
+        c.mc.set(k, v)
+    c.mc.close()
+    return p

@@ -7,12 +7,12 @@ import struct
 import time
 
 import pytest
-from nsutil import Pair, in_ns
+from nsutil import NsClient, Pair, in_ns
 from pymemcache.client.base import Client
 
 from mcache_agent import constants
 from mcache_agent import udp_client as uc
-from mcache_agent.dataplane import fnv1a
+from mcache_agent.dataplane.layout import bucket, fnv1a
 
 
 @pytest.fixture(scope="module")
@@ -22,46 +22,9 @@ def pair():
     p.down()
 
 
-class Ctx:
-    def __init__(self, pair: Pair, ns: str):
-        self.p, self.ns = pair, ns
-        with in_ns(ns):
-            self.mc = Client((pair.saddr, 11211), timeout=2, connect_timeout=2,
-                             default_noreply=False)
-            self.mc.version()  # connect now: the socket lives in this namespace
-
-    def udp_get(self, *keys: bytes) -> dict[bytes, bytes]:
-        with in_ns(self.ns):
-            return uc.udp_get_ascii(self.p.saddr, 11211, list(keys), timeout=2)
-
-    def udp_bin(self, key: bytes, opcode=uc.OP_GET) -> uc.BinaryReply:
-        with in_ns(self.ns):
-            return uc.udp_get_binary(self.p.saddr, 11211, key, opcode=opcode, timeout=2)
-
-    def udp_raw(self, payload: bytes) -> bytes:
-        with in_ns(self.ns):
-            return uc.exchange(self.p.saddr, 11211, payload, timeout=2)
-
-    def cmd_get(self) -> int:
-        return int(self.mc.stats()[b"cmd_get"])
-
-    def counters(self):
-        return self.p.dp.counters()
-
-    def cached(self, key: bytes, value: bytes) -> None:
-        """Store key over TCP and get it into the cache; assert the kernel serves it."""
-        self.mc.set(key, value)
-        assert self.udp_get(key) == {key: value}  # miss, fills
-        before, gets = self.counters(), self.cmd_get()
-        assert self.udp_get(key) == {key: value}
-        after = self.counters()
-        assert after["hit"] == before["hit"] + 1, (before, after)
-        assert self.cmd_get() == gets, "memcached saw a GET the cache should have answered"
-
-
 @pytest.fixture(scope="module")
 def cli(pair):
-    return Ctx(pair, pair.c)
+    return NsClient(pair, pair.c)
 
 
 def test_hit_served_by_the_kernel(cli):
@@ -222,11 +185,10 @@ def test_kill_switch(pair, cli):
 
 def _same_bucket(n: int, entries: int = 4096) -> list[bytes]:
     """n keys whose hashes pick the same bucket of a cache of `entries` slots."""
-    buckets = entries // constants.const("MC_WAYS")
     found: dict[int, list[bytes]] = {}
     for i in range(1_000_000):
         key = b"assoc%d" % i
-        same = found.setdefault(fnv1a(key) & (buckets - 1), [])
+        same = found.setdefault(bucket(fnv1a(key), entries), [])
         same.append(key)
         if len(same) == n:
             return same
@@ -292,7 +254,7 @@ def test_attached_modes(pair):
 
 
 def test_local_client_over_lo(pair):
-    local = Ctx(pair, pair.s)
+    local = NsClient(pair, pair.s)
     local.cached(b"lo_k", b"local")
     local.mc.set(b"lo_k", b"changed")
     assert local.udp_get(b"lo_k") == {b"lo_k": b"changed"}

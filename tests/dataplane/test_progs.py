@@ -8,10 +8,10 @@ import time
 
 import pytest
 from nsutil import in_ns, make_config, sh
-from pkt import (
+
+from harness.frames import (
     CMAC,
     SMAC,
-    Prog,
     bin_req,
     bin_res,
     csum,
@@ -19,9 +19,8 @@ from pkt import (
     mc_udp,
     tcp_frame,
     udp_frame,
-    xdp_ctx,
 )
-
+from harness.testrun import Prog, xdp_ctx
 from mcache_agent.dataplane import Dataplane
 
 NS = "mctp-progs"

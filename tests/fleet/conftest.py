@@ -1,6 +1,6 @@
 """Fleet test fixtures: the lab fleet (lab/lab.sh, see lab/README.md).
 
-`lab` (session scope) brings up three lab hosts, yields a `Lab`, and tears the lab down at the
+`lab` (session scope) brings up the lab hosts, yields a `Lab`, and tears the lab down at the
 end of the session. It never skips: if the lab cannot come up, every test that uses it errors.
 Set MCACHE_LAB_KEEP=1 to leave the lab up after the session (for debugging).
 """
@@ -8,166 +8,30 @@ Set MCACHE_LAB_KEEP=1 to leave the lab up after the session (for debugging).
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-LAB_SH = REPO / "lab" / "lab.sh"
-INVENTORY = REPO / "inventory" / "lab"
-VENV_BIN = REPO / ".venv" / "bin"
-LAB_HOSTS = int(os.environ.get("MCACHE_LAB_HOSTS", "3"))
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
-    env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
-    env.setdefault("ANSIBLE_FORCE_COLOR", "0")
-    env.setdefault("ANSIBLE_NOCOLOR", "1")
-    return env
-
-
-def _lab(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(LAB_SH), *args],
-        cwd=REPO,
-        env=_env(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-@dataclass(frozen=True)
-class LabHost:
-    """One lab host: `mc-lab-<index>` at `address`, held by init process `pid`."""
-
-    index: int
-    name: str
-    address: str
-    pid: int
-    interface: str = "eth0"
-
-    def exec(
-        self,
-        argv: Sequence[str],
-        *,
-        check: bool = False,
-        timeout: float = 60,
-        input: str | None = None,
-        text: bool = True,
-        env: dict[str, str] | None = None,
-    ) -> subprocess.CompletedProcess:
-        """Run argv inside the host (its network, mount, UTS and PID namespaces)."""
-        return subprocess.run(
-            ["nsenter", "-t", str(self.pid), "-n", "-m", "-u", "-p", "--", *argv],
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            capture_output=True,
-            text=text,
-            timeout=timeout,
-            check=check,
-            env=env if env is not None else _env(),
-        )
-
-    def ssh(
-        self, command: str, *, check: bool = False, timeout: float = 60
-    ) -> subprocess.CompletedProcess[str]:
-        """Run a shell command on the host over ssh (as Ansible reaches it)."""
-        return subprocess.run(
-            [str(LAB_SH), "ssh", str(self.index), command],
-            cwd=REPO,
-            env=_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=check,
-        )
-
-
-@dataclass
-class Lab:
-    hosts: list[LabHost]
-    repo: Path = REPO
-    inventory: Path = INVENTORY
-    env: dict[str, str] = field(default_factory=_env)
-
-    def host(self, name_or_index: str | int) -> LabHost:
-        for h in self.hosts:
-            if name_or_index in (h.name, h.index):
-                return h
-        raise KeyError(name_or_index)
-
-    def ansible_playbook(
-        self, playbook: str | Path, *args: str, timeout: float = 600
-    ) -> subprocess.CompletedProcess[str]:
-        """`ansible-playbook -i inventory/lab PLAYBOOK ARGS...` from the repository root."""
-        return subprocess.run(
-            [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), str(playbook), *args],
-            cwd=self.repo,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def ansible(
-        self, pattern: str, module: str, module_args: str = "", *args: str, timeout: float = 300
-    ) -> subprocess.CompletedProcess[str]:
-        """`ansible -i inventory/lab PATTERN -m MODULE [-a ARGS] ARGS...`."""
-        argv = [str(VENV_BIN / "ansible"), "-i", str(self.inventory), pattern, "-m", module]
-        if module_args:
-            argv += ["-a", module_args]
-        return subprocess.run(
-            [*argv, *args],
-            cwd=self.repo,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-
-def _status() -> list[LabHost]:
-    res = _lab("status")
-    if res.returncode != 0:
-        raise RuntimeError(f"lab.sh status failed: {res.stderr}")
-    hosts = []
-    for line in res.stdout.splitlines():
-        index, name, address, pid, state = line.split()
-        if state == "up":
-            hosts.append(LabHost(index=int(index), name=name, address=address, pid=int(pid)))
-    return hosts
+from tests.fleet.labctl import LAB_HOSTS, Lab, lab_hosts, lab_sh
 
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
-    up = _lab("up", str(LAB_HOSTS))
+    up = lab_sh("up", str(LAB_HOSTS))
     if up.returncode != 0:
-        down = _lab("down")
+        down = lab_sh("down")
         pytest.fail(
             f"lab fleet did not come up (lab.sh up {LAB_HOSTS}: exit {up.returncode})\n"
             f"stdout:\n{up.stdout}\nstderr:\n{up.stderr}\nlab.sh down: {down.stderr}",
             pytrace=False,
         )
     try:
-        hosts = _status()
+        hosts = lab_hosts()
         if len(hosts) != LAB_HOSTS:
             raise RuntimeError(f"expected {LAB_HOSTS} lab hosts up, found {hosts}")
         yield Lab(hosts=hosts)
     finally:
         if os.environ.get("MCACHE_LAB_KEEP") != "1":
-            down = _lab("down")
+            down = lab_sh("down")
             if down.returncode != 0:
                 print(f"lab.sh down failed: {down.stderr}")

@@ -46,6 +46,15 @@ def ok(res: subprocess.CompletedProcess[str]) -> str:
     return res.stdout
 
 
+def ran_on(out: str, task: str) -> set[str]:
+    """The hosts a task ran on (not skipped), from ansible-playbook's output."""
+    hosts: set[str] = set()
+    for block in re.split(r"^TASK \[", out, flags=re.M)[1:]:
+        if block.startswith(task + "]"):
+            hosts |= set(re.findall(r"^(?:ok|changed|failed|fatal): \[([^\]]+)\]", block, re.M))
+    return hosts
+
+
 def versions(host) -> dict:
     res = host.exec([AGENT, "versions", "--json"])
     if res.returncode != 0:
@@ -108,7 +117,7 @@ def test_check_diff_shows_change_and_changes_nothing(lab):
 def test_canary_failing_probe_rolls_back_first_host_only(lab):
     res = run(lab, "canary.yml", *cfg("v3-cache-off.yml"), *FAST_PROBE)
     assert res.returncode != 0
-    assert "canary failed on mc-lab-1" in res.stdout
+    assert "probe failed on version 3" in res.stdout, res.stdout[-3000:]
     assert "rolled back to version 1" in res.stdout
     first, *rest = lab.hosts
     assert current(first) == 1
@@ -116,13 +125,34 @@ def test_canary_failing_probe_rolls_back_first_host_only(lab):
     for h in rest:
         assert current(h) == 1
         assert 3 not in stored(h)  # never touched
-    assert recap(res.stdout)[first.name]["rescued"] == 1
+    assert recap(res.stdout)[first.name]["failed"] == 1
+    assert all(recap(res.stdout)[h.name]["changed"] == 0 for h in rest)  # the play stopped
 
 
 def test_canary_good_config_reaches_every_host(lab):
-    ok(run(lab, "canary.yml", *cfg("v4-ttl.yml")))
+    out = ok(run(lab, "canary.yml", *cfg("v4-ttl.yml")))
     for h in lab.hosts:
         assert current(h) == 4
+    # a config change is one module call a host: no host preparation ran
+    assert "TASK [mcache_host" not in out, out[-4000:]
+    for h in lab.hosts:
+        assert recap(out)[h.name]["changed"] == 1
+
+
+def test_a_host_off_the_release_is_prepared_alone(lab):
+    """The release fingerprint decides: a host whose record is gone (a new agent for it, say)
+    is prepared again; the others get their one module call."""
+    odd = lab.host(2)
+    odd.exec(["rm", "-f", "/etc/mcache/release"], check=True)
+    out = ok(run(lab, "canary.yml", *cfg("v4-ttl.yml")))
+    rows = recap(out)
+    assert rows[odd.name]["changed"] >= 1
+    for h in lab.hosts:
+        if h is not odd:
+            assert rows[h.name]["changed"] == 0, out[-4000:]
+        assert current(h) == 4
+    assert odd.exec(["test", "-s", "/etc/mcache/release"]).returncode == 0
+    assert ran_on(out, "mcache_host : Directories on the host") == {odd.name}
 
 
 def test_rollback_to_previous(lab):
@@ -150,16 +180,51 @@ def test_rollback_refuses_unknown_version(lab):
 def test_status_table_and_json(lab, tmp_path):
     out_file = tmp_path / "status.json"
     out = ok(run(lab, "status.yml", *cfg("v4-ttl.yml"), "-e", f"mcache_status_out={out_file}"))
-    assert re.search(r"HOST\s+VERSION\s+DESIRED\s+MODE\s+HIT RATIO\s+PROBE\s+DRIFT", out)
+    assert re.search(r"HOST\s+VERSION\s+DESIRED\s+MODE\s+HIT RATIO\s+PROBE\s+DRIFT\s+WHY", out)
     for h in lab.hosts:
-        assert re.search(rf"{h.name}\s+4\s+4\s+generic\s+\S+\s+ok\s+no", out), out[-3000:]
+        assert re.search(rf"{h.name}\s+4\s+4\s+generic\s+\S+\s+ok\s+no\s+-", out), out[-3000:]
     rows = json.loads(out_file.read_text())
     assert sorted(r["host"] for r in rows) == [h.name for h in lab.hosts]
     for r in rows:
         assert r["version"] == 4 and r["drift"] is False and r["probe_ok"] is True
-    # against another desired version, every host drifts
+    # against another desired version, every host drifts, and says so
     out = ok(run(lab, "status.yml", *cfg("v1.yml"), "-e", f"mcache_status_out={out_file}"))
-    assert all(r["drift"] is True for r in json.loads(out_file.read_text()))
+    rows = json.loads(out_file.read_text())
+    assert all(r["drift"] is True for r in rows)
+    assert all(r["reason"] == "runs version 4, not yet rolled out" for r in rows), rows
+
+
+def test_status_says_why_a_host_is_not_right(lab, tmp_path):
+    """An agent that does not answer, and a host whose probe failed, named in the table."""
+    out_file = tmp_path / "status.json"
+    down, bad = lab.host(3), lab.host(1)
+    down.exec(["start-stop-daemon", "--stop", "--quiet", "--pidfile", "/run/mcache/agent.pid",
+               "--name", "mcache-agent", "--retry", "TERM/10/KILL/5", "--remove-pidfile"],
+              check=True)
+    bad.exec(["tee", "/tmp/v5-off.yml"], check=True, input=_with(
+        bad, "v4-ttl.yml", "version: 4", "version: 5").replace("enabled: true", "enabled: false"))
+    assert bad.exec([AGENT, "apply", "/tmp/v5-off.yml"]).returncode == 0
+    assert bad.exec([AGENT, "probe"]).returncode == 1
+    try:
+        out = ok(run(lab, "status.yml", *cfg("v4-ttl.yml"), "-e", f"mcache_status_out={out_file}"))
+        rows = {r["host"]: r for r in json.loads(out_file.read_text())}
+        assert rows[down.name]["reason"].startswith("agent not answering"), rows
+        assert rows[down.name]["version"] == 4  # what the pins say: the kernel still serves
+        assert "probe failed" in rows[bad.name]["reason"], rows
+        assert rows[lab.host(2).name]["reason"] is None
+        assert re.search(rf"{down.name}\s+4\s+4\s+.*agent not answering", out), out[-3000:]
+    finally:
+        ok(run(lab, "rollback.yml", "--limit", bad.name))
+        ok(run(lab, "deploy.yml", *cfg("v4-ttl.yml"), "--limit", down.name))
+    for h in lab.hosts:
+        assert current(h) == 4
+
+
+def _with(host, name: str, old: str, new: str) -> str:
+    """A test config rendered for a host, with one string replaced."""
+    text = (CONFIGS / name).read_text().replace(old, new)
+    return text.replace("{{ mcache_memcached_address }}", host.address).replace(
+        "{{ mcache_interface | default('eth0') }}", "eth0")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -101,10 +101,11 @@ def test_unreachable_agent_is_exit_3(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 3 and "not reachable" in err
 
 
-def test_status_without_daemon_reports_running_false(
+def test_status_without_daemon_is_exit_3_and_says_what_is_pinned(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mcache_agent.config import load_config
+    from mcache_agent.dataplane import CacheUsage, Memory
     from mcache_agent.versions import VersionStore
 
     class FakeDataplane:
@@ -117,14 +118,20 @@ def test_status_without_daemon_reports_running_false(
         def counters(self) -> dict[str, int]:
             return {"hit": 9, "miss": 1}
 
-        def cache_usage(self) -> tuple[int, int]:
-            return (4096, 12)
+        def cache_usage(self) -> CacheUsage:
+            return CacheUsage(4096, 12)
+
+        def memory(self) -> Memory:
+            return Memory(7 << 20, {"mc_cache": 7 << 20})
 
         def attached(self) -> list[dict[str, str]]:
             return [{"interface": "lo", "mode": "generic", "role": "serve"}]
 
+    import mcache_agent.dataplane as real
+
     fake_module = types.ModuleType("mcache_agent.dataplane")
     fake_module.Dataplane = FakeDataplane  # type: ignore[attr-defined]
+    fake_module.Plan, fake_module.PlanRefused = real.Plan, real.PlanRefused  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "mcache_agent.dataplane", fake_module)
     store = VersionStore(tmp_path / "state")
     store.store(load_config(GOOD), {"applied_at": "x", "strategy": "map_swap", "result": "ok",
@@ -134,17 +141,49 @@ def test_status_without_daemon_reports_running_false(
     code, out, _ = run_cli(capsys, "status", "--json", "--socket", str(tmp_path / "x.sock"),
                            "--state-dir", str(tmp_path / "state"),
                            "--bpffs", str(tmp_path / "bpffs"))
-    assert code == 0
+    assert code == 3  # the README's "agent not reachable"
     doc = json.loads(out)
-    st = doc["result"]
-    assert doc["ok"] is True and st["running"] is False
+    assert doc["ok"] is False and doc["error"]["kind"] == "unreachable"
+    st = doc["offline"]
+    assert st["running"] is False
     assert st["version"] == 3 and st["hit_ratio"] == 0.9
     assert st["cache"]["used"] == 12 and st["last_apply"]["strategy"] == "map_swap"
+    assert st["cache"]["memory_bytes"] == 7 << 20
     assert any(e.startswith("agent: ") for e in st["errors"])
 
-    code, out, _ = run_cli(capsys, "status", "--socket", str(tmp_path / "x.sock"),
-                           "--state-dir", str(tmp_path / "state"))
-    assert code == 0 and "not running" in out and "90.00%" in out
+    code, out, err = run_cli(capsys, "status", "--socket", str(tmp_path / "x.sock"),
+                             "--state-dir", str(tmp_path / "state"))
+    assert code == 3 and "not running" in out and "90.00%" in out and "7.0 MiB" in out
+    assert "not reachable" in err and "None" not in out
+
+
+def test_status_of_a_bare_host_prints_no_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No agent, no pins, no versions: dashes, never None, and exit 3."""
+    code, out, err = run_cli(capsys, "status", "--socket", str(tmp_path / "x.sock"),
+                             "--state-dir", str(tmp_path / "state"),
+                             "--bpffs", str(tmp_path / "bpffs"))
+    assert code == 3 and "not reachable" in err
+    assert "None" not in out and "version" in out and "not running" in out
+
+
+def test_status_lines_for_people() -> None:
+    from mcache_agent.cli import format_status
+
+    st = {"running": True, "starting": False, "version": 7,
+          "last_apply": {"version": 7, "result": "ok", "strategy": "program_swap",
+                         "duration_ms": 5135.5193480000025},
+          "apply_in_progress": {"version": 8, "since": "2026-12-02T10:00:00Z"},
+          "config_file": {"result": "refused", "message": "config has 1 fault(s)",
+                          "faults": [{"path": "$.cache.entries", "message": "not a power"}]},
+          "attached": [], "counters": {"hit": 0}, "hit_ratio": None,
+          "cache": {"entries": 4096, "used": None, "memory_bytes": None}, "probe": None}
+    out = format_status(st)
+    assert "v7 ok program_swap 5135.5 ms" in out
+    assert "applying" in out and "v8" in out
+    assert "$.cache.entries: not a power" in out
+    assert "None" not in out
 
 
 class FakeAgentHandler:

@@ -22,8 +22,11 @@ from typing import Any
 import pytest
 
 from mcache_agent import control
-from mcache_agent.config import Config, load_config
+from mcache_agent.config import Config, Fault, load_config
 from mcache_agent.daemon import Agent
+from mcache_agent.dataplane import ApplyResult, CacheUsage, Memory, Plan
+from mcache_agent.dataplane.pins import Attachment, Record
+from mcache_agent.dataplane.plan import plan
 from mcache_agent.versions import VersionStore
 
 
@@ -36,28 +39,29 @@ def cfg_text(version: int, ttl: int = 60000, entries: int = 1024) -> str:
     )
 
 
-@dataclass
-class FakeApplyResult:
-    strategy: str
-    duration_ms: float
-    swap_ms: float
-    cache_kept: bool
-
-
 class FakeDataplaneError(Exception):
     pass
 
 
 class FakeDataplane:
-    """Records calls; `fail_next` makes the next apply raise like a verifier refusal."""
+    """Records calls; `fail_next` makes the next apply raise like a verifier refusal, `gate`
+    holds an apply until it is set. Plans with the real planner, over a record it keeps."""
 
     def __init__(self, pinned: int | None = None) -> None:
         self.pinned = pinned
+        self.shape = (1024, 250, 1024)
         self.applied: list[int] = []
         self.flushes = 0
         self.torn_down = False
         self.fail_next: str | None = None
         self.reconciled: list[int] = []
+        self.gate: threading.Event | None = None
+
+    def record(self) -> Record | None:
+        if self.pinned is None:
+            return None
+        return Record(version=self.pinned, shape=self.shape, code="c", abi="a", set="s",
+                      interfaces=(Attachment("lo", "generic", "generic", "serve", False),))
 
     def adopt(self) -> int | None:
         return self.pinned
@@ -65,21 +69,28 @@ class FakeDataplane:
     def reconcile(self, cfg: Config) -> None:
         self.reconciled.append(cfg.version)
 
-    def apply(self, cfg: Config, previous: Config | None) -> FakeApplyResult:
+    def plan(self, cfg: Config, previous: Config | None) -> Plan:
+        return plan(cfg, previous, self.record(), "c", "a")
+
+    def apply(self, cfg: Config, previous: Config | None) -> ApplyResult:
+        p = self.plan(cfg, previous)
+        if self.gate is not None:
+            assert self.gate.wait(10)
         if self.fail_next:
             msg, self.fail_next = self.fail_next, None
             raise FakeDataplaneError(msg)
         self.applied.append(cfg.version)
-        self.pinned = cfg.version
-        shape_same = previous is not None and previous.shape() == cfg.shape()
-        return FakeApplyResult("map_swap" if shape_same else "program_swap", 2.5, 0.05,
-                               shape_same)
+        self.pinned, self.shape = cfg.version, cfg.shape()
+        return ApplyResult(p.strategy, 2.54321, 0.0512, p.cache_kept, p.reasons)
 
     def counters(self) -> dict[str, int]:
         return {"hit": 3, "miss": 1, "pass": 7}
 
-    def cache_usage(self) -> tuple[int, int]:
-        return (1024, 4)
+    def cache_usage(self) -> CacheUsage:
+        return CacheUsage(1024, 4)
+
+    def memory(self) -> Memory:
+        return Memory(3_000_000, {"mc_cache": 2_000_000, "mc_pending": 1_000_000})
 
     def attached(self) -> list[dict[str, str]]:
         return [{"interface": "lo", "mode": "generic", "role": "serve"}]
@@ -124,7 +135,7 @@ def agent(tmp_path: Path) -> Iterator[Running]:
     dp = FakeDataplane()
     store = VersionStore(tmp_path / "state")
     a = Agent(dp, store, probe_fn=lambda cfg, dp: {"ok": True, "detail": f"fake {cfg.version}"})
-    assert a.start(load_config(cfg_text(1))) is None
+    a.start(load_config(cfg_text(1)))
     # Not under pytest's tmp_path: that is 0700 root, and the tests that connect as nobody
     # must be stopped by the socket's own directory, not by an ancestor.
     base = Path(tempfile.mkdtemp(prefix="mcache-ctl-"))
@@ -283,7 +294,9 @@ def test_status_shape(agent: Running) -> None:
     assert st["version"] == 1 and st["running"] is True
     assert st["hit_ratio"] == 0.75
     assert st["cache"]["entries"] == 1024 and st["cache"]["used"] == 4
-    assert st["cache"]["memory_bytes"] > 0
+    assert st["cache"]["memory_bytes"] == 3_000_000  # the kernel's account, not an estimate
+    assert st["cache"]["memory_by_map"]["mc_cache"] == 2_000_000
+    assert st["cache"]["memory_estimate_bytes"] > 1024 * 88
     assert st["last_apply"]["version"] == 1 and st["last_apply"]["result"] == "ok"
     assert st["attached"] == [{"interface": "lo", "mode": "generic", "role": "serve"}]
 
@@ -405,16 +418,18 @@ def test_stop_tears_down_and_ends_the_server(agent: Running) -> None:
 def test_start_adopts_the_pinned_current_version_without_reload(tmp_path: Path) -> None:
     store = VersionStore(tmp_path)
     first = Agent(FakeDataplane(), store)
-    assert first.start(load_config(cfg_text(4))) is None
+    first.start(load_config(cfg_text(4)))
     dp = FakeDataplane(pinned=4)
     again = Agent(dp, store)
-    assert again.start(load_config(cfg_text(4))) is None
+    again.start(load_config(cfg_text(4)))
     assert dp.applied == [] and again.running is not None and again.running.version == 4
+    assert again.config_file["result"] == "running"
     # A newer file is news: applied on top of what was adopted.
     dp2 = FakeDataplane(pinned=4)
     third = Agent(dp2, store)
-    assert third.start(load_config(cfg_text(5))) is None
+    third.start(load_config(cfg_text(5)))
     assert dp2.applied == [5] and store.current() == 5
+    assert third.config_file["result"] == "applied"
 
 
 def test_start_keeps_a_rollback(tmp_path: Path) -> None:
@@ -426,22 +441,111 @@ def test_start_keeps_a_rollback(tmp_path: Path) -> None:
     dp = FakeDataplane(pinned=1)
     b = Agent(dp, store)
     # The file still says 2, which was rolled back from: do not undo the rollback.
-    assert b.start(load_config(cfg_text(2))) is None
+    b.start(load_config(cfg_text(2)))
     assert dp.applied == [] and b.running.version == 1
+    assert b.config_file["result"] == "kept"
 
 
 def test_start_reapplies_when_pins_disagree(tmp_path: Path) -> None:
     store = VersionStore(tmp_path)
     dp = FakeDataplane(pinned=9)
     a = Agent(dp, store)
-    assert a.start(load_config(cfg_text(1))) is None
+    a.start(load_config(cfg_text(1)))
     assert dp.applied == [1]
 
 
-def test_start_failure_with_nothing_running_is_an_exit_code(tmp_path: Path) -> None:
+def test_start_failure_with_nothing_running_keeps_the_agent_up(tmp_path: Path) -> None:
     dp = FakeDataplane()
     dp.fail_next = "no XDP for you"
-    assert Agent(dp, VersionStore(tmp_path)).start(load_config(cfg_text(1))) == 1
+    a = Agent(dp, VersionStore(tmp_path))
+    a.start(load_config(cfg_text(1)), path="/etc/mcache/mcache.yml")
+    st = a.status()
+    assert st["running"] is True and st["version"] is None and st["starting"] is False
+    assert st["config_file"]["result"] == "failed"
+    assert "no XDP for you" in st["config_file"]["message"]
+    assert "serving nothing" in st["config_file"]["message"]
+    # and the next apply through the socket works once the cause is gone
+    assert a.apply_text(cfg_text(1))["ok"] and a.running.version == 1
+
+
+def test_start_with_a_refused_config_file_serves_what_is_pinned(tmp_path: Path) -> None:
+    """Both ways a start-up config is refused: schema faults, and a version number that was
+    applied before with other content (a host's left-over state). The agent comes up, keeps
+    the pinned version, and status names the faults with their JSON paths."""
+    store = VersionStore(tmp_path)
+    Agent(FakeDataplane(), store).start(load_config(cfg_text(1)))
+    # schema faults (the daemon's loader reports them; start gets the faults)
+    dp = FakeDataplane(pinned=1)
+    a = Agent(dp, store)
+    a.start(None, path="bad.yml",
+            faults=[Fault("$.cache.entries", "must be a power of two from 16 to 1048576")])
+    st = a.status()
+    assert st["version"] == 1 and st["running"] is True
+    assert st["config_file"]["result"] == "refused"
+    assert st["config_file"]["faults"] == [
+        {"path": "$.cache.entries", "message": "must be a power of two from 16 to 1048576"}]
+    assert "serving version 1" in st["config_file"]["message"]
+    # the same version number, other content
+    dp = FakeDataplane(pinned=1)
+    b = Agent(dp, store)
+    b.start(load_config(cfg_text(1, ttl=5)), path="other.yml")
+    st = b.status()
+    assert st["version"] == 1 and dp.applied == []
+    assert st["config_file"]["result"] == "refused"
+    assert st["config_file"]["faults"][0]["path"] == "$.version"
+
+
+def test_start_without_a_config_file_waits_for_an_apply(tmp_path: Path) -> None:
+    a = Agent(FakeDataplane(), VersionStore(tmp_path))
+    a.start(None, path="/etc/mcache/mcache.yml")
+    st = a.status()
+    assert st["version"] is None and st["config_file"]["result"] == "absent"
+    assert a.apply_text(cfg_text(1))["ok"] and a.status()["version"] == 1
+
+
+def test_start_keeps_a_newer_running_version_over_an_older_file(tmp_path: Path) -> None:
+    store = VersionStore(tmp_path)
+    a = Agent(FakeDataplane(), store)
+    a.start(load_config(cfg_text(1)))
+    assert a.apply_text(cfg_text(3))["ok"]
+    dp = FakeDataplane(pinned=3)
+    b = Agent(dp, store)
+    b.start(load_config(cfg_text(1)))
+    assert dp.applied == [] and b.running.version == 3
+    assert b.config_file["result"] == "kept" and "older" in b.config_file["message"]
+
+
+def test_status_answers_while_an_apply_runs(agent: Running) -> None:
+    agent.dp.gate = threading.Event()
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(
+        agent.call({"op": "apply", "config": cfg_text(2, entries=2048)})))
+    t.start()
+    try:
+        deadline = time.monotonic() + 5
+        st: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            st = agent.call({"op": "status"})["result"]
+            took = time.monotonic() - t0
+            if st["apply_in_progress"]:
+                break
+            time.sleep(0.01)
+        assert st["apply_in_progress"]["version"] == 2, st
+        assert st["version"] == 1  # still the running one
+        assert took < 1.0
+    finally:
+        agent.dp.gate.set()
+        t.join(10)
+    assert result["ok"], result
+    st = agent.call({"op": "status"})["result"]
+    assert st["version"] == 2 and st["apply_in_progress"] is None
+
+
+def test_durations_are_rounded(agent: Running) -> None:
+    res = agent.call({"op": "apply", "config": cfg_text(2, ttl=5000)})["result"]
+    assert res["duration_ms"] == 2.5 and res["swap_ms"] == 0.1
+    assert agent.store.outcome(2)["duration_ms"] == 2.5
 
 
 # --------------------------------------------------------------------------- memcached watch
@@ -493,6 +597,7 @@ def test_metrics_render_from_status(agent: Running) -> None:
     assert "mcache_hit_ratio 0.75" in text
     assert "mcache_config_version 1.0" in text
     assert 'mcache_last_apply_info{result="ok",strategy="program_swap"} 1.0' in text
+    assert "mcache_cache_memory_bytes 3e+06" in text
 
 
 @pytest.fixture

@@ -1,13 +1,9 @@
-"""Hand-built Ethernet/IPv4/UDP/TCP and memcached frames (the runner: tests/bpf_syscall.py)."""
+"""Hand-built Ethernet/IPv4/UDP/TCP and memcached frames (the runner: harness/testrun.py)."""
 
 from __future__ import annotations
 
 import socket
 import struct
-
-from tests.bpf_syscall import Prog, obj_get, xdp_ctx
-
-__all__ = ["Prog", "obj_get", "xdp_ctx"]
 
 CMAC = bytes.fromhex("02000000c0de")
 SMAC = bytes.fromhex("02000000beef")

@@ -1,4 +1,7 @@
-"""The real daemon (`mcache-agent run`) in a lab's server namespace, with its own dirs."""
+"""The real daemon (`mcache-agent run`) in a test host's server namespace, with its own dirs.
+
+A host is anything with a server namespace `s` and a pin directory `pin`: the correctness
+tests' Lab, the agent tests' Pair."""
 
 from __future__ import annotations
 
@@ -11,16 +14,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Protocol
 
-from . import lab as L
+
+class Host(Protocol):
+    s: str
+    pin: Path
+
 
 AGENT = str(Path(sys.executable).parent / "mcache-agent")
+REPO = Path(__file__).resolve().parents[2]
 
 
 class AgentProc:
-    def __init__(self, lab: L.Lab):
+    def __init__(self, lab: Host, root: Path | None = None):
         self.lab = lab
-        self.dir = Path(tempfile.mkdtemp(prefix="mcache-corr-agent-"))
+        self.dir = root or Path(tempfile.mkdtemp(prefix="mcache-test-agent-"))
         self.state, self.sock = self.dir / "state", self.dir / "run" / "agent.sock"
         self.cfg = self.dir / "config.yaml"
         self.proc: subprocess.Popen | None = None
@@ -29,24 +38,28 @@ class AgentProc:
         return ["--socket", str(self.sock), "--state-dir", str(self.state),
                 "--bpffs", str(self.lab.pin)]
 
-    def start(self, text: str | None = None, *, env: dict[str, str] | None = None,
+    def start(self, text: str | Path | None = None, *, crash_at: str | None = None,
               wait: bool = True) -> None:
-        """`env`: extra environment of the agent (e.g. MCACHE_CRASH_AT); `wait`: until the
-        control socket answers."""
+        """`text`: the config file's text (or a file to copy it from); `crash_at`: the agent
+        SIGKILLs itself when an apply reaches that step (tests/crash_agent.py); `wait`: until
+        the control socket answers and the agent has finished starting."""
+        if isinstance(text, Path):
+            text = text.read_text()
         if text is not None:
             self.cfg.write_text(text)
-        penv = {k: v for k, v in os.environ.items() if k != "MCACHE_CRASH_AT"}
-        penv.update(env or {})
+        agent = [sys.executable, "-m", "tests.crash_agent", crash_at] if crash_at else [AGENT]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
         with open(self.dir / "agent.log", "a") as log:  # the child keeps its own copy
             self.proc = subprocess.Popen(
-                ["nsenter", f"--net=/var/run/netns/{self.lab.s}", AGENT, "run", "--config",
+                ["nsenter", f"--net=/var/run/netns/{self.lab.s}", *agent, "run", "--config",
                  str(self.cfg), *self.args()],
-                stdout=subprocess.DEVNULL, stderr=log, env=penv)
+                stdout=subprocess.DEVNULL, stderr=log, env=env)
         if not wait:
             return
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self.ctl("status", check=False).returncode == 0:
+            r = self.ctl("status", "--json", check=False)
+            if r.returncode == 0 and not json.loads(r.stdout)["result"].get("starting"):
                 return
             if self.proc.poll() is not None:
                 break
@@ -59,6 +72,13 @@ class AgentProc:
         if check and r.returncode != 0:
             raise RuntimeError(f"{argv}: {r.stdout} {r.stderr}")
         return r
+
+    def cli(self, *argv: str, check: bool = True) -> dict[str, Any]:
+        """A client command's --json document (asserting exit 0 when `check`)."""
+        r = self.ctl(*argv, "--json", check=False)
+        if check:
+            assert r.returncode == 0, (argv, r.returncode, r.stdout, r.stderr)
+        return json.loads(r.stdout) if r.stdout.strip() else {}
 
     def apply(self, text: str) -> dict:
         f = self.dir / "apply.yaml"
@@ -83,7 +103,7 @@ class AgentProc:
         raise RuntimeError("agent serves no version: " + log)
 
     def wait_dead(self, timeout: float = 120) -> int:
-        """Wait for an agent that kills itself (MCACHE_CRASH_AT); returns its exit status."""
+        """Wait for an agent that kills itself (crash_at); returns its exit status."""
         assert self.proc is not None
         rc = self.proc.wait(timeout)
         self.proc = None

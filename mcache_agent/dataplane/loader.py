@@ -6,7 +6,8 @@ starts workers (the XDP and TC halves compile in parallel), each compiles, loads
 own fresh prog array, pins what it made under <bpffs>/sets/<id>/, prints a JSON line with
 what the daemon needs (struct layouts), and exits. The pins keep everything alive.
 
-    python -m mcache_agent.loader {xdp|tc|root|layout} --bpffs DIR [--set ID] [--cflag F]...
+    python -m mcache_agent.dataplane.loader {xdp|tc|root|layout} --bpffs DIR [--set ID]
+        [--cflag F]...
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from mcache_agent import constants
-from mcache_agent.dataplane_src import inline_source
+from mcache_agent.dataplane import libbpf
+from mcache_agent.dataplane.layout import ctype_layout
+from mcache_agent.dataplane.source import inline_source
 
+KINDS = ("xdp", "tc", "root", "layout")
 XDP_PROGS = ("xdp_main", "xdp_get_key", "xdp_reply", "xdp_scan", "xdp_get_parse")
 TC_PROGS = ("tc_main", "tc_fill_item")
 TAILS = {
@@ -33,45 +37,23 @@ TAILS = {
 }
 
 
-def ctype_layout(t: Any) -> dict[str, Any]:
-    """A ctypes type as JSON: scalars by size, arrays and structs recursively, with offsets."""
-    if hasattr(t, "_fields_"):
-        fields = {}
-        for f in t._fields_:
-            name, ftype = f[0], f[1]
-            desc = getattr(t, name)
-            fields[name] = {"offset": desc.offset, **ctype_layout(ftype)}
-        return {"kind": "struct", "size": ct.sizeof(t), "fields": fields}
-    if hasattr(t, "_length_"):
-        return {
-            "kind": "array",
-            "size": ct.sizeof(t),
-            "length": t._length_,
-            "elem": ctype_layout(t._type_),
-        }
-    return {"kind": "int", "size": ct.sizeof(t)}
-
-
-def _pin(lib: Any, fd: int, path: Path) -> None:
+def _pin(fd: int, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        path.unlink()
-    if lib.bpf_obj_pin(fd, str(path).encode()) != 0:
-        raise OSError(ct.get_errno(), f"cannot pin {path}")
+    path.unlink(missing_ok=True)
+    libbpf.obj_pin(fd, path)
 
 
 def load(kind: str, bpffs: Path, set_id: str, cflags: list[str]) -> dict[str, Any]:
     import bcc
 
-    lib = bcc.libbcc.lib
     if kind == "layout":
         text = inline_source(constants.source("mcache_shared.h"))
         b = bcc.BPF(text=text + "\nBPF_ARRAY(mc_cfg_layout, struct mc_config, 1);\n")
         return {"config": ctype_layout(b["mc_cfg_layout"].Leaf)}
     if kind == "root":
         b = bcc.BPF(text=inline_source(constants.source("root.c")), cflags=cflags)
-        _pin(lib, b.load_func("xdp_root", bcc.BPF.XDP).fd, bpffs / "xdp_root")
-        _pin(lib, b.load_func("tc_root", bcc.BPF.SCHED_CLS).fd, bpffs / "tc_root")
+        _pin(b.load_func("xdp_root", bcc.BPF.XDP).fd, bpffs / "xdp_root")
+        _pin(b.load_func("tc_root", bcc.BPF.SCHED_CLS).fd, bpffs / "tc_root")
         return {}
     src, progs, ptype, jmp = {
         "xdp": ("xdp_ingress.c", XDP_PROGS, bcc.BPF.XDP, "mc_xdp_jmp"),
@@ -84,18 +66,14 @@ def load(kind: str, bpffs: Path, set_id: str, cflags: list[str]) -> dict[str, An
             b[jmp][ct.c_int(constants.const(TAILS[name]))] = ct.c_int(fn.fd)
     set_dir = bpffs / "sets" / set_id
     # A prog array empties when its last user reference goes: pin it, and the entry.
-    _pin(lib, b[jmp].get_fd(), set_dir / f"{kind}_jmp")
-    _pin(lib, fns[progs[0]].fd, set_dir / progs[0])
-    out: dict[str, Any] = {"entry": progs[0]}
-    if kind == "xdp":
-        leaf = b["mc_cache"].Leaf
-        out["slot"] = {"size": ct.sizeof(leaf), "valid": leaf.valid.offset, "gen": leaf.gen.offset}
-    return out
+    _pin(b[jmp].get_fd(), set_dir / f"{kind}_jmp")
+    _pin(fns[progs[0]].fd, set_dir / progs[0])
+    return {"entry": progs[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mcache_agent.loader")
-    ap.add_argument("kind", choices=("xdp", "tc", "root", "layout"))
+    ap = argparse.ArgumentParser(prog="mcache_agent.dataplane.loader")
+    ap.add_argument("kind", choices=KINDS)
     ap.add_argument("--bpffs", type=Path, required=True)
     ap.add_argument("--set", default="")
     ap.add_argument("--cflag", action="append", default=[])

@@ -1,0 +1,369 @@
+"""The Dataplane: the agent's hold on the kernel, behind one typed interface.
+
+An apply is a transaction with one commit point, the write of the pinned record (pins.py):
+before it, a failure puts the kernel back to the recorded version; after it, an agent that
+adopts the pins runs the new version, and what is left (retiring the old set and maps) is
+redone by reconcile(). Everything that must outlive the agent is pinned or attached to an
+interface, so a SIGKILLed agent leaves the host serving.
+
+Only one change runs at a time (a lock); readers (status, metrics) never wait for it: while
+a change runs they see the record as it was when the change began, or as it committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mcache_agent.config import Config
+from mcache_agent.dataplane import attach as attach_mod
+from mcache_agent.dataplane import configmap, libbpf, readings, sets, source
+from mcache_agent.dataplane.layout import Layout
+from mcache_agent.dataplane.pins import Attachment, PinDir, Record, cache_pin, level_pin
+from mcache_agent.dataplane.plan import Plan, PlanRefused, plan, wanted_interfaces
+from mcache_agent.dataplane.readings import CacheUsage, Memory
+from mcache_agent.dataplane.sets import HeldSet
+
+log = logging.getLogger(__name__)
+
+# Where an apply may be interrupted; tests inject a fault at each (see Dataplane.fault).
+FAULT_POINTS = ("loaded", "config", "ingress", "switched", "committed")
+
+
+class DataplaneError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    strategy: str
+    duration_ms: float
+    swap_ms: float | None
+    cache_kept: bool
+    reasons: tuple[str, ...] = ()
+
+
+FaultHook = Callable[[str], None]
+
+
+class Dataplane:
+    """The data plane pinned under `pin_dir`.
+
+    `extra_cflags` and `fault` exist for tests only and are never set by the daemon: extra
+    compiler flags of every program set (e.g. -DMC_TEST_NO_FILL_GUARD, which the coherence
+    checker's self-test needs), and a hook called at each of FAULT_POINTS of an apply.
+    """
+
+    def __init__(self, pin_dir: Path, *, extra_cflags: Sequence[str] = (),
+                 fault: FaultHook | None = None) -> None:
+        self.pins = PinDir(pin_dir)
+        self.extra_cflags = tuple(extra_cflags)
+        self.fault: FaultHook = fault or (lambda _step: None)
+        self._lock = threading.RLock()
+        self._depth = 0  # changes in progress (the lock is reentrant)
+        self._layout: Layout | None = None
+        self._record: Record | None = None
+        self._memory: tuple[str, Memory] | None = None
+
+    @property
+    def pin_dir(self) -> Path:
+        return self.pins.root
+
+    # ------------------------------------------------------------------ reading
+
+    def record(self) -> Record | None:
+        """What the kernel runs. While a change runs: the record as it was when the change
+        began (or as the change committed it), never a half-written one; otherwise read from
+        the pins, so that a Dataplane sees what another process (an agent) changed."""
+        if self._depth:
+            return self._record
+        self._record = self.pins.record()
+        return self._record
+
+    def adopt(self) -> int | None:
+        """The version pinned and attached, or None when there is none to adopt."""
+        rec = self.record()
+        if rec is None or not self.pins.has("xdp_root_jmp"):
+            return None
+        return rec.version
+
+    def plan(self, cfg: Config, previous: Config | None) -> Plan:
+        """What apply(cfg, previous) would do now; raises PlanRefused."""
+        return plan(cfg, previous, self.record(), source.code_hash(), source.abi_hash())
+
+    def counters(self) -> dict[str, int]:
+        return readings.counters(self.pins, self.record())
+
+    def cache_usage(self) -> CacheUsage | None:
+        return readings.cache_usage(self.pins, self.record())
+
+    def generation(self) -> int:
+        return readings.generation(self.pins, self.record())
+
+    def memory(self) -> Memory:
+        """The kernel's own account of the data plane's maps (cached per program set)."""
+        rec = self.record()
+        if rec is None:
+            return Memory(0, {})
+        key = f"{rec.set}/{rec.abi}"
+        if self._memory is None or self._memory[0] != key:
+            self._memory = (key, readings.memory(self.pins, rec))
+        return self._memory[1]
+
+    def attached(self) -> list[dict[str, str]]:
+        rec = self.record()
+        return [{"interface": a.interface, "mode": a.mode, "role": a.role}
+                for a in (rec.interfaces if rec else ())]
+
+    def state_path(self, name: str) -> Path | None:
+        """Where the running layout's state map `name` (stats, state, cfg, ...) is pinned."""
+        rec = self.record()
+        return None if rec is None else self.pins.state_dir(rec.abi) / name
+
+    def config_in_place(self) -> bytes | None:
+        """struct mc_config as the data plane reads it now."""
+        rec = self.record()
+        if rec is None:
+            return None
+        return configmap.read_back(self.pins.state_dir(rec.abi) / "cfg",
+                                   self.config_layout()["size"])
+
+    def config_layout(self) -> Layout:
+        """struct mc_config's layout, from the compiler (once per Dataplane)."""
+        if self._layout is None:
+            self._layout = sets.run_workers(self.pins, ["layout"], [])[0]["config"]
+        return self._layout
+
+    def programs(self) -> dict[str, object]:
+        """The kernel's account of every running program (verifier, run time, sizes)."""
+        rec = self.record()
+        if rec is None:
+            return {}
+        return {**sets.root_programs(self.pins), **sets.set_programs(self.pins, rec.set)}
+
+    def cflags(self, cfg: Config) -> list[str]:
+        """The compiler flags of a program set for cfg."""
+        abi = source.abi_hash()
+        return source.cflags(self.pins.root, self.pins.state_dir(abi), cfg.shape(),
+                             self.extra_cflags)
+
+    # ------------------------------------------------------------------ changing
+
+    def apply(self, cfg: Config, previous: Config | None) -> ApplyResult:
+        """Make the kernel run cfg (`previous`: the config running now, if any)."""
+        with self._change():
+            t0 = time.perf_counter()
+            self.pins.ensure()
+            record = self.pins.record()
+            self._record = record
+            try:
+                p = plan(cfg, previous, record, source.code_hash(), source.abi_hash())
+            except PlanRefused as exc:
+                raise DataplaneError(str(exc)) from None
+            if p.strategy == "none" and record is not None:
+                return ApplyResult("none", (time.perf_counter() - t0) * 1000, None, True,
+                                   p.reasons)
+            set_id = record.set if record else ""
+            abi = record.abi if record else source.abi_hash()
+            try:
+                if p.strategy == "program_swap":
+                    abi = source.abi_hash()
+                    set_id, swap_ms = self._program_swap(cfg, record, abi)
+                else:
+                    swap_ms = self._write_config(cfg, abi)
+                self.fault("switched")
+                # Attached before the commit point: the roots do not depend on the set, and
+                # a refusal (say, native mode on a device without it) must fail the apply.
+                attached = self._attach(cfg, record)
+            except Exception as exc:
+                self._back_to(previous, record)
+                raise DataplaneError(_message(exc)) from exc
+            new = Record(version=cfg.version, shape=cfg.shape(), code=source.code_hash(),
+                         abi=abi, set=set_id, interfaces=tuple(attached))
+            self._commit(new)
+            self.fault("committed")
+            self.pins.retire(new)
+            return ApplyResult(strategy=p.strategy,
+                               duration_ms=(time.perf_counter() - t0) * 1000,
+                               swap_ms=swap_ms, cache_kept=p.cache_kept, reasons=p.reasons)
+
+    def reconcile(self, cfg: Config) -> None:
+        """Make the kernel match the pinned record of `cfg` after an agent died mid-apply:
+        its config map, its program set in the dispatch slots, its attachments; leftovers of
+        the interrupted apply (orphan sets and caches) go."""
+        with self._change():
+            record = self.pins.record()
+            if record is None or record.version != cfg.version:
+                raise DataplaneError("reconcile: the pinned record is not this version")
+            self._write_config(cfg, record.abi)
+            sets.switch(self.pins, record.set)
+            if any(d.name != record.set for d in sets.pinned_dirs(self.pins)):
+                # An interrupted program swap may have run its new ingress (and its cache)
+                # for a while: writes then invalidated only that cache. Empty them all.
+                self._flush(record, memcached_restarted=False)
+            self.pins.retire(record)
+            self._commit(dataclasses.replace(record,
+                                             interfaces=tuple(self._attach(cfg, record))))
+
+    def flush(self, *, memcached_restarted: bool = True) -> None:
+        """Empty the cache: bump the generation, which kills every entry. When memcached
+        restarted, also drop a pending delayed flush, which the new memcached does not have."""
+        with self._change():
+            self._flush(self.pins.record(), memcached_restarted=memcached_restarted)
+
+    def teardown(self) -> None:
+        """Detach from every interface and remove every pin."""
+        with self._change():
+            record = self.pins.record() if self.pins.root.exists() else None
+            for entry in record.interfaces if record else ():
+                try:
+                    attach_mod.detach(entry)
+                except Exception as exc:  # keep going: leave as little behind as possible
+                    log.warning("detach %s: %s", entry.interface, exc)
+            self.pins.remove_all()
+            self._record = None
+
+    def detach_interfaces(self) -> None:
+        """Take the data plane off every interface, keeping its pins (and cache)."""
+        with self._change():
+            record = self.pins.record()
+            if record is None:
+                return
+            for entry in record.interfaces:
+                attach_mod.detach(entry)
+            self._commit(dataclasses.replace(record, interfaces=()))
+
+    def attach_interfaces(self, cfg: Config) -> None:
+        """Put the data plane back on cfg's interfaces. Writes that passed while it was off
+        were not seen, so the cache is emptied first."""
+        with self._change():
+            record = self.pins.record()
+            if record is None:
+                raise DataplaneError("nothing loaded to attach")
+            self._flush(record, memcached_restarted=False)
+            self._commit(dataclasses.replace(record,
+                                             interfaces=tuple(self._attach(cfg, record))))
+
+    # ------------------------------------------------------------------ program sets
+
+    def load_set(self, cfg: Config) -> str:
+        """Compile and load a program set for cfg without switching to it; returns its id.
+        The caller switches to it (hold(id).switch_to()) or discards it."""
+        with self._change():
+            self.pins.ensure()
+            return self._load_set(cfg, source.abi_hash())
+
+    def hold(self, set_id: str) -> HeldSet:
+        """A loaded set, held open (it keeps working after its pins are retired)."""
+        return HeldSet(self.pins, set_id)
+
+    def discard(self, set_id: str) -> None:
+        sets.discard(self.pins, set_id)
+
+    # ------------------------------------------------------------------ internals
+
+    @contextlib.contextmanager
+    def _change(self) -> Iterator[None]:
+        """One change at a time; readers see the snapshot while it runs."""
+        with self._lock:
+            if not self._depth:
+                self._record = self.pins.record() if self.pins.root.exists() else None
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+
+    def _commit(self, record: Record) -> None:
+        self.pins.write_record(record)
+        self._record = record
+
+    def _load_set(self, cfg: Config, abi: str) -> str:
+        state = self.pins.state_dir(abi)
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shared = all((state / n).exists() for n in (cache_pin(cfg.shape()), "conn"))
+        return sets.load_set(self.pins, self.cflags(cfg), shared)
+
+    def _program_swap(self, cfg: Config, record: Record | None, abi: str) -> tuple[str, float]:
+        set_id = self._load_set(cfg, abi)
+        switched = False
+        try:
+            self.fault("loaded")
+            self._write_config(cfg, abi)
+            self.fault("config")
+            with HeldSet(self.pins, set_id) as held:
+                t0 = time.perf_counter()
+                # Ingress first (see sets.switch).
+                sets.point_root(self.pins, "xdp_root_jmp", held.fds["xdp_main"])
+                switched = True
+                self.fault("ingress")
+                sets.point_root(self.pins, "tc_root_jmp", held.fds["tc_main"])
+                swap_ms = (time.perf_counter() - t0) * 1000
+        except Exception:
+            if switched and record is not None:
+                sets.switch(self.pins, record.set)  # back before the new set's pins go
+            sets.discard(self.pins, set_id)
+            raise
+        return set_id, swap_ms
+
+    def _write_config(self, cfg: Config, abi: str) -> float:
+        """Map hot swap of the config."""
+        value = configmap.config_value(cfg, self.config_layout())
+        return configmap.swap_in(self.pins.state_dir(abi) / "cfg", value)
+
+    def _attach(self, cfg: Config, record: Record | None) -> list[Attachment]:
+        have = {a.interface: a for a in (record.interfaces if record else ())}
+        wanted = wanted_interfaces(cfg)
+        names = {w.name for w in wanted}
+        for name, old in have.items():
+            if name not in names:
+                attach_mod.detach(old)
+        out: list[Attachment] = []
+        for w in wanted:
+            old = have.get(w.name)
+            if old and old.requested == w.xdp_mode and attach_mod.xdp_attached(w.name):
+                out.append(dataclasses.replace(old, role=w.role))
+                continue
+            if old:
+                attach_mod.detach(old)
+            with self.pins.open("xdp_root") as xdp, self.pins.open("tc_root") as tc:
+                out.append(attach_mod.attach(w.name, w.xdp_mode, w.role, xdp, tc))
+        return out
+
+    def _back_to(self, previous: Config | None, record: Record | None) -> None:
+        """After a failed apply: the kernel back to the recorded (running) version."""
+        if previous is None or record is None or record.version != previous.version:
+            return  # nothing recorded to go back to; the next agent start reconciles
+        try:
+            self.reconcile(previous)
+        except Exception:
+            log.exception("could not go back to version %s", previous.version)
+
+    def _flush(self, record: Record | None, *, memcached_restarted: bool) -> None:
+        # A read-modify-write: a flush_all the kernel counts in between still bumps.
+        if record is None:
+            return
+        state = self.pins.state_dir(record.abi) / "state"
+        if not state.exists():
+            return
+        raw = self.pins.read0(state, readings.STATE_BYTES) or bytes(readings.STATE_BYTES)
+        gen = int.from_bytes(raw[:8], "little") + 1
+        level = self.pins.state_dir(record.abi) / level_pin(record.shape)
+        if level.exists():  # the new generation's count starts at zero (mc_bump_gen)
+            with self.pins.open(level) as fd:
+                libbpf.map_update(fd, (gen & 1).to_bytes(4, "little"), bytes(8))
+        flush_at = bytes(8) if memcached_restarted else raw[8:16]
+        flush_ns = time.monotonic_ns().to_bytes(8, "little")  # = bpf_ktime_get_ns()
+        self.pins.write0(state, gen.to_bytes(8, "little") + flush_at + flush_ns)
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, DataplaneError | sets.LoadError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

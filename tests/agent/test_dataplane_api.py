@@ -1,0 +1,168 @@
+"""The Dataplane's public API on the real kernel: what validation lets through applies, the
+allow-list in place keeps the host, the fill level and the memory status reports are the
+kernel's, `apply --check` and `apply` plan alike, and a layout change moves to fresh maps."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+import pytest
+from pymemcache.client.base import Client
+
+from mcache_agent import constants
+from mcache_agent import udp_client as uc
+from mcache_agent.config import check_semantics
+from mcache_agent.dataplane.pins import PinDir
+from tests.dataplane.nsutil import NsClient, Pair, in_ns, make_config, sh
+
+
+@pytest.fixture(scope="module")
+def pair():
+    p = Pair("api", 15, fill_hold_ms=0).up()
+    yield p
+    p.down()
+
+
+def text(p: Pair, version: int, **over: object) -> str:
+    p.version = version
+    return p.config_text(**over)
+
+
+def decode_allowed(raw: bytes, layout: dict) -> list[tuple[int, int]]:
+    f = layout["fields"]
+    n = struct.unpack_from("<I", raw, f["n_allowed"]["offset"])[0]
+    base = f["allowed"]["offset"]
+    return [struct.unpack_from("<II", raw, base + 8 * i) for i in range(n)]
+
+
+def test_every_interface_the_schema_allows_is_attached(pair):
+    """MC_MAX_IFS interfaces besides lo: validation passes, and so does the apply."""
+    n = constants.const("MC_MAX_IFS")
+    for i in range(n - 1):
+        sh(f"ip -n {pair.s} link add mx{i}a type veth peer name mx{i}b && "
+           f"ip -n {pair.s} link set mx{i}a up && ip -n {pair.s} link set mx{i}b up")
+    try:
+        ifs = ", ".join([f"{{name: {pair.sif}}}", *(f"{{name: mx{i}a}}" for i in range(n - 1))])
+        body = text(pair, 100).replace(f"interfaces: [{{name: {pair.sif}, xdp_mode: auto}}]",
+                                       f"interfaces: [{ifs}]")
+        cfg = make_config(body)
+        with in_ns(pair.s):
+            assert check_semantics(cfg, None) == []
+            res = pair.dp.apply(cfg, None)
+        assert res.strategy in ("reattach", "map_swap")
+        names = {a["interface"] for a in pair.dp.attached()}
+        assert names == {pair.sif, "lo", *(f"mx{i}a" for i in range(n - 1))}
+    finally:
+        with in_ns(pair.s):
+            pair.dp.apply(make_config(text(pair, 101)), None)
+        for i in range(n - 1):
+            sh(f"ip -n {pair.s} link del mx{i}a", check=False)
+    assert {a["interface"] for a in pair.dp.attached()} == {pair.sif, "lo"}
+
+
+def test_a_full_allow_list_keeps_the_host_and_loopback_in_the_kernel(pair):
+    room = constants.const("MC_MAX_CLIENT_NETS")
+    nets = [f"10.{i}.0.0/16" for i in range(room - 1)] + [f"198.19.{pair.net}.0/24"]
+    body = text(pair, 110).replace(f"allowed_clients: [198.19.{pair.net}.0/24]",
+                                   f"allowed_clients: [{', '.join(nets)}]")
+    with in_ns(pair.s):
+        pair.dp.apply(make_config(body), None)
+    got = decode_allowed(pair.dp.config_in_place(), pair.dp.config_layout())
+    assert len(got) == constants.const("MC_MAX_ALLOWED")
+    host = struct.unpack("<I", bytes(int(x) for x in pair.saddr.split(".")))[0]
+    loopback, mask8 = struct.unpack("<II", bytes([127, 0, 0, 0, 255, 0, 0, 0]))
+    assert got[0] == (host, 0xFFFFFFFF)
+    assert got[1] == (loopback, mask8)
+    # and the host itself is served: a GET from the server's own address over lo hits
+    NsClient(pair, pair.s).cached(b"self", b"served")
+
+
+def test_fill_level_is_the_data_planes_own_count(pair):
+    with in_ns(pair.s):
+        pair.dp.apply(make_config(text(pair, 120, entries=1024)), None)
+    usage = pair.dp.cache_usage()
+    assert (usage.entries, usage.used) == (1024, 0)
+    keys = [b"lvl%d" % i for i in range(40)]
+    with in_ns(pair.c):
+        mc = Client((pair.saddr, 11211), default_noreply=False)
+        for k in keys:
+            mc.set(k, b"v")
+        for k in keys:  # a miss that fills
+            assert uc.udp_get_ascii(pair.saddr, 11211, [k], 1.0) == {k: b"v"}
+        cached = []
+        for k in keys:  # which ones the kernel holds (five in one bucket would evict one)
+            hits = pair.dp.counters()["hit"]
+            assert uc.udp_get_ascii(pair.saddr, 11211, [k], 1.0) == {k: b"v"}
+            if pair.dp.counters()["hit"] > hits:
+                cached.append(k)
+    assert len(cached) >= 36
+    assert pair.dp.cache_usage().used == len(cached)
+    with in_ns(pair.c):
+        for k in cached[:5]:
+            mc.set(k, b"w")  # a write kills the entry
+        mc.close()
+    assert pair.dp.cache_usage().used == len(cached) - 5
+    with in_ns(pair.s):
+        pair.dp.flush()
+    assert pair.dp.cache_usage().used == 0
+
+
+def test_memory_is_the_kernels_account_and_the_estimate_is_close(pair):
+    for version, entries in ((130, 4096), (131, 65536)):
+        with in_ns(pair.s):
+            cfg = make_config(text(pair, version, entries=entries))
+            pair.dp.apply(cfg, None)
+        mem = pair.dp.memory()
+        assert mem.maps["mc_cache"] >= entries * cfg.slot_bytes()
+        assert {"mc_pending", "mc_conn", "mc_stats", "mc_level", "mc_meta"} <= set(mem.maps)
+        assert mem.total_bytes == sum(mem.maps.values())
+        # the validation-time estimate (the 1 GiB check) within 10 % of what the kernel holds
+        assert abs(cfg.memory_bytes() - mem.total_bytes) <= 0.10 * mem.total_bytes, (
+            cfg.memory_bytes(), mem)
+
+
+def test_check_and_apply_plan_alike(pair):
+    """`apply --check` (Dataplane.plan) promises what `apply` then does, for each kind of
+    change; a protocols change is a map swap."""
+    with in_ns(pair.s):
+        running = make_config(text(pair, 140))
+        pair.dp.apply(running, None)
+        changes = [
+            ("map_swap", text(pair, 141, ttl_ms=1234)),
+            ("map_swap", text(pair, 142, ttl_ms=1234).replace(
+                "cache:\n", "cache:\n  protocols: [ascii]\n")),
+            ("program_swap", text(pair, 143, entries=8192)),
+            ("program_swap", text(pair, 144, entries=8192, strategy="program_swap")),
+            ("map_swap", text(pair, 145, entries=8192, enabled="false")),
+        ]
+        for want, body in changes:
+            cfg = make_config(body)
+            promised = pair.dp.plan(cfg, running)
+            done = pair.dp.apply(cfg, running)
+            assert promised.strategy == done.strategy == want, (body, promised, done)
+            assert promised.cache_kept == done.cache_kept
+            running = cfg
+
+
+def test_a_layout_change_moves_to_fresh_maps_and_retires_the_old(pair):
+    """A record whose maps have another layout (an upgrade across a change of
+    mcache_maps.h): the next apply loads a program set on maps of the new layout, and the
+    old layout's maps go."""
+    with in_ns(pair.s):
+        pair.dp.apply(make_config(text(pair, 150)), None)
+    pins = PinDir(pair.pin)
+    rec = pins.record()
+    old_dir = pins.state_dir("000000000000")
+    pins.state_dir(rec.abi).rename(old_dir)
+    pins.write_record(dataclasses.replace(rec, abi="000000000000"))
+    cfg = make_config(text(pair, 151, ttl_ms=4321))
+    p = pair.dp.plan(cfg, None)
+    assert p.strategy == "program_swap" and not p.cache_kept
+    assert "layout" in " ".join(p.reasons)
+    with in_ns(pair.s):
+        res = pair.dp.apply(cfg, None)
+    assert res.strategy == "program_swap"
+    assert not old_dir.exists()
+    assert sorted(d.name for d in pair.pin.glob("maps-*")) == [f"maps-{rec.abi}"]
+    NsClient(pair, pair.c).cached(b"abi", b"fresh")
