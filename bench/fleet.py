@@ -7,7 +7,7 @@ For each N (default 3, 10, 20): a fresh lab (`lab.sh down`, `lab.sh up N`), then
   noop_canary       the same canary again (nothing to change)
   rollback          rollback.yml of the whole fleet (back to the first version), with probes
   status            status.yml of the whole fleet
-  check_diff        deploy.yml --check --diff of the change
+  check_diff        deploy.yml --check --diff of a further change
 and, on the largest fleet, what each of Ansible's speed choices buys on the config canary
 (pipelining off, one fork, the free strategy) and what fact gathering would cost.
 
@@ -70,25 +70,27 @@ def timed(argv: list[str], *, extra_env: dict[str, str] | None = None,
     return out
 
 
-def configs(workdir: Path) -> tuple[Path, Path]:
-    """The lab's desired config (version 1) and a config-only change of it (version 2)."""
+def configs(workdir: Path) -> tuple[Path, Path, Path]:
+    """The lab's desired config (version 1) and two config-only changes of it (2, 3)."""
     base = (ROOT / "inventory" / "lab" / "mcache.yml").read_text()
-    v1, v2 = workdir / "v1.yml", workdir / "v2.yml"
-    v1.write_text(base)
-    v2.write_text(base.replace("version: 1", "version: 2").replace("ttl_ms: 60000",
-                                                                      "ttl_ms: 30000"))
-    assert v2.read_text() != base
-    return v1, v2
+    out = []
+    for version, ttl in ((1, 60000), (2, 30000), (3, 20000)):
+        path = workdir / f"v{version}.yml"
+        path.write_text(base.replace("version: 1", f"version: {version}")
+                        .replace("ttl_ms: 60000", f"ttl_ms: {ttl}"))
+        out.append(path)
+    assert out[1].read_text() != base
+    return out[0], out[1], out[2]
 
 
-def fleet(n: int, v1: Path, v2: Path, choices: bool) -> dict:
+def fleet(n: int, v1: Path, v2: Path, v3: Path, choices: bool) -> dict:
     r: dict = {"lab_down": timed(["lab/lab.sh", "down"]),
                "lab_up": timed(["lab/lab.sh", "up", str(n)])}
     play = [*PLAYBOOK]
     r["first_deploy"] = timed([*play, "playbooks/canary.yml", "-e", f"mcache_config_file={v1}"])
     r["config_canary"] = timed([*play, "playbooks/canary.yml", "-e", f"mcache_config_file={v2}"])
     r["noop_canary"] = timed([*play, "playbooks/canary.yml", "-e", f"mcache_config_file={v2}"])
-    r["check_diff"] = timed([*play, "playbooks/deploy.yml", "-e", f"mcache_config_file={v1}",
+    r["check_diff"] = timed([*play, "playbooks/deploy.yml", "-e", f"mcache_config_file={v3}",
                              "--check", "--diff"])
     r["rollback"] = timed([*play, "playbooks/rollback.yml"])
     r["status"] = timed([*play, "playbooks/status.yml", "-e", f"mcache_config_file={v1}"])
@@ -155,11 +157,11 @@ def plot(results: dict, path: Path) -> None:
 def run(hosts: tuple[int, ...] = (3, 10, 20), choices: bool = True) -> dict:
     out: dict = {"fleets": {}, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="mcache-bench-fleet-") as d:
-        v1, v2 = configs(Path(d))
+        v1, v2, v3 = configs(Path(d))
         try:
             for n in hosts:
                 print(f"fleet of {n} hosts", flush=True)
-                out["fleets"][str(n)] = fleet(n, v1, v2, choices and n == max(hosts))
+                out["fleets"][str(n)] = fleet(n, v1, v2, v3, choices and n == max(hosts))
         finally:
             out["lab_down"] = timed(["lab/lab.sh", "down"])
     return out
