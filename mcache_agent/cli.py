@@ -223,7 +223,7 @@ def _or_dash(v: Any) -> str:
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
-    width = max(len(k) for k, _ in rows)
+    width = max(len(key) for key, _value in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 

@@ -139,7 +139,7 @@ def _possible_cpus() -> int:
     try:
         text = Path("/sys/devices/system/cpu/possible").read_text().strip()
         return sum(int(b) - int(a) + 1 if b else 1
-                   for a, _, b in (part.partition("-") for part in text.split(",")))
+                   for a, _dash, b in (part.partition("-") for part in text.split(",")))
     except (OSError, ValueError):
         return os.cpu_count() or 1
 
@@ -197,7 +197,7 @@ class _StrictLoader(yaml.SafeLoader):
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: set[Any] = set()
-    for key_node, _ in node.value:
+    for key_node, _value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if not isinstance(key, (str, int, bool, float)):
             continue
@@ -301,8 +301,9 @@ def _faults_from_error(err: jsonschema.ValidationError) -> list[Fault]:
     if err.validator == "enum" and "x-fault" in schema:
         return [Fault(json_path(path), f"{err.instance!r} {schema['x-fault']}")]
     if err.validator == "pattern":
-        return [Fault(json_path(path), f"{err.instance!r} is not in the expected form "
-                                        f"({schema.get('description', err.message)})")]
+        expected = schema.get("description", err.message)
+        return [Fault(json_path(path),
+                      f"{err.instance!r} is not in the expected form ({expected})")]
     if err.validator == "format" and err.validator_value == "ipv4":
         return [Fault(json_path(path), f"{err.instance!r} is not an IPv4 address")]
     return [Fault(json_path(path), err.message)]
@@ -447,7 +448,7 @@ def host_interfaces() -> dict[str, dict[str, Any]]:
         links = json.loads(out)
     except (OSError, subprocess.SubprocessError, ValueError):
         # Without iproute2 we still know the names, not the addresses.
-        return {n: {"up": True, "ipv4": []} for _, n in socket.if_nameindex()}
+        return {n: {"up": True, "ipv4": []} for _index, n in socket.if_nameindex()}
     result: dict[str, dict[str, Any]] = {}
     for link in links:
         addrs = [
@@ -491,7 +492,7 @@ def host_faults(cfg: Config, interfaces: dict[str, dict[str, Any]] | None = None
                                 "through them would leave the cache stale; list them or bind "
                                 "memcached to one address"))
     else:
-        local = {a for info in host.values() for a, _ in info["ipv4"]}
+        local = {a for info in host.values() for a, _plen in info["ipv4"]}
         if local and cfg.memcached.address not in local:
             faults.append(Fault("$.memcached.address",
                                 f"{cfg.memcached.address} is not an address of this host"))

@@ -70,11 +70,11 @@ def check_request(req: Any) -> dict[str, Any]:
             continue
         if key not in spec:
             raise RequestInvalid(f"op {op!r} takes no field {key!r}")
-        types, _ = spec[key]
+        types, _required = spec[key]
         # bool is an int in Python; a version number given as true is garbage, not 1.
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise RequestInvalid(f"field {key!r} has the wrong type ({type(value).__name__})")
-    for key, (_, required) in spec.items():
+    for key, (_types, required) in spec.items():
         if required and key not in req:
             raise RequestInvalid(f"op {op!r} needs field {key!r}")
     if op == "rollback" and isinstance(req.get("to"), int) and req["to"] < 1:
@@ -138,7 +138,7 @@ class ControlServer:
         try:
             while not self.stopping.is_set():
                 try:
-                    conn, _ = self._sock.accept()
+                    conn, _addr = self._sock.accept()
                 except TimeoutError:
                     continue
                 except OSError:

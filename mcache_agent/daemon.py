@@ -408,7 +408,7 @@ class _MemcachedWatch:
         if self.pidfd is None:
             self.agent.stop_event.wait(timeout)
             return
-        ready, _, _ = select.select([self.pidfd], [], [], timeout)
+        ready = select.select([self.pidfd], [], [], timeout)[0]
         if ready:
             log.warning("memcached (pid %s) exited: flushing the cache", self.pid)
             try:

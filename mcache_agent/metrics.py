@@ -78,7 +78,7 @@ def make_registry(source: StatusSource) -> CollectorRegistry:
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
+    host, _colon, port = listen.rpartition(":")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 

@@ -71,7 +71,7 @@ def exchange(
                     raise UdpTimeout(f"no reply from {host}:{port} within {timeout}s") from exc
                 if len(data) < FRAME.size:
                     continue
-                r_id, seq, count, _ = FRAME.unpack_from(data)
+                r_id, seq, count, _reserved = FRAME.unpack_from(data)
                 if r_id != rid:
                     continue  # a late reply to an earlier request
                 total = count
@@ -114,7 +114,7 @@ def udp_get_ascii(
     reply = exchange(
         host, port, command + b" " + b" ".join(keys) + b"\r\n", timeout, complete=ascii_complete
     )
-    return {k: v for k, (_, v) in parse_ascii_values(reply).items()}
+    return {k: v for k, (_flags, v) in parse_ascii_values(reply).items()}
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def parse_binary(reply: bytes) -> list[BinaryReply]:
     out = []
     pos = 0
     while pos < len(reply):
-        magic, op, klen, elen, _, status, body, opaque, cas = BIN_HDR.unpack_from(reply, pos)
+        magic, op, klen, elen, _dtype, status, body, opaque, cas = BIN_HDR.unpack_from(reply, pos)
         if magic != 0x81:
             raise ValueError(f"bad response magic {magic:#x}")
         start = pos + BIN_HDR.size

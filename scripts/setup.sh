@@ -30,6 +30,7 @@ APT_PACKAGES=(
     iproute2 openssh-server openssh-client
     ethtool tcpdump python3-pip
     gcc  # builds bench/udpgen.c, the benchmarks' own load generator
+    prometheus  # promtool (rule unit tests) and the server the alerting test runs
 )
 
 # --- 1. system packages ----------------------------------------------------------------
@@ -194,9 +195,17 @@ make_venv() {
     stamp_value >"$STAMP"
 }
 
+# The repository as the collection mcache.fleet, for ansible.cfg's collections_path.
+link_collection() {
+    local dir=build/collections/ansible_collections/mcache
+    mkdir -p "$dir"
+    [ "$(readlink "$dir/fleet" 2>/dev/null)" = "../../../.." ] || ln -sfn ../../../.. "$dir/fleet"
+}
+
 install_packages
 link_headers
 mount_bpffs
 guard_test_range
 make_venv
+link_collection
 log "ok"

@@ -80,8 +80,8 @@ def plan(cfg: Config, previous: Config | None, record: Record | None, code: str,
     want = {(w.name, w.xdp_mode) for w in wanted_interfaces(cfg)}
     have = {(a.interface, a.requested) for a in record.interfaces}
     if want != have:
-        added = sorted(n for n, _ in want - have)
-        removed = sorted(n for n, _ in have - want)
+        added = sorted(name for name, _mode in want - have)
+        removed = sorted(name for name, _mode in have - want)
         why = "interfaces change: " + ", ".join(
             [*(f"+{n}" for n in added), *(f"-{n}" for n in removed)])
         if cfg.strategy == "map_swap":

@@ -1,6 +1,6 @@
 #!/usr/bin/python
-# Copyright: mcache contributors
-# GNU General Public License v2.0 (see pyproject.toml)
+# Copyright: (c) 2026, mcache contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 """Run the agent's health probe until it passes or time is up."""
 
@@ -8,48 +8,37 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: mcache_probe
+module: probe
 short_description: Health gate - prove that the kernel serves GET hits with memcached's value
 description:
   - Asks the host's agent, over its control socket, to run its health probe until it passes,
-    O(retries) attempts are used up or O(deadline) seconds have passed.
+    O(probe_retries) attempts are used up or O(probe_deadline) seconds have passed.
   - The probe SETs a fresh value over TCP and GETs it twice over UDP; it passes when both
     answers carry the value and the data plane counted a kernel hit for the probe key itself
     (its own counter, so other clients' traffic cannot sway it). The last probe's evidence is
     returned.
   - Never reports C(changed). In check mode nothing is applied, so the probe is not run.
 version_added: "0.1.0"
-author: mcache fleet
-options:
-  retries:
-    description: How many probes at most.
-    type: int
-    default: 5
-  delay:
-    description: Seconds between probes.
-    type: float
-    default: 1.0
-  deadline:
-    description: Seconds after which no new probe starts.
-    type: float
-    default: 30
-  socket:
-    description: The agent's control socket.
-    type: path
-    default: /run/mcache/agent.sock
+author: mcache contributors (@mcache)
+options: {}
+extends_documentation_fragment:
+  - mcache.fleet.agent
+  - mcache.fleet.agent.probe
 attributes:
   check_mode:
+    description: Can run in check mode and return the changed status without changing anything.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change in check mode) with --diff.
     support: none
 """
 
 EXAMPLES = r"""
 - name: Probe within a deadline
-  mcache_probe:
-    retries: 5
-    delay: 1
-    deadline: 20
+  mcache.fleet.probe:
+    probe_retries: 5
+    probe_delay: 1
+    probe_deadline: 20
 """
 
 RETURN = r"""
@@ -69,24 +58,24 @@ probe:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mcache_agent_client import probe_until_ok
+from ansible_collections.mcache.fleet.plugins.module_utils.agent_client import (
+    PROBE_ARGS,
+    SOCKET_ARGS,
+    probe_until_ok,
+)
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            retries=dict(type="int", default=5),
-            delay=dict(type="float", default=1.0),
-            deadline=dict(type="float", default=30),
-            socket=dict(type="path", default="/run/mcache/agent.sock"),
-        ),
+        argument_spec=dict(**SOCKET_ARGS, **PROBE_ARGS),
         supports_check_mode=True,
     )
     p = module.params
     if module.check_mode:
         module.exit_json(changed=False, skipped=True, ok=None, attempts=0, probe={},
                          msg="check mode: nothing was applied, no probe run")
-    evidence = probe_until_ok(p["socket"], p["retries"], p["delay"], p["deadline"])
+    evidence = probe_until_ok(p["socket"], p["probe_retries"], p["probe_delay"],
+                              p["probe_deadline"])
     ret = dict(changed=False, ok=bool(evidence.get("ok")), attempts=evidence["attempts"],
                probe=evidence)
     if not ret["ok"]:

@@ -1,6 +1,6 @@
 #!/usr/bin/python
-# Copyright: mcache contributors
-# GNU General Public License v2.0 (see pyproject.toml)
+# Copyright: (c) 2026, mcache contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 """Roll the host's mcache config back, and probe the version rolled back to."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: mcache_rollback
+module: rollback
 short_description: Roll an mcache host back to its previous or to a stored config version
 description:
   - Asks the host's agent, over its control socket, to re-apply its previous version or the
@@ -19,49 +19,35 @@ description:
   - C(changed) only when the running version changed. In check mode, reads the agent's versions
     and says what would happen (with the diff) without changing anything.
 version_added: "0.1.0"
-author: mcache fleet
+author: mcache contributors (@mcache)
 options:
   to:
     description: The version to go back to (default - the previous one).
     type: int
-  state_dir:
-    description: The agent's state dir (versions store), read for the diff.
-    type: path
-    default: /var/lib/mcache
-  socket:
-    description: The agent's control socket.
-    type: path
-    default: /run/mcache/agent.sock
   probe:
     description: Probe the version rolled back to.
     type: bool
     default: false
-  probe_retries:
-    description: Probes at most, until one passes.
-    type: int
-    default: 5
-  probe_delay:
-    description: Seconds between probes.
-    type: float
-    default: 1
-  probe_deadline:
-    description: Seconds all probes may take together.
-    type: float
-    default: 30
+extends_documentation_fragment:
+  - mcache.fleet.agent
+  - mcache.fleet.agent.state_dir
+  - mcache.fleet.agent.probe
 attributes:
   check_mode:
+    description: Can run in check mode and return the changed status without changing anything.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change in check mode) with --diff.
     support: full
 """
 
 EXAMPLES = r"""
 - name: Back to the previous version, and probe it
-  mcache_rollback:
+  mcache.fleet.rollback:
     probe: true
 
 - name: Back to version 3
-  mcache_rollback:
+  mcache.fleet.rollback:
     to: 3
 """
 
@@ -85,7 +71,10 @@ agent:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mcache_agent_client import (
+from ansible_collections.mcache.fleet.plugins.module_utils.agent_client import (
+    PROBE_ARGS,
+    SOCKET_ARGS,
+    STATE_DIR_ARGS,
     AgentRefused,
     AgentUnreachable,
     probe_until_ok,
@@ -98,12 +87,8 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             to=dict(type="int"),
-            state_dir=dict(type="path", default="/var/lib/mcache"),
-            socket=dict(type="path", default="/run/mcache/agent.sock"),
             probe=dict(type="bool", default=False),
-            probe_retries=dict(type="int", default=5),
-            probe_delay=dict(type="float", default=1.0),
-            probe_deadline=dict(type="float", default=30.0),
+            **SOCKET_ARGS, **STATE_DIR_ARGS, **PROBE_ARGS,
         ),
         supports_check_mode=True,
     )

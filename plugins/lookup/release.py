@@ -1,13 +1,13 @@
-# Copyright: mcache contributors
-# GNU General Public License v2.0 (see pyproject.toml)
+# Copyright: (c) 2026, mcache contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 """The fingerprint of an mcache release: what a prepared host must run."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
-name: mcache_release
-author: mcache fleet
+name: release
+author: mcache contributors (@mcache)
 version_added: "0.1.0"
 short_description: Fingerprint of an mcache release (agent sources, roles, settings)
 description:
@@ -37,7 +37,7 @@ options:
 EXAMPLES = r"""
 - name: The release of the agent in this repository and of the mcache_host role
   ansible.builtin.debug:
-    msg: "{{ lookup('mcache_release', [playbook_dir ~ '/../mcache_agent', role_path],
+    msg: "{{ lookup('mcache.fleet.release', [playbook_dir ~ '/../mcache_agent', role_path],
                     settings_pattern='^mcache_host_') }}"
 """
 
@@ -102,7 +102,7 @@ class LookupModule(LookupBase):
         for term in _flat(terms):
             path = os.path.normpath(os.path.expanduser(str(term)))
             if not os.path.exists(path):
-                raise AnsibleLookupError("mcache_release: %s does not exist" % path)
+                raise AnsibleLookupError("mcache.fleet.release: %s does not exist" % path)
             h.update(_digest(path).encode())
         h.update(json.dumps(self._settings(variables or {}), sort_keys=True,
                             default=str).encode())

@@ -1,6 +1,6 @@
 #!/usr/bin/python
-# Copyright: mcache contributors
-# GNU General Public License v2.0 (see pyproject.toml)
+# Copyright: (c) 2026, mcache contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 """Read the agent's status and stored versions."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: mcache_status
+module: status
 short_description: Read what the mcache agent on a host is running, and why not more
 description:
   - Asks the host's agent over its control socket for its status and its stored versions, and
@@ -18,30 +18,30 @@ description:
     down).
   - Read only; never reports C(changed).
 version_added: "0.1.0"
-author: mcache fleet
+author: mcache contributors (@mcache)
 options:
   agent_bin:
     description: The agent's command line tool (only run when the agent does not answer).
     type: path
     default: /opt/mcache/venv/bin/mcache-agent
-  socket:
-    description: The agent's control socket.
-    type: path
-    default: /run/mcache/agent.sock
   desired_version:
     description: The config version the host should run; the summary then says why it does
       not, or what is wrong, in C(reason).
     type: int
+extends_documentation_fragment:
+  - mcache.fleet.agent
 attributes:
   check_mode:
+    description: Can run in check mode and return the changed status without changing anything.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change in check mode) with --diff.
     support: none
 """
 
 EXAMPLES = r"""
 - name: Read the agent's status
-  mcache_status:
+  mcache.fleet.status:
   register: st
 """
 
@@ -72,7 +72,8 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mcache_agent_client import (
+from ansible_collections.mcache.fleet.plugins.module_utils.agent_client import (
+    SOCKET_ARGS,
     AgentRefused,
     AgentUnreachable,
     request,
@@ -114,8 +115,8 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             agent_bin=dict(type="path", default="/opt/mcache/venv/bin/mcache-agent"),
-            socket=dict(type="path", default="/run/mcache/agent.sock"),
             desired_version=dict(type="int"),
+            **SOCKET_ARGS,
         ),
         supports_check_mode=True,
     )

@@ -1,5 +1,5 @@
-# Copyright: mcache contributors
-# GNU General Public License v2.0 (see pyproject.toml)
+# Copyright: (c) 2026, mcache contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 """Shared by the mcache modules: the host's agent, reached over its control socket.
 
@@ -18,6 +18,15 @@ import tempfile
 import time
 
 DEFAULT_SOCKET = "/run/mcache/agent.sock"
+
+# The argument specs of the options every module shares (doc fragment mcache.fleet.agent).
+SOCKET_ARGS = dict(socket=dict(type="path", default=DEFAULT_SOCKET))
+STATE_DIR_ARGS = dict(state_dir=dict(type="path", default="/var/lib/mcache"))
+PROBE_ARGS = dict(
+    probe_retries=dict(type="int", default=5),
+    probe_delay=dict(type="float", default=1.0),
+    probe_deadline=dict(type="float", default=30.0),
+)
 
 
 class AgentUnreachable(Exception):

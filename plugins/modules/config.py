@@ -1,6 +1,6 @@
 #!/usr/bin/python
-# Copyright: mcache contributors
-# GNU General Public License v2.0 (see pyproject.toml)
+# Copyright: (c) 2026, mcache contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 """Roll a config out on one host: apply, probe, roll back on a failed probe, keep."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: mcache_config
+module: config
 short_description: Apply an mcache config through the host's agent, gated by its health probe
 description:
   - One call does what a config change needs on a host, over the agent's control socket (no
@@ -24,7 +24,7 @@ description:
   - In check mode the agent plans the change (C(apply --check)) and nothing changes; the diff
     is the running config's text against the new one.
 version_added: "0.1.0"
-author: mcache fleet
+author: mcache contributors (@mcache)
 options:
   content:
     description: The config text (YAML). Mutually exclusive with O(src).
@@ -32,14 +32,6 @@ options:
   src:
     description: Path of a config file on the host. Mutually exclusive with O(content).
     type: path
-  state_dir:
-    description: The agent's state dir (versions store), read for the diff's C(before) text.
-    type: path
-    default: /var/lib/mcache
-  socket:
-    description: The agent's control socket.
-    type: path
-    default: /run/mcache/agent.sock
   release:
     description: The release the host must run before a config is applied (see above).
     type: str
@@ -48,8 +40,8 @@ options:
     type: path
     default: /etc/mcache/release
   record_release:
-    description: The host was just prepared for O(release) (the C(mcache_host) role ran without
-      a failure): record it in O(release_path) instead of comparing.
+    description: The host was just prepared for O(release) (the C(mcache.fleet.mcache_host) role
+      ran without a failure), so record it in O(release_path) instead of comparing.
     type: bool
     default: false
   probe:
@@ -57,18 +49,6 @@ options:
       kernel), also when nothing changed.
     type: bool
     default: true
-  probe_retries:
-    description: Probes at most, until one passes.
-    type: int
-    default: 5
-  probe_delay:
-    description: Seconds between probes.
-    type: float
-    default: 1
-  probe_deadline:
-    description: Seconds all probes may take together.
-    type: float
-    default: 30
   rollback_on_failure:
     description: When the probe fails after a change, roll the host back to the version that
       ran before (and then fail).
@@ -77,18 +57,22 @@ options:
   persist_path:
     description: Keep the config that passed here (mode 0600), for the agent's next start.
     type: path
-notes:
-  - Talks to the agent's control socket as root; the agent must be running (C(mcache_host)).
+extends_documentation_fragment:
+  - mcache.fleet.agent
+  - mcache.fleet.agent.state_dir
+  - mcache.fleet.agent.probe
 attributes:
   check_mode:
+    description: Can run in check mode and return the changed status without changing anything.
     support: full
   diff_mode:
+    description: Returns details on what changed (or would change in check mode) with --diff.
     support: full
 """
 
 EXAMPLES = r"""
 - name: Roll the fleet config out on a prepared host, roll back on a failed probe
-  mcache_config:
+  mcache.fleet.config:
     content: "{{ lookup('ansible.builtin.template', mcache_config_file) }}"
     release: "{{ mcache_config_release }}"
     rollback_on_failure: true
@@ -96,7 +80,7 @@ EXAMPLES = r"""
   register: applied
 
 - name: Apply a file already on the host, no probe
-  mcache_config:
+  mcache.fleet.config:
     src: /etc/mcache/mcache.yml
     probe: false
 """
@@ -148,7 +132,10 @@ faults:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.mcache_agent_client import (
+from ansible_collections.mcache.fleet.plugins.module_utils.agent_client import (
+    PROBE_ARGS,
+    SOCKET_ARGS,
+    STATE_DIR_ARGS,
     AgentRefused,
     AgentUnreachable,
     probe_until_ok,
@@ -164,17 +151,13 @@ def main():
         argument_spec=dict(
             content=dict(type="str"),
             src=dict(type="path"),
-            state_dir=dict(type="path", default="/var/lib/mcache"),
-            socket=dict(type="path", default="/run/mcache/agent.sock"),
             release=dict(type="str"),
             release_path=dict(type="path", default="/etc/mcache/release"),
             record_release=dict(type="bool", default=False),
             probe=dict(type="bool", default=True),
-            probe_retries=dict(type="int", default=5),
-            probe_delay=dict(type="float", default=1.0),
-            probe_deadline=dict(type="float", default=30.0),
             rollback_on_failure=dict(type="bool", default=False),
             persist_path=dict(type="path"),
+            **SOCKET_ARGS, **STATE_DIR_ARGS, **PROBE_ARGS,
         ),
         mutually_exclusive=[("content", "src")],
         required_one_of=[("content", "src")],
