@@ -97,6 +97,7 @@ class Config:
     metrics_listen: str = ""
     probe_key: str = "mcache:probe"
     probe_timeout_ms: int = 2000
+    probe_interval_s: int = 0
     # Comments and layout do not make two configs different; equality is about content.
     text: str = field(default="", compare=False, repr=False)
 
@@ -355,6 +356,7 @@ def _build(doc: dict[str, Any], text: str) -> Config:
         metrics_listen=doc.get("metrics", {}).get("listen", ""),
         probe_key=probe.get("key", "mcache:probe"),
         probe_timeout_ms=probe.get("timeout_ms", 2000),
+        probe_interval_s=probe.get("interval_s", 0),
         text=text,
     )
 

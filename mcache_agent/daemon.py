@@ -125,6 +125,7 @@ class Agent:
         self.config_file: dict[str, Any] | None = None
         self.in_progress: dict[str, Any] | None = None
         self.starting = True
+        self.started_at = time.time()
         self.lock = threading.RLock()
         self.stop_event = threading.Event()
         self.torn_down = False
@@ -380,7 +381,19 @@ class Agent:
             config_file=self.config_file, in_progress=self.in_progress,
         )
         doc["starting"] = self.starting
+        doc["started_at_unix"] = self.started_at
         return doc
+
+    def probe_forever(self) -> None:
+        """The health probe every probe.interval_s seconds of the running config (none when
+        0), so that status and metrics say whether the kernel serves, between fleet runs."""
+        while not self.stop_event.is_set():
+            interval = self.running.probe_interval_s if self.running else 0
+            if not self.stop_event.wait(interval or 5.0) and interval and self.running:
+                try:
+                    self.probe()
+                except Exception:  # the next round tries again; status shows the last one
+                    log.exception("periodic probe failed")
 
     # ------------------------------------------------------------------ memcached watch
 
@@ -539,6 +552,7 @@ def run(config: Path, state_dir: Path, socket_path: Path, bpffs: Path,
         metrics.reconfigure(agent.running, None)
         threading.Thread(target=agent.watch_forever, name="memcached-watch",
                          daemon=True).start()
+        threading.Thread(target=agent.probe_forever, name="probe", daemon=True).start()
         log.info("serving %s (version %s)", socket_path,
                  agent.running.version if agent.running else "none")
 

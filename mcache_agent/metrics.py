@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,12 +39,21 @@ class AgentCollector(Collector):
         yield _gauge("mcache_cache_entries", "Cache slots.", cache.get("entries"))
         yield _gauge("mcache_cache_used_entries", "Cache slots holding a live entry.",
                      cache.get("used"))
-        yield _gauge("mcache_cache_memory_bytes", "Estimated cache memory.",
+        yield _gauge("mcache_cache_memory_bytes",
+                     "Kernel memory of every map of the data plane (the kernel's account).",
                      cache.get("memory_bytes"))
         yield _gauge("mcache_config_version", "Config version running.", st.get("version"))
-        yield _gauge("mcache_agent_running", "1 when the agent daemon answers.",
-                     1 if st.get("running") else 0)
+        cfile = st.get("config_file") or {}
+        yield _gauge("mcache_config_file_refused",
+                     "1 when the agent refused (or failed) the config file it started with.",
+                     1 if cfile.get("result") in ("refused", "failed") else 0)
+        yield _gauge("mcache_agent_start_time_seconds", "Unix time the agent process started.",
+                     st.get("started_at_unix"))
         last = st.get("last_apply") or {}
+        yield _gauge("mcache_last_apply_success", "1 when the last apply succeeded, 0 when not.",
+                     None if not last.get("result") else (1 if last["result"] == "ok" else 0))
+        yield _gauge("mcache_last_apply_timestamp_seconds", "Unix time the last apply began.",
+                     _unix(last.get("applied_at")))
         yield _gauge("mcache_last_apply_duration_seconds", "Duration of the last apply.",
                      _ms(last.get("duration_ms")))
         yield _gauge("mcache_last_apply_swap_seconds", "Switch-over time of the last apply.",
@@ -54,10 +64,21 @@ class AgentCollector(Collector):
             strategy.add_metric([str(last.get("strategy")), str(last.get("result"))], 1.0)
         yield strategy
         probe = st.get("probe") or {}
-        yield _gauge("mcache_probe_ok", "1 when the last health probe passed.",
+        yield _gauge("mcache_probe_success", "1 when the last health probe passed, 0 when not.",
                      None if "ok" not in probe else (1 if probe.get("ok") else 0))
         yield _gauge("mcache_probe_timestamp_seconds", "Unix time of the last health probe.",
                      probe.get("at_unix"))
+
+
+def _unix(stamp: Any) -> float | None:
+    """An agent time stamp (2026-12-02T10:00:00Z) as Unix time."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=dt.UTC).timestamp()
+    except ValueError:
+        return None
 
 
 def _ms(v: Any) -> float | None:

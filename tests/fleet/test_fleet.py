@@ -19,6 +19,8 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 AGENT = "/opt/mcache/venv/bin/mcache-agent"
 FAST_PROBE = ["-e", "mcache_config_probe_retries=2", "-e", "mcache_config_probe_delay=0.5"]
 TIMES: dict[str, float] = {}
+# a task of the host preparation in ansible-playbook's output (the role by its full name)
+PREPARED = re.compile(r"^TASK \[(mcache\.fleet\.)?mcache_host : ", re.M)
 
 
 def cfg(name: str) -> list[str]:
@@ -50,7 +52,7 @@ def ran_on(out: str, task: str) -> set[str]:
     """The hosts a task ran on (not skipped), from ansible-playbook's output."""
     hosts: set[str] = set()
     for block in re.split(r"^TASK \[", out, flags=re.M)[1:]:
-        if block.startswith(task + "]"):
+        if block.split("]", 1)[0].endswith(task):
             hosts |= set(re.findall(r"^(?:ok|changed|failed|fatal): \[([^\]]+)\]", block, re.M))
     return hosts
 
@@ -134,9 +136,28 @@ def test_canary_good_config_reaches_every_host(lab):
     for h in lab.hosts:
         assert current(h) == 4
     # a config change is one module call a host: no host preparation ran
-    assert "TASK [mcache_host" not in out, out[-4000:]
+    assert not PREPARED.search(out), out[-4000:]
     for h in lab.hosts:
         assert recap(out)[h.name]["changed"] == 1
+
+
+def test_the_installed_collection_runs_against_the_lab(lab, tmp_path):
+    """The tarball, installed into an empty collections path elsewhere, runs its playbooks by
+    their full names; its release is the repository's, so no host is prepared again."""
+    from tests.collection.test_collection import build_collection, install_collection
+
+    colls = install_collection(build_collection(tmp_path / "build"), tmp_path / "collections")
+    env = {**lab.env, "ANSIBLE_COLLECTIONS_PATH": str(colls),
+           "ANSIBLE_CONFIG": str(tmp_path / "none.cfg")}
+    for playbook in ("mcache.fleet.canary", "mcache.fleet.status"):
+        r = subprocess.run([str(lab.repo / ".venv" / "bin" / "ansible-playbook"), "-i",
+                            str(lab.inventory), playbook, *cfg("v4-ttl.yml")], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=600,
+                           stdin=subprocess.DEVNULL, check=False)
+        out = ok(r)
+        assert not PREPARED.search(out), out[-4000:]
+    for h in lab.hosts:
+        assert current(h) == 4
 
 
 def test_a_host_off_the_release_is_prepared_alone(lab):
@@ -198,9 +219,7 @@ def test_status_says_why_a_host_is_not_right(lab, tmp_path):
     """An agent that does not answer, and a host whose probe failed, named in the table."""
     out_file = tmp_path / "status.json"
     down, bad = lab.host(3), lab.host(1)
-    down.exec(["start-stop-daemon", "--stop", "--quiet", "--pidfile", "/run/mcache/agent.pid",
-               "--name", "mcache-agent", "--retry", "TERM/10/KILL/5", "--remove-pidfile"],
-              check=True)
+    down.exec(STOP_AGENT, check=True)
     bad.exec(["tee", "/tmp/v5-off.yml"], check=True, input=_with(
         bad, "v4-ttl.yml", "version: 4", "version: 5").replace("enabled: true", "enabled: false"))
     assert bad.exec([AGENT, "apply", "/tmp/v5-off.yml"]).returncode == 0
@@ -225,6 +244,90 @@ def _with(host, name: str, old: str, new: str) -> str:
     text = (CONFIGS / name).read_text().replace(old, new)
     return text.replace("{{ mcache_memcached_address }}", host.address).replace(
         "{{ mcache_interface | default('eth0') }}", "eth0")
+
+
+def test_a_real_prometheus_fires_and_clears_the_agent_down_alert(lab, tmp_path):
+    """The shipped rules, loaded by Debian's prometheus scraping the lab's agents (metrics
+    on each host's address): stopping one agent fires McacheAgentDown (for: 1m) for that host
+    only, and it clears once the agent is back."""
+    ok(run(lab, "canary.yml", *cfg("v6-metrics.yml")))
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(json.dumps({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(lab.repo / "prometheus" / "mcache.rules.yml")],
+        "scrape_configs": [{"job_name": "mcache", "static_configs": [
+            {"targets": [f"{h.address}:9477" for h in lab.hosts]}]}],
+    }))
+    prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = f"http://127.0.0.1:{port}/api/v1"
+    down = lab.host(2)
+    try:
+        until(lambda: len([t for t in get(f"{api}/targets")["activeTargets"]
+                           if t["health"] == "up"]) == len(lab.hosts), 60, "all targets up")
+        until(lambda: get(f"{api}/query?query=mcache_probe_success")["result"], 90,
+              "a periodic probe's result")
+        down.exec(STOP_AGENT, check=True)
+        t0 = time.monotonic()
+        alerts = until(lambda: firing(api), 180, "McacheAgentDown firing")
+        fired = time.monotonic() - t0
+        assert [a["labels"]["instance"] for a in alerts] == [f"{down.address}:9477"]
+        assert alerts[0]["labels"]["severity"] == "warning"
+        down.exec(START_AGENT, check=True)  # what the role's start-stop-daemon branch runs
+        t1 = time.monotonic()
+        until(lambda: not firing(api), 120, "McacheAgentDown cleared")
+        cleared = time.monotonic() - t1
+        TIMES["prometheus: agent-down alert fired after"] = fired
+        TIMES["prometheus: cleared after the agent was started"] = cleared
+        assert 55 < fired < 120, fired
+    finally:
+        prom.terminate()
+        prom.wait(30)
+        down.exec(START_AGENT)
+
+
+STOP_AGENT = ["start-stop-daemon", "--stop", "--quiet", "--pidfile", "/run/mcache/agent.pid",
+              "--name", "mcache-agent", "--retry", "TERM/10/KILL/5", "--remove-pidfile"]
+START_AGENT = ["start-stop-daemon", "--start", "--quiet", "--background", "--make-pidfile",
+               "--pidfile", "/run/mcache/agent.pid", "--name", "mcache-agent", "--output",
+               "/var/log/mcache/agent.log", "--startas", "/opt/mcache/venv/bin/mcache-agent",
+               "--", "run", "--config", "/etc/mcache/mcache.yml", "--state-dir",
+               "/var/lib/mcache", "--socket", "/run/mcache/agent.sock"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())["data"]
+
+
+def firing(api: str) -> list[dict]:
+    return [a for a in get(f"{api}/alerts")["alerts"]
+            if a["labels"]["alertname"] == "McacheAgentDown" and a["state"] == "firing"]
+
+
+def until(fn, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got = fn()
+        except OSError:
+            got = None
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"no {what} within {timeout} s")
 
 
 @pytest.fixture(scope="module", autouse=True)

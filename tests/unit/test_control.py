@@ -598,6 +598,31 @@ def test_metrics_render_from_status(agent: Running) -> None:
     assert "mcache_config_version 1.0" in text
     assert 'mcache_last_apply_info{result="ok",strategy="program_swap"} 1.0' in text
     assert "mcache_cache_memory_bytes 3e+06" in text
+    assert "mcache_last_apply_success 1.0" in text
+    assert "mcache_config_file_refused 0.0" in text
+    assert "mcache_last_apply_timestamp_seconds 1." in text
+    assert "mcache_agent_start_time_seconds 1." in text
+    agent.call({"op": "probe"})
+    text = generate_latest(make_registry(agent.agent.status)).decode()
+    assert "mcache_probe_success 1.0" in text
+
+
+def test_the_agent_probes_by_itself(tmp_path: Path) -> None:
+    calls: list[int] = []
+    a = Agent(FakeDataplane(), VersionStore(tmp_path),
+              probe_fn=lambda cfg, dp: calls.append(cfg.version) or {"ok": True, "detail": "x"})
+    a.start(load_config(cfg_text(1) + "probe: {interval_s: 1}\n"))
+    t = threading.Thread(target=a.probe_forever, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert calls[:2] == [1, 1]
+        assert a.status()["probe"]["ok"] is True
+    finally:
+        a.stop_event.set()
+        t.join(10)
 
 
 @pytest.fixture
