@@ -7,6 +7,7 @@ VENV    := $(CURDIR)/.venv
 BIN     := $(VENV)/bin
 PY      := $(BIN)/python
 HOSTS   ?= 3
+INIT    ?= plain
 LAB     := $(CURDIR)/lab/lab.sh
 INV     := inventory/lab
 
@@ -20,7 +21,7 @@ help:
 	@echo "make setup            install system packages and the venv (idempotent)"
 	@echo "make test             setup, lint, then pytest -q tests"
 	@echo "make lint             ruff check . and ansible-lint"
-	@echo "make lab-up HOSTS=N   bring up the lab fleet (1..30 hosts, default 3)"
+	@echo "make lab-up HOSTS=N [INIT=systemd]  bring up the lab fleet (1..30 hosts, default 3)"
 	@echo "make lab-down         tear the lab fleet down"
 	@echo "make demo             a fresh lab fleet, canary deploy, fleet status"
 	@echo "make bench            benchmarks (bench/run.py); bench-quick: a short run"
@@ -44,7 +45,7 @@ test: setup lint
 	exit $$rc
 
 lab-up: setup
-	@$(LAB) up $(HOSTS)
+	@INIT=$(INIT) $(LAB) up $(HOSTS)
 
 lab-down:
 	@$(LAB) down
@@ -53,7 +54,7 @@ lab-down:
 # release) would make the demo about that instead.
 demo: setup
 	@$(LAB) down
-	@$(LAB) up $(HOSTS)
+	@INIT=$(INIT) $(LAB) up $(HOSTS)
 	$(BIN)/ansible-playbook -i $(INV) playbooks/canary.yml
 	$(BIN)/ansible-playbook -i $(INV) playbooks/status.yml
 	@echo "--- mc-lab-1: a key set over TCP, read twice over UDP; the 2nd read served by the kernel:"

@@ -3,12 +3,14 @@
 # namespace and its own mount and UTS namespaces (started by lab/lab.sh through
 # `ip netns exec mc-lab-N unshare --uts --pid --mount --fork --mount-proc`).
 # Sets the hostname, mounts the host's private file systems, starts sshd, then execs
-# mclab-init, which holds the namespaces until lab-down.
+# mclab-init, which holds the namespaces until lab-down; with INIT systemd, execs systemd as the
+# host's init instead (lab/host-systemd.sh, also in the host's own cgroup namespace).
 #
-#   host-boot.sh INDEX LAB_DIR
+#   host-boot.sh INDEX LAB_DIR [plain|systemd]
 set -euo pipefail
 i="$1"
 LAB_DIR="$2"
+INIT="${3:-plain}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 HD="$LAB_DIR/host$i"
 NAME="mc-lab-$i"
@@ -28,12 +30,6 @@ done
 # overlay records whiteouts in the host's upper layer; the machine's files stay as they are.
 rm -rf /var/lib/mcache /etc/mcache /opt/mcache /var/log/mcache \
     /etc/systemd/system/mcache-agent.service /etc/systemd/system/mcache-memcached.service
-mkdir -p "$HD/run"
-mount --bind "$HD/run" /run
-mkdir -p /run/sshd /run/lock
-chmod 0755 /run/sshd
-mount -t bpf bpf /sys/fs/bpf
-mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
 
 # Identity files live in the host's own /etc (the overlay's upper dir, never the machine's).
 echo "$NAME" >/etc/hostname
@@ -43,6 +39,18 @@ echo "$NAME" >/etc/hostname
     for j in $(seq 1 30); do echo "198.18.0.$((10 + j)) mc-lab-$j"; done
     echo "198.18.0.1 mclab-controller"
 } >/etc/hosts
+
+if [ "$INIT" = systemd ]; then
+    # shellcheck source=lab/host-systemd.sh
+    . "$HERE/host-systemd.sh"  # execs systemd
+fi
+
+mkdir -p "$HD/run"
+mount --bind "$HD/run" /run
+mkdir -p /run/sshd /run/lock
+chmod 0755 /run/sshd
+mount -t bpf bpf /sys/fs/bpf
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
 
 ip link set lo up
 

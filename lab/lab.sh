@@ -3,15 +3,18 @@
 # Ansible. See lab/README.md.
 #
 #   lab/lab.sh up [N]            bring up hosts 1..N (default $HOSTS or 3, max 30); idempotent:
-#                                hosts already up are left alone, hosts above N are removed
+#                                hosts already up (with the same init) are left alone, hosts
+#                                above N are removed
 #   lab/lab.sh down              tear everything down (idempotent)
-#   lab/lab.sh status            one line per host: index name address init-pid state
+#   lab/lab.sh status            one line per host: index name address init-pid state init
 #   lab/lab.sh pid N             the host's init pid (in the machine's PID namespace)
 #   lab/lab.sh exec N -- CMD...  run CMD inside host N (nsenter -n -m -u -p)
 #   lab/lab.sh ssh N [CMD...]    ssh root@host N with the lab key
 #   lab/lab.sh inventory         (re)write inventory/lab/hosts.yml for the hosts that are up
 #
-# Environment: MCLAB_DIR (state, default /srv/mcache-lab), HOSTS (default count for `up`).
+# Environment: MCLAB_DIR (state, default /srv/mcache-lab), HOSTS (default count for `up`),
+# INIT (plain: a tiny init of our own, the default; systemd: systemd is each host's init, in
+# the host's own cgroup namespace, see lab/host-systemd.sh).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,6 +28,7 @@ INVENTORY="$REPO/inventory/lab/hosts.yml"
 KEY="$LAB_DIR/ssh/id_ed25519"
 # Must match ansible.cfg's control_path_dir (ssh ControlPersist masters, closed by `down`).
 CP_DIR=/tmp/mcache-cp
+INIT="${INIT:-plain}"
 
 log() { printf '[lab] %s\n' "$*" >&2; }
 die() { printf '[lab] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -39,13 +43,17 @@ check_index() {
         die "host index must be 1..$MAX_HOSTS, got '$1'"
 }
 
-# The init pid of host i if it is alive and really ours (comm mclab-init, PID 1 in its
-# own PID namespace, in the host's netns); empty otherwise.
+# The init a host was started with (plain or systemd).
+init_of() { cat "$(hostdir "$1")/init" 2>/dev/null || echo plain; }
+
+# The init pid of host i if it is alive and really ours (comm mclab-init, or systemd for a
+# systemd host, PID 1 in its own PID namespace, in the host's netns); empty otherwise.
 is_our_init() {
-    local pid="$1" i="$2" comm nspid
+    local pid="$1" i="$2" comm nspid want=mclab-init
     [ -n "$pid" ] && [ -d "/proc/$pid" ] || return 1
     comm="$(cat "/proc/$pid/comm" 2>/dev/null)" || return 1
-    [ "$comm" = mclab-init ] || return 1
+    [ "$(init_of "$i")" = systemd ] && want=systemd
+    [ "$comm" = "$want" ] || return 1
     nspid="$(awk '/^NSpid:/ {print $NF}' "/proc/$pid/status" 2>/dev/null)" || return 1
     [ "$nspid" = 1 ] || return 1
     same_netns "$pid" "$(name_of "$i")"
@@ -117,6 +125,28 @@ close_ssh_masters() {
     done
 }
 
+# cgroup v2 only, or the hybrid layout (v1 name=systemd plus v2 at unified/)?
+cgroup_mode() {
+    if [ "$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)" = cgroup2fs ]; then echo unified
+    else echo hybrid; fi
+}
+
+# The cgroups a systemd host runs in (systemd sees each as its root, through the cgroupns).
+cgroup_dirs() {
+    if [ "$(cgroup_mode)" = unified ]; then
+        printf '%s\n' "/sys/fs/cgroup/mclab/host$1"
+    else
+        printf '%s\n' "/sys/fs/cgroup/systemd/mclab/host$1" "/sys/fs/cgroup/unified/mclab/host$1"
+    fi
+}
+
+remove_cgroups() {
+    local d
+    for d in $(cgroup_dirs "$1"); do
+        [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    done
+}
+
 # Remove every trace of host i (idempotent).
 host_down() {
     local i="$1" ns veth hd pid n
@@ -124,7 +154,15 @@ host_down() {
     veth="$(veth_of "$i")"
     hd="$(hostdir "$i")"
     pid="$(init_pid "$i")"
-    if [ -n "$pid" ]; then
+    if [ -n "$pid" ] && [ "$(init_of "$i")" = systemd ]; then
+        # systemd as a container's init powers off on SIGRTMIN+4: units stop, then it exits
+        kill -s SIGRTMIN+4 "$pid" 2>/dev/null || true
+        for n in $(seq 1 100); do
+            alive "$pid" || break
+            sleep 0.05
+        done
+    fi
+    if [ -n "$pid" ] && alive "$pid"; then
         kill -TERM "$pid" 2>/dev/null || true
         for n in $(seq 1 60); do
             alive "$pid" || break
@@ -146,6 +184,7 @@ host_down() {
     fi
     ip link del "$veth" >/dev/null 2>&1 || true
     ip netns del "$ns" >/dev/null 2>&1 || true
+    remove_cgroups "$i"
     if [ -d "$hd" ]; then
         case "$hd" in "$LAB_DIR"/host[0-9]*) rm -rf --one-file-system "$hd" ;; esac
     fi
@@ -188,6 +227,7 @@ host_start() {
     addr="$(addr_of "$i")"
     host_down "$i"
     mkdir -p "$hd"
+    echo "$INIT" >"$hd/init"
     write_sshd_config "$i"
 
     ip netns add "$ns"
@@ -197,10 +237,23 @@ host_start() {
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
 
-    setsid ip netns exec "$ns" \
-        unshare --uts --pid --mount --fork --mount-proc --propagation private \
-        /bin/bash "$HERE/host-boot.sh" "$i" "$LAB_DIR" \
-        </dev/null >"$hd/boot.log" 2>&1 &
+    if [ "$INIT" = systemd ]; then
+        # systemd manages the cgroup it starts in: a cgroup of the host's own, entered before
+        # the namespaces are made, and a cgroup namespace that makes it the host's root.
+        local d procs=()
+        for d in $(cgroup_dirs "$i"); do mkdir -p "$d"; procs+=("$d/cgroup.procs"); done
+        setsid sh -c 'while [ "$1" != -- ]; do echo $$ >"$1"; shift; done; shift; exec "$@"' \
+            sh "${procs[@]}" -- ip netns exec "$ns" \
+            unshare --cgroup --uts --pid --mount --fork --mount-proc --propagation private \
+            env MCLAB_CGROUP_MODE="$(cgroup_mode)" \
+            /bin/bash "$HERE/host-boot.sh" "$i" "$LAB_DIR" systemd \
+            </dev/null >"$hd/boot.log" 2>&1 &
+    else
+        setsid ip netns exec "$ns" \
+            unshare --uts --pid --mount --fork --mount-proc --propagation private \
+            /bin/bash "$HERE/host-boot.sh" "$i" "$LAB_DIR" \
+            </dev/null >"$hd/boot.log" 2>&1 &
+    fi
     echo $! >"$hd/unshare.pid"
 }
 
@@ -262,6 +315,7 @@ write_inventory() {
             echo "          mcache_lab_index: $i"
             echo "          mcache_memcached_address: $(addr_of "$i")"
             echo "          mcache_interface: eth0"
+            echo "          mcache_lab_init: $(init_of "$i")"
         done
         echo "      vars:"
         echo "        ansible_user: root"
@@ -279,6 +333,7 @@ cmd_up() {
     [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le "$MAX_HOSTS" ] ||
         die "HOSTS must be 1..$MAX_HOSTS, got '$n'"
     [ "$(id -u)" -eq 0 ] || die "must run as root"
+    case "$INIT" in plain | systemd) ;; *) die "INIT must be plain or systemd, got '$INIT'" ;; esac
     mkdir -p "$LAB_DIR"
     ensure_key
     ensure_bridge
@@ -291,7 +346,7 @@ cmd_up() {
         fi
     done
     for i in $(seq 1 "$n"); do
-        if host_up "$i"; then continue; fi
+        if host_up "$i" && [ "$(init_of "$i")" = "$INIT" ]; then continue; fi
         started+=("$i")
         host_start "$i"
     done
@@ -333,7 +388,8 @@ cmd_status() {
         elif [ -e "/run/netns/$(name_of "$i")" ] || [ -d "$(hostdir "$i")" ]; then state=stale
         else continue
         fi
-        printf '%s %s %s %s %s\n' "$i" "$(name_of "$i")" "$(addr_of "$i")" "${pid:--}" "$state"
+        printf '%s %s %s %s %s %s\n' "$i" "$(name_of "$i")" "$(addr_of "$i")" "${pid:--}" \
+            "$state" "$(init_of "$i")"
     done
 }
 

@@ -1,7 +1,10 @@
 """Fleet test fixtures: the lab fleet (lab/lab.sh, see lab/README.md).
 
 `lab` (session scope) brings up the lab hosts, yields a `Lab`, and tears the lab down at the
-end of the session. It never skips: if the lab cannot come up, every test that uses it errors.
+end of the session; once with hosts whose init is our own tiny one (plain) and once with
+systemd as their init, so that the fleet tests run on both (a test that is about systemd asks
+for `lab` with `indirect` parametrization). It never skips: if the lab cannot come up, every
+test that uses it errors.
 Set MCACHE_LAB_KEEP=1 to leave the lab up after the session (for debugging).
 """
 
@@ -15,9 +18,10 @@ import pytest
 from tests.fleet.labctl import LAB_HOSTS, Lab, lab_hosts, lab_sh
 
 
-@pytest.fixture(scope="session")
-def lab() -> Iterator[Lab]:
-    up = lab_sh("up", str(LAB_HOSTS))
+@pytest.fixture(scope="session", params=["plain", "systemd"])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    init = request.param
+    up = lab_sh("up", str(LAB_HOSTS), init=init)
     if up.returncode != 0:
         down = lab_sh("down")
         pytest.fail(
@@ -27,9 +31,9 @@ def lab() -> Iterator[Lab]:
         )
     try:
         hosts = lab_hosts()
-        if len(hosts) != LAB_HOSTS:
-            raise RuntimeError(f"expected {LAB_HOSTS} lab hosts up, found {hosts}")
-        yield Lab(hosts=hosts)
+        if len(hosts) != LAB_HOSTS or {h.init for h in hosts} != {init}:
+            raise RuntimeError(f"expected {LAB_HOSTS} {init} lab hosts up, found {hosts}")
+        yield Lab(hosts=hosts, init=init)
     finally:
         if os.environ.get("MCACHE_LAB_KEEP") != "1":
             down = lab_sh("down")

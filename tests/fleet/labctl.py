@@ -3,8 +3,11 @@ ansible-playbook and ansible run from the repository root against inventory/lab.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +28,12 @@ def lab_env() -> dict[str, str]:
     return env
 
 
-def lab_sh(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def lab_sh(*args: str, timeout: float = 120,
+           init: str = "plain") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(LAB_SH), *args],
         cwd=REPO,
-        env=lab_env(),
+        env={**lab_env(), "INIT": init},
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -40,12 +44,14 @@ def lab_sh(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
 
 @dataclass(frozen=True)
 class LabHost:
-    """One lab host: `mc-lab-<index>` at `address`, held by init process `pid`."""
+    """One lab host: `mc-lab-<index>` at `address`, held by init process `pid` (`init`: our
+    own tiny init, plain, or systemd)."""
 
     index: int
     name: str
     address: str
     pid: int
+    init: str = "plain"
     interface: str = "eth0"
 
     def exec(
@@ -89,6 +95,7 @@ class LabHost:
 @dataclass
 class Lab:
     hosts: list[LabHost]
+    init: str = "plain"
     repo: Path = REPO
     inventory: Path = INVENTORY
     env: dict[str, str] = field(default_factory=lab_env)
@@ -139,7 +146,66 @@ def lab_hosts() -> list[LabHost]:
         raise RuntimeError(f"lab.sh status failed: {res.stderr}")
     hosts = []
     for line in res.stdout.splitlines():
-        index, name, address, pid, state = line.split()
+        index, name, address, pid, state, init = line.split()
         if state == "up":
-            hosts.append(LabHost(index=int(index), name=name, address=address, pid=int(pid)))
+            hosts.append(LabHost(index=int(index), name=name, address=address, pid=int(pid),
+                                 init=init))
     return hosts
+
+
+# --------------------------------------------------------------------------- playbook runs
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+AGENT = "/opt/mcache/venv/bin/mcache-agent"
+TIMES: dict[str, float] = {}
+# a task of the host preparation in ansible-playbook's output (the role by its full name)
+PREPARED = re.compile(r"^TASK \[(mcache\.fleet\.)?mcache_host : ", re.M)
+
+
+def cfg(name: str) -> list[str]:
+    return ["-e", f"mcache_config_file={CONFIGS / name}"]
+
+
+def recap(out: str) -> dict[str, dict[str, int]]:
+    rows = {}
+    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", out, re.M):
+        rows[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return rows
+
+
+def run(lab, playbook: str, *args: str) -> subprocess.CompletedProcess[str]:
+    t0 = time.monotonic()
+    res = lab.ansible_playbook(f"playbooks/{playbook}", *args)
+    TIMES[f"{playbook} {' '.join(a for a in args if not a.startswith('-'))}"] = (
+        time.monotonic() - t0
+    )
+    return res
+
+
+def ok(res: subprocess.CompletedProcess[str]) -> str:
+    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-6000:]}\n{res.stderr[-3000:]}"
+    return res.stdout
+
+
+def ran_on(out: str, task: str) -> set[str]:
+    """The hosts a task ran on (not skipped), from ansible-playbook's output."""
+    hosts: set[str] = set()
+    for block in re.split(r"^TASK \[", out, flags=re.M)[1:]:
+        if block.split("]", 1)[0].endswith(task):
+            hosts |= set(re.findall(r"^(?:ok|changed|failed|fatal): \[([^\]]+)\]", block, re.M))
+    return hosts
+
+
+def versions(host) -> dict:
+    res = host.exec([AGENT, "versions", "--json"])
+    if res.returncode != 0:
+        return {"current": None, "previous": None, "versions": []}
+    return json.loads(res.stdout)["result"]
+
+
+def current(host) -> int | None:
+    return versions(host)["current"]
+
+
+def stored(host) -> list[int]:
+    return [v["version"] for v in versions(host)["versions"]]

@@ -11,65 +11,24 @@ import json
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
-AGENT = "/opt/mcache/venv/bin/mcache-agent"
+from tests.fleet.labctl import (
+    AGENT,
+    CONFIGS,
+    PREPARED,
+    TIMES,
+    cfg,
+    current,
+    ok,
+    ran_on,
+    recap,
+    run,
+    stored,
+)
+
 FAST_PROBE = ["-e", "mcache_config_probe_retries=2", "-e", "mcache_config_probe_delay=0.5"]
-TIMES: dict[str, float] = {}
-# a task of the host preparation in ansible-playbook's output (the role by its full name)
-PREPARED = re.compile(r"^TASK \[(mcache\.fleet\.)?mcache_host : ", re.M)
-
-
-def cfg(name: str) -> list[str]:
-    return ["-e", f"mcache_config_file={CONFIGS / name}"]
-
-
-def recap(out: str) -> dict[str, dict[str, int]]:
-    rows = {}
-    for m in re.finditer(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$", out, re.M):
-        rows[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
-    return rows
-
-
-def run(lab, playbook: str, *args: str) -> subprocess.CompletedProcess[str]:
-    t0 = time.monotonic()
-    res = lab.ansible_playbook(f"playbooks/{playbook}", *args)
-    TIMES[f"{playbook} {' '.join(a for a in args if not a.startswith('-'))}"] = (
-        time.monotonic() - t0
-    )
-    return res
-
-
-def ok(res: subprocess.CompletedProcess[str]) -> str:
-    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-6000:]}\n{res.stderr[-3000:]}"
-    return res.stdout
-
-
-def ran_on(out: str, task: str) -> set[str]:
-    """The hosts a task ran on (not skipped), from ansible-playbook's output."""
-    hosts: set[str] = set()
-    for block in re.split(r"^TASK \[", out, flags=re.M)[1:]:
-        if block.split("]", 1)[0].endswith(task):
-            hosts |= set(re.findall(r"^(?:ok|changed|failed|fatal): \[([^\]]+)\]", block, re.M))
-    return hosts
-
-
-def versions(host) -> dict:
-    res = host.exec([AGENT, "versions", "--json"])
-    if res.returncode != 0:
-        return {"current": None, "previous": None, "versions": []}
-    return json.loads(res.stdout)["result"]
-
-
-def current(host) -> int | None:
-    return versions(host)["current"]
-
-
-def stored(host) -> list[int]:
-    return [v["version"] for v in versions(host)["versions"]]
 
 
 def test_invalid_config_refused_on_controller(lab):
@@ -94,9 +53,16 @@ def test_deploy(lab):
         st = json.loads(h.exec([AGENT, "status", "--json"], check=True).stdout)["result"]
         assert st["running"] is True and st["version"] == 1
         assert any(a["interface"] == "eth0" for a in st["attached"])
-        pid = h.exec(["cat", "/run/mcache-memcached/memcached.pid"], check=True).stdout.strip()
+        pid = h.exec(["pgrep", "-o", "-x", "memcached"], check=True).stdout.strip()
         args = h.exec(["cat", f"/proc/{pid}/cmdline"], check=True).stdout.split("\0")
         assert "-U" in args and h.address in args
+        if h.init == "systemd":  # the role's systemd branch: units installed, enabled, running
+            for unit in ("mcache-agent.service", "mcache-memcached.service"):
+                r = h.exec(["systemctl", "is-enabled", unit])
+                assert r.stdout.strip() == "enabled", (unit, r.stdout, r.stderr)
+                assert h.exec(["systemctl", "is-active", unit]).stdout.strip() == "active"
+            main = h.exec(["systemctl", "show", "-P", "MainPID", "mcache-memcached.service"])
+            assert main.stdout.strip() == pid
 
 
 def test_redeploy_is_idempotent(lab):
@@ -219,7 +185,7 @@ def test_status_says_why_a_host_is_not_right(lab, tmp_path):
     """An agent that does not answer, and a host whose probe failed, named in the table."""
     out_file = tmp_path / "status.json"
     down, bad = lab.host(3), lab.host(1)
-    down.exec(STOP_AGENT, check=True)
+    stop_agent(down)
     bad.exec(["tee", "/tmp/v5-off.yml"], check=True, input=_with(
         bad, "v4-ttl.yml", "version: 4", "version: 5").replace("enabled: true", "enabled: false"))
     assert bad.exec([AGENT, "apply", "/tmp/v5-off.yml"]).returncode == 0
@@ -269,32 +235,41 @@ def test_a_real_prometheus_fires_and_clears_the_agent_down_alert(lab, tmp_path):
                            if t["health"] == "up"]) == len(lab.hosts), 60, "all targets up")
         until(lambda: get(f"{api}/query?query=mcache_probe_success")["result"], 90,
               "a periodic probe's result")
-        down.exec(STOP_AGENT, check=True)
+        stop_agent(down)
         t0 = time.monotonic()
         alerts = until(lambda: firing(api), 180, "McacheAgentDown firing")
         fired = time.monotonic() - t0
         assert [a["labels"]["instance"] for a in alerts] == [f"{down.address}:9477"]
         assert alerts[0]["labels"]["severity"] == "warning"
-        down.exec(START_AGENT, check=True)  # what the role's start-stop-daemon branch runs
+        start_agent(down)  # as the role's service does
         t1 = time.monotonic()
         until(lambda: not firing(api), 120, "McacheAgentDown cleared")
         cleared = time.monotonic() - t1
-        TIMES["prometheus: agent-down alert fired after"] = fired
-        TIMES["prometheus: cleared after the agent was started"] = cleared
+        TIMES[f"prometheus ({lab.init}): agent-down alert fired after"] = fired
+        TIMES[f"prometheus ({lab.init}): cleared after the agent was started"] = cleared
         assert 55 < fired < 120, fired
     finally:
         prom.terminate()
         prom.wait(30)
-        down.exec(START_AGENT)
+        start_agent(down, check=False)
 
 
-STOP_AGENT = ["start-stop-daemon", "--stop", "--quiet", "--pidfile", "/run/mcache/agent.pid",
-              "--name", "mcache-agent", "--retry", "TERM/10/KILL/5", "--remove-pidfile"]
-START_AGENT = ["start-stop-daemon", "--start", "--quiet", "--background", "--make-pidfile",
-               "--pidfile", "/run/mcache/agent.pid", "--name", "mcache-agent", "--output",
-               "/var/log/mcache/agent.log", "--startas", "/opt/mcache/venv/bin/mcache-agent",
-               "--", "run", "--config", "/etc/mcache/mcache.yml", "--state-dir",
-               "/var/lib/mcache", "--socket", "/run/mcache/agent.sock"]
+def stop_agent(host, check: bool = True) -> None:
+    """Stop the host's agent as its service manager does (the data plane keeps serving)."""
+    argv = (["systemctl", "stop", "mcache-agent.service"] if host.init == "systemd" else
+            ["start-stop-daemon", "--stop", "--quiet", "--pidfile", "/run/mcache/agent.pid",
+             "--name", "mcache-agent", "--retry", "TERM/10/KILL/5", "--remove-pidfile"])
+    host.exec(argv, check=check)
+
+
+def start_agent(host, check: bool = True) -> None:
+    argv = (["systemctl", "start", "mcache-agent.service"] if host.init == "systemd" else
+            ["start-stop-daemon", "--start", "--quiet", "--background", "--make-pidfile",
+             "--pidfile", "/run/mcache/agent.pid", "--name", "mcache-agent", "--output",
+             "/var/log/mcache/agent.log", "--startas", "/opt/mcache/venv/bin/mcache-agent",
+             "--", "run", "--config", "/etc/mcache/mcache.yml", "--state-dir",
+             "/var/lib/mcache", "--socket", "/run/mcache/agent.sock"])
+    host.exec(argv, check=check)
 
 
 def free_port() -> int:
