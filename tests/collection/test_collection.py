@@ -40,9 +40,15 @@ def build_collection(out: Path) -> Path:
 
 
 def install_collection(tarball: Path, path: Path) -> Path:
-    r = run([str(BIN / "ansible-galaxy"), "collection", "install", "--offline", "-p", str(path),
-             str(tarball)], cwd=path.parent)
+    # Away from the repository's ansible.cfg (`make` exports ANSIBLE_CONFIG): its collections
+    # path links this checkout as mcache.fleet, and ansible-galaxy would call the tarball
+    # "already installed" and install nothing.
+    r = run([str(BIN / "ansible-galaxy"), "collection", "install", "--offline", "--force", "-p",
+             str(path), str(tarball)], cwd=path.parent,
+            env={"ANSIBLE_CONFIG": str(path.parent / "none.cfg"),
+                 "ANSIBLE_COLLECTIONS_PATH": str(path)})
     assert r.returncode == 0, r.stdout + r.stderr
+    assert (path / "ansible_collections" / "mcache" / "fleet" / "MANIFEST.json").is_file(), r.stdout
     return path
 
 
