@@ -8,6 +8,7 @@ BIN     := $(VENV)/bin
 PY      := $(BIN)/python
 HOSTS   ?= 3
 INIT    ?= plain
+BMC     ?=
 LAB     := $(CURDIR)/lab/lab.sh
 INV     := inventory/lab
 
@@ -25,6 +26,8 @@ help:
 	@echo "make lab-down         tear the lab fleet down"
 	@echo "make demo             a fresh lab fleet, canary deploy, fleet status"
 	@echo "make bench            benchmarks (bench/run.py); bench-quick: a short run"
+	@echo "make bench BMC=DIR    ... with round D, BMC the peer system, from DIR (built there"
+	@echo "                      by /work/shared/peers/bmc/build.sh when missing); bench-quick too"
 	@echo "make clean            remove the venv, caches and build output"
 
 setup:
@@ -61,12 +64,15 @@ demo: setup
 	@$(LAB) exec 1 -- /opt/mcache/venv/bin/mcache-agent probe --json
 	@$(LAB) exec 1 -- /opt/mcache/venv/bin/mcache-agent status
 
+# BMC=DIR: also round D, BMC the peer system (bench/run.py --peer-bmc DIR).
+BENCH_PEER := $(if $(BMC), --peer-bmc $(BMC))
+
 # The fleet part (bench/fleet.py) takes the lab fleet over: lab-down first and at the end.
 bench: setup
-	$(PY) bench/run.py --fleet
+	$(PY) bench/run.py --fleet$(BENCH_PEER)
 
 bench-quick: setup
-	$(PY) bench/run.py --quick
+	$(PY) bench/run.py --quick$(BENCH_PEER)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -24,6 +24,13 @@ def tables(r: dict) -> str:
                f"client/server split over CPUs: {r['split_cpus']}; load average at start "
                f"{' '.join(m['loadavg_start'])}, at end {' '.join(m['loadavg_end'])}; "
                f"wall {r['wall_s']:.0f} s.\n")
+    has_d = any("D" in s["summary"] for s in r["scenarios"].values())
+    if has_d:
+        out[-1] = out[-1][:-1] + (
+            " Mode D: BMC (NSDI'21, the peer system) from "
+            f"`{r.get('peer_bmc', {}).get('dir', '?')}`, XDP in generic mode plus its tc egress "
+            "program, started afresh (empty cache) for every D measurement; its hit ratio is "
+            "BMC's own hit_count / (hit_count + miss_count) per key.\n")
     out.append("| scenario | tool | mode | ops/s median (min-max) | mean µs median (min-max) | "
                "p50 µs | p99 µs | server CPU µs/op | memcached µs/op | hit ratio | lost | "
                "verify failed | failed runs |")
@@ -39,15 +46,17 @@ def tables(r: dict) -> str:
                 f"{_f(v['hit_ratio'], '{:.3f}')} | {v['lost']} | {v['verify_failed']} | "
                 f"{v.get('failed_runs', 0)} |")
     out.append("")
-    out.append("| scenario | B/A throughput | B/A mean latency | B/C throughput | "
-               "B/A server CPU per op |")
-    out.append("|---|---|---|---|---|")
+    cols = [("B/A throughput", "B/A_throughput"), ("B/A mean latency", "B/A_mean_latency"),
+            ("B/C throughput", "B/C_throughput"),
+            ("B/A server CPU per op", "B/A_server_cpu_per_op")]
+    if has_d:
+        cols[3:3] = [("B/D throughput", "B/D_throughput")]
+        cols.append(("B/D server CPU per op", "B/D_server_cpu_per_op"))
+    out.append("| scenario | " + " | ".join(c for c, _ in cols) + " |")
+    out.append("|---" * (len(cols) + 1) + "|")
     for name, s in r["scenarios"].items():
         q = s["ratios"]
-        out.append(f"| {name} | {_f(q.get('B/A_throughput'), '{:.2f}')} | "
-                   f"{_f(q.get('B/A_mean_latency'), '{:.2f}')} | "
-                   f"{_f(q.get('B/C_throughput'), '{:.2f}')} | "
-                   f"{_f(q.get('B/A_server_cpu_per_op'), '{:.2f}')} |")
+        out.append(f"| {name} | " + " | ".join(_f(q.get(k), "{:.2f}") for _, k in cols) + " |")
     hs = r.get("hot_swap", {})
     if hs:
         cl, ms, ps = hs["compile_load"], hs["map_swap"], hs["program_switch"]

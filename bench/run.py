@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""mcache benchmarks: stock memcached (A) vs mcache (B) vs the XDP reflector limit (C).
+"""mcache benchmarks: stock memcached (A) vs mcache (B) vs the XDP reflector limit (C),
+and optionally (--peer-bmc DIR) vs BMC, the NSDI'21 peer system (D).
 
     bench/run.py            full run (~10-15 min)
     bench/run.py --quick    short run (< 3 min)
     bench/run.py --smoke    smallest run (< 60 s; the test suite's smoke test)
+    bench/run.py --smoke --peer-bmc /var/cache/mcache-bench/bmc    ... with round D (BMC)
 
 Writes bench/results/<mode>-<timestamp>.json (and latest-<mode>.json), PNG plots next to it.
 See docs/BENCHMARKS.md for what is measured and how to read it.
@@ -17,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -29,6 +32,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import loads  # noqa: E402
+import peer_bmc  # noqa: E402
 import topo  # noqa: E402
 from topo import CLIENT_NS, NET, PIN, SERVER_ADDR, SERVER_IF, SERVER_NS, Topology, in_ns  # noqa: E402
 
@@ -70,6 +74,9 @@ UDPGEN = {  # name -> (kind, value bytes, zipf exponent, key prefix)
     "uniform_v1000": ("get", 1000, 0.0, "u1000:"), "misses": ("get", 32, 0.0, "none:"),
     "non_memcached": ("raw", 32, 0.0, ""),
 }
+# Round D (BMC, --peer-bmc): BMC serves ASCII GETs over UDP, i.e. the memcaslap scenarios and
+# udpgen's GET scenarios; misses and non_memcached show what it costs where it cannot help.
+BMC_SCENARIOS = set(MEMASLAP) | set(UDPGEN)
 
 
 # ---------------------------------------------------------------------------- data plane
@@ -188,6 +195,8 @@ class Bench:
         self.mc: Mcache | None = None
         self.refl = {}
         self.cur_refl = None
+        # round D: BMC's loader, started for each D measurement (an empty cache each time)
+        self.bmc = peer_bmc.Bmc(args.peer_bmc) if args.peer_bmc else None
         self.results: dict = {"scenarios": {}, "hot_swap": {}, "notes": []}
 
     # modes -----------------------------------------------------------------
@@ -196,10 +205,16 @@ class Bench:
         if self.cur_refl is not None:
             self.cur_refl.detach()
             self.cur_refl = None
+        if self.bmc is not None:
+            self.bmc.stop()  # no-op unless a D measurement failed half-way
         if mode == "B":
             self.mc.attach()
         else:
             self.mc.detach()
+        if mode == "D":
+            # mcache's root is off (detached above): BMC refuses an interface with XDP on it,
+            # and start() checks that first
+            self.bmc.start()
         if mode == "C":
             from reflector import Reflector
 
@@ -210,7 +225,13 @@ class Bench:
 
     def measure(self, mode: str, value_len: int, load) -> dict:
         self.set_mode(mode, value_len)
-        load(warm=True)
+        warm = load(warm=True)
+        if warm.get("timeout"):  # D only (see memaslap_load): the measured run would hang too
+            stats = self.bmc.stop()  # over the warm-up: how many GETs BMC hit (and dropped)
+            return {"mode": mode, "failed": True, "timeout": "warm-up", "ops_per_s": None,
+                    "mean_us": None, "warmup": warm, "bmc_start_s": self.bmc.start_s,
+                    "bmc_stats_end": stats, "bmc_counters_warmup": stats}
+        bmc0 = self.bmc.snapshot() if mode == "D" else None  # after the warm-up
         c0 = self.mc.counters()
         m0 = self.topo.mc_stats()
         t0 = cpu_times()
@@ -220,6 +241,7 @@ class Bench:
         t1 = cpu_times()
         m1 = self.topo.mc_stats()
         c1 = self.mc.counters()
+        bmc1 = self.bmc.stop() if mode == "D" else None  # SIGTERM: counters, detached
         ops = res.get("ops") or res.get("replies") or 0
         split = self.args.split
         sbusy, stotal, ssoft = cpu_delta(t0, t1, "cpu" + SERVER_CPU) if split else (0, 0, 0)
@@ -235,6 +257,15 @@ class Bench:
         res["counters"] = {k: v for k, v in cd.items() if v}
         looked = cd.get("hit", 0) + cd.get("miss", 0)
         res["hit_ratio"] = cd.get("hit", 0) / looked if looked else None
+        if mode == "D":
+            if bmc1 is None:
+                raise RuntimeError(f"BMC wrote no counters on exit:\n{self.bmc.log_tail()}")
+            bd = peer_bmc.counter_diff(bmc0, bmc1)
+            res["bmc_start_s"] = self.bmc.start_s
+            res["bmc_stats_after_warmup"] = bmc0  # raw, as BMC wrote them
+            res["bmc_stats_end"] = bmc1
+            res["bmc_counters"] = bd  # the measured run
+            res["hit_ratio"] = peer_bmc.hit_ratio(bd)
         res["memcached_cmd_get"] = int(m1["cmd_get"]) - int(m0["cmd_get"])
         res["memcached_get_hits"] = int(m1["get_hits"]) - int(m0["get_hits"])
         res["memcached_cmd_set"] = int(m1["cmd_set"]) - int(m0["cmd_set"])
@@ -249,11 +280,23 @@ class Bench:
         def load(warm: bool) -> dict:
             secs = self.p["warm"] if warm else self.p["seconds"]
             for _attempt in range(2):  # memcaslap now and then aborts (SIGABRT) at start
-                r = loads.run_memaslap(
-                    cfgf, secs, self.p["conc"], self.p["window"],
-                    # C's fixed value would fail memcaslap's verification
-                    verify=0 if warm or self.cur_mode == "C" else self.args.verify,
-                    pin_cpu=self.cpu0)
+                try:
+                    r = loads.run_memaslap(
+                        cfgf, secs, self.p["conc"], self.p["window"],
+                        # C's fixed value would fail memcaslap's verification
+                        verify=0 if warm or self.cur_mode == "C" else self.args.verify,
+                        pin_cpu=self.cpu0)
+                except subprocess.TimeoutExpired:
+                    # D: BMC drops the GETs it hits whose reply does not fit in the request's
+                    # frame plus its 128-byte headroom (values of 256 B and more here), and
+                    # memcaslap's UDP client then never ends: killed, a failed run, no retry
+                    if self.cur_mode != "D":
+                        raise
+                    self.results["notes"].append(
+                        f"memcaslap {name} {self.cur_mode}{' warm-up' if warm else ''}: "
+                        f"no end after {secs + 30} s, killed")
+                    r = {"exit": "timeout", "timeout": True}
+                    break
                 if r.get("exit") == 0 and r.get("ops"):
                     break
                 self.results["notes"].append(f"memcaslap {name} exit {r.get('exit')}: retried")
@@ -284,12 +327,19 @@ class Bench:
         # C on non-memcached traffic: the reflector passes it, so C is what any generic-mode
         # XDP program costs there, and B/C what mcache's programs add to that.
         modes = ["A", "B"] if name == "misses" else ["A", "B", "C"]
+        if self.bmc is not None and name in BMC_SCENARIOS:
+            modes.append("D")
         runs = {m: [] for m in modes}
         for r in range(self.p["rounds"]):
-            for m in modes:
+            for m in list(modes):
                 res = self.measure(m, value_len, load)
                 res["round"] = r
                 runs[m].append(res)
+                if m == "D" and res.get("timeout"):
+                    # the load hung on BMC (see memaslap_load): not tried again in this scenario
+                    modes.remove("D")
+                    self.results["notes"].append(
+                        f"{name}: D timed out in round {r}, not run in later rounds")
                 print(f"  {name} round {r} {m}: {res.get('ops_per_s')} ops/s, mean "
                       f"{res.get('mean_us')} us, hit ratio {res.get('hit_ratio')}", flush=True)
         summary = {}
@@ -312,6 +362,10 @@ class Bench:
                 "verify_failed": sum(x.get("verify_failed", 0) for x in rs),
                 "failed_runs": sum(1 for x in all_rs if x.get("failed")),
             }
+            if m == "D":
+                summary[m]["bmc_counters"] = {
+                    k: sum(x.get("bmc_counters", {}).get(k, 0) for x in rs)
+                    for k in rs[0].get("bmc_counters", {})}
         ratios = {}
         a, b = summary["A"], summary["B"]
         if a["ops_per_s"] and b["ops_per_s"]:
@@ -322,6 +376,11 @@ class Bench:
             ratios["B/C_throughput"] = b["ops_per_s"] / summary["C"]["ops_per_s"]
         if a["server_cpu_us_per_op"] and b["server_cpu_us_per_op"]:
             ratios["B/A_server_cpu_per_op"] = b["server_cpu_us_per_op"] / a["server_cpu_us_per_op"]
+        d = summary.get("D")
+        if d and d["ops_per_s"] and b["ops_per_s"]:
+            ratios["B/D_throughput"] = b["ops_per_s"] / d["ops_per_s"]
+        if d and d["server_cpu_us_per_op"] and b["server_cpu_us_per_op"]:
+            ratios["B/D_server_cpu_per_op"] = b["server_cpu_us_per_op"] / d["server_cpu_us_per_op"]
         self.results["scenarios"][name] = {
             "tool": tool, "value_bytes": value_len, "runs": runs, "summary": summary,
             "ratios": ratios,
@@ -526,6 +585,11 @@ class Bench:
                 print("bpf run-time stats", flush=True)
                 self.results["bpf_prog_stats"] = self.prog_stats()
         finally:
+            if self.bmc is not None:
+                try:
+                    self.bmc.close()
+                except Exception as exc:
+                    print(f"BMC stop: {exc}", file=sys.stderr)
             for r in self.refl.values():
                 with contextlib.suppress(Exception):
                     r.close()
@@ -535,6 +599,11 @@ class Bench:
             self.topo.down()
             shutil.rmtree(PIN, ignore_errors=True)
         self.results["wall_s"] = time.time() - t_start
+        if self.bmc is not None:
+            self.results["peer_bmc"] = {
+                "dir": str(self.bmc.dir), "xdp_mode": "generic (skb)",
+                "source": str(peer_bmc.BUILD_SH.parent),
+            }
         return self.results
 
 
@@ -568,11 +637,20 @@ def main() -> int:
     ap.add_argument("--fleet", action="store_true",
                     help="also time the fleet operations on 3, 10 and 20 lab hosts "
                          "(bench/fleet.py; takes the shared lab fleet over: lab-down first)")
+    ap.add_argument("--peer-bmc", type=Path, metavar="DIR",
+                    help="also run round D: BMC, the peer system, from DIR/bmc and "
+                         "DIR/bmc_kern.o; when they are missing, BMC is first built into DIR "
+                         f"with {peer_bmc.BUILD_SH} DIR (an existing build is reused)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/run.py must run as root", file=sys.stderr)
         return 2
+    if args.peer_bmc:
+        args.peer_bmc = peer_bmc.ensure_built(args.peer_bmc)
+        # SIGTERM ends the run through the finally blocks, which stop BMC and take the topology
+        # down (by default SIGTERM would leave BMC's loader attached)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     prof = profile(mode)
     if args.rounds:

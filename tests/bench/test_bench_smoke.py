@@ -40,3 +40,43 @@ def test_bench_smoke(tmp_path: Path) -> None:
     cost = res["bpf_prog_stats"]["test_run_ns"]
     assert cost["mcache"]["get_hit"]["verdicts"].get("tx")
     assert cost["reflector"]["get_hit"]["verdicts"].get("tx")
+
+
+# BMC (the peer system, round D): its port lives beside the checkout (../shared/peers/bmc),
+# built once into a cached directory and reused.
+BMC_SRC = Path(os.environ.get("MCACHE_BENCH_BMC_SRC",
+                              next((str(p) for p in (ROOT.parent / "shared" / "peers" / "bmc",
+                                                     Path("/work/shared/peers/bmc"))
+                                    if (p / "build.sh").is_file()),
+                                   str(ROOT.parent / "shared" / "peers" / "bmc"))))
+BMC_DIR = Path(os.environ.get("MCACHE_BENCH_BMC_DIR", "/var/cache/mcache-bench/bmc"))
+
+
+def test_bench_smoke_peer_bmc(tmp_path: Path) -> None:
+    assert (BMC_SRC / "build.sh").is_file() or (BMC_DIR / "bmc").is_file(), (
+        f"BMC, the benchmark's peer, not found at {BMC_SRC} (MCACHE_BENCH_BMC_SRC)")
+    # the build is bench/run.py's own (--peer-bmc builds into DIR when DIR/bmc is missing);
+    # done here first so that its time does not count against the run's timeout
+    if not ((BMC_DIR / "bmc").is_file() and (BMC_DIR / "bmc_kern.o").is_file()):
+        b = subprocess.run([str(BMC_SRC / "build.sh"), str(BMC_DIR)], capture_output=True,
+                           text=True, timeout=1200)
+        assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-3000:]
+    # the smoke's memcaslap GET scenario and one udpgen GET scenario, A -> B -> C -> D
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--no-plots", "--no-profile",
+         "--scenarios", "get90_v32,zipf_v32", "--peer-bmc", str(BMC_DIR), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads((tmp_path / "latest-smoke.json").read_text())
+    assert res["peer_bmc"]["dir"] == str(BMC_DIR.resolve())
+    for name in ("get90_v32", "zipf_v32"):
+        sc = res["scenarios"][name]
+        s = sc["summary"]
+        assert list(s) == ["A", "B", "C", "D"], (name, list(s))
+        assert s["D"]["ops_per_s"] > 0, (name, s["D"])
+        assert s["D"]["hit_ratio"] and s["D"]["hit_ratio"] > 0, (name, s["D"])
+        run = sc["runs"]["D"][0]
+        assert run["bmc_counters"]["hit_count"] > 0, run["bmc_counters"]
+        assert "get_recv_count" in run["bmc_stats_end"]
+        assert "B/D_throughput" in sc["ratios"]
