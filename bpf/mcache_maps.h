@@ -34,27 +34,66 @@
 #define MC_BUF_PAD 512 /* lets a helper read up to 512 bytes from any masked offset */
 #define MC_WIN 384     /* bytes of the packet looked at per command line */
 
+/*
+ * A bucket's summary, kept in the first 64 bytes of the bucket's first way: which hash each
+ * way holds and since when, and which GET waits in it. A lookup, a miss and a fill choose
+ * their way from this one cache line instead of reading the header of every way (a bucket
+ * not in the CPU's cache cost a cache miss per way). Only hints: plain stores without a lock;
+ * whatever is chosen is checked again under the chosen slot's lock.
+ */
+struct mc_bucket_meta {
+	__u32 hash[MC_WAYS];      /* the hash each way was last filled with */
+	__u32 fill_ms[MC_WAYS];   /* when (MC_MS), 0: free (never filled, or invalidated) */
+	__u32 miss_hash[MC_WAYS]; /* the hash of the GET waiting in the way */
+	__u32 miss_ms[MC_WAYS];   /* since when, 0: none */
+};
+
+#define MC_MS(ns) ((__u32)((ns) >> 20) | 1) /* ~1 ms ticks for the summary, never 0 */
+
+_Static_assert(sizeof(struct mc_bucket_meta) == 64, "the bucket summary is one cache line");
+
+/*
+ * One way of a bucket. After the summary (used in a bucket's first way only), what a lookup
+ * reads under the lock comes first, in one cache line.
+ */
 struct mc_slot {
+	struct mc_bucket_meta meta;
 	struct bpf_spin_lock lock;
 	__u32 valid;
 	__u32 hash;
 	__u16 key_len;
 	__u16 val_len;
-	__u32 flags;          /* memcached client flags */
+	__u64 gen;            /* cache generation at fill; older is dead */
+	__u64 fill_ns;
+	/*
+	 * A single-key GET that missed and waits for memcached's reply, kept in the way its
+	 * fill will use: the miss costs a store here instead of an LRU map insert, and the
+	 * reply finds it by the key's hash and the client's identity (no lookup and delete).
+	 * Another miss in the bucket may take the way first: that reply then fills nothing.
+	 */
+	__u64 miss_get_ns;    /* 0: no GET waits here */
+	__u64 miss_gen;
+	__u32 miss_hash;
+	__u32 miss_addr;      /* client address, port and request id, as in mc_pending_key */
+	__u16 miss_port;
+	__u16 miss_rid;
+	__u8 unservable;      /* a reply did not fit the frame: pass GETs until refilled */
+	__u8 has_cas;         /* filled from a binary reply: cas is memcached's */
 	__u8 flags_str_len;   /* decimal text of flags, as memcached prints it */
 	__u8 len_str_len;     /* decimal text of val_len */
-	__u8 has_cas;         /* filled from a binary reply: cas is memcached's */
-	__u8 unservable;      /* a reply did not fit the frame: pass GETs until refilled */
+	/* second line: the write guard, and what only a hit's reply reads */
+	__u64 write_ns;       /* last write seen for any key of this slot */
+	__u32 flags;          /* memcached client flags */
+	__u32 pad;
+	__u64 cas;
 	__u8 flags_str[16];
 	__u8 len_str[16];
-	__u64 cas;
-	__u64 gen;            /* cache generation at fill; older is dead */
-	__u64 write_ns;       /* last write seen for any key of this slot */
-	__u64 fill_ns;
 	__u8 key[MC_KEY_BUF];
 	__u8 val[MC_VAL_BUF];
 };
 
+_Static_assert(__builtin_offsetof(struct mc_slot, write_ns) == 128,
+	       "the summary, then what a lookup reads, one cache line each");
 _Static_assert(sizeof(struct mc_slot) == MC_SLOT_HEADER + MC_KEY_BUF + MC_VAL_BUF,
 	       "MC_SLOT_HEADER is the slot's size without its buffers");
 
@@ -118,6 +157,52 @@ static __always_inline void mc_count(__u32 verdict)
 	u64 *c = mc_stats.lookup(&verdict);
 	if (c)
 		*c += 1;
+}
+
+/* The summary of the bucket whose first way is base (see struct mc_bucket_meta). */
+static __always_inline struct mc_bucket_meta *mc_meta(__u32 base)
+{
+	struct mc_slot *first = mc_cache.lookup(&base);
+	return first ? &first->meta : NULL;
+}
+
+/*
+ * The way that holds hash, by the summary, or -1: then the key is not cached, or its fill is
+ * completing right now (a miss either way, which is always safe).
+ */
+static __always_inline int mc_find_way(struct mc_bucket_meta *m, __u32 base, __u32 hash)
+{
+	int idx = -1;
+	for (__u32 w = 0; w < MC_WAYS; w++) {
+		if (m->hash[w] == hash && m->fill_ms[w]) {
+			idx = base + w;
+			break;
+		}
+	}
+	return idx;
+}
+
+/*
+ * The way to fill with hash: the one that holds (or held) it, else a free one, else the one
+ * filled longest ago. A hint: the fill takes the chosen slot's lock and its guard, and a way
+ * that another fill takes meanwhile is simply overwritten (invalidation clears the key in
+ * every way).
+ */
+static __always_inline __u32 mc_pick_way(struct mc_bucket_meta *m, __u32 base, __u32 hash)
+{
+	__u32 idx = base;
+	__u32 oldest = ~0U;
+	for (__u32 w = 0; w < MC_WAYS; w++) {
+		if (m->hash[w] == hash) {
+			idx = base + w;
+			break;
+		}
+		if (m->fill_ms[w] < oldest) {
+			oldest = m->fill_ms[w];
+			idx = base + w;
+		}
+	}
+	return idx;
 }
 
 static __always_inline struct mc_config *mc_config(void)

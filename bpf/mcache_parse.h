@@ -60,18 +60,150 @@ struct mc_tokens {
 	__u32 eol;      /* result of mc_find_crlf, kept in map memory likewise */
 };
 
-/* FNV-1a over buf[off, off + len); len <= MC_KEY_LIMIT. */
+/*
+ * Keys are read as little-endian words: whole words in a loop, then the last partial word
+ * zero-padded past the length, outside the loop so that each step has one branch less for
+ * the verifier to follow. Reads 8 bytes at a masked offset, so buf needs 8 bytes of room
+ * past MC_BUF_MASK (every scratch buffer has MC_BUF_PAD).
+ */
+static __always_inline __u64 mc_word(const __u8 *buf, __u32 off)
+{
+	return *(const __u64 *)&buf[mc_mask(off)];
+}
+
+static __always_inline __u64 mc_low_bytes(__u64 w, __u32 n)
+{
+	return w & ((1ULL << ((n & 7) * 8)) - 1);
+}
+
+#define MC_KEY_WORDS ((MC_KEY_LIMIT + 7) / 8)
+
+/*
+ * Where the last, partial word starts: len & ~7, computed apart from the loop's bound. The
+ * loop's exit pins its bound to one exact value per trip count; used after the loop, that
+ * register would make the verifier follow the rest of the program once per key length.
+ */
+static __always_inline __u32 mc_tail_off(__u32 len)
+{
+	__u32 t = len;
+	MC_OPAQUE(t);
+	return t & ~7U;
+}
+
+static __always_inline __u64 mc_hash_step(__u64 h, __u64 w)
+{
+	h = (h ^ w) * MC_HASH_MUL;
+	return h ^ (h >> 32);
+}
+
+/* The key hash over buf[off, off + len); len <= MC_KEY_LIMIT. layout.key_hash is its twin. */
 static __always_inline __u32 mc_hash(const __u8 *buf, __u32 off, __u32 len)
 {
-	__u32 h = MC_FNV_OFFSET;
-	for (__u32 i = 0; i < MC_KEY_LIMIT; i++) {
+	__u64 h = MC_HASH_SEED ^ len;
+	__u32 full = len / 8;
+	MC_OPAQUE(full); /* else clang drops the loop's own bound, which the verifier needs */
+	for (__u32 i = 0; i < MC_KEY_WORDS; i++) {
 		MC_OPAQUE(i);
-		if (i >= len)
+		if (i >= full)
 			break;
-		h ^= MC_AT(buf, off + i);
-		h *= MC_FNV_PRIME;
+		h = mc_hash_step(h, mc_word(buf, off + i * 8));
 	}
-	return h;
+	if (len & 7)
+		h = mc_hash_step(h, mc_low_bytes(mc_word(buf, off + mc_tail_off(len)), len));
+	h *= MC_HASH_MUL;
+	return (__u32)(h ^ (h >> 32));
+}
+
+/* A byte of w equal to c (the classic "has zero byte" test on w ^ c repeated). */
+static __always_inline __u64 mc_has_byte(__u64 w, __u8 c)
+{
+	__u64 x = w ^ (0x0101010101010101ULL * c);
+	return (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+}
+
+static __always_inline int mc_word_plain(__u64 w)
+{
+	return !(mc_has_byte(w, ' ') | mc_has_byte(w, '\r') | mc_has_byte(w, '\n'));
+}
+
+/* No space, CR or LF in buf[off, off + len): a key as memcached's tokenizer reads it, whole. */
+static __always_inline int mc_key_plain(const __u8 *buf, __u32 off, __u32 len)
+{
+	__u32 full = len / 8;
+	MC_OPAQUE(full); /* else clang drops the loop's own bound, which the verifier needs */
+	for (__u32 i = 0; i < MC_KEY_WORDS; i++) {
+		MC_OPAQUE(i);
+		if (i >= full)
+			break;
+		if (!mc_word_plain(mc_word(buf, off + i * 8)))
+			return 0;
+	}
+	if (!(len & 7))
+		return 1;
+	/* The bytes past the key become 'a', which matches nothing. */
+	__u64 keep = mc_low_bytes(~0ULL, len);
+	__u64 w = mc_word(buf, off + mc_tail_off(len));
+	return mc_word_plain((w & keep) | (0x6161616161616161ULL & ~keep));
+}
+
+/* key (a slot's, 8-byte aligned, len bytes) == buf[off, off + len), a word at a time. */
+static __always_inline int mc_key_equal(const __u8 *key, const __u8 *buf, __u32 off, __u32 len)
+{
+	if (len > MC_KEY_BUF)
+		return 0;
+	__u32 full = len / 8;
+	MC_OPAQUE(full); /* else clang drops the loop's own bound, which the verifier needs */
+	for (__u32 i = 0; i < MC_KEY_BUF / 8; i++) {
+		MC_OPAQUE(i);
+		if (i >= full)
+			break;
+		if (((const __u64 *)key)[i] != mc_word(buf, off + i * 8))
+			return 0;
+	}
+	if (!(len & 7))
+		return 1;
+	__u32 t = mc_tail_off(len);
+	MC_OPAQUE(t);
+	if (t >= MC_KEY_BUF)
+		return 0;
+	return mc_low_bytes(*(const __u64 *)&key[t], len) == mc_low_bytes(mc_word(buf, off + t), len);
+}
+
+/* Offset of the first space in buf[off, off + max), or -1: a word at a time. */
+static __always_inline int mc_find_space(const __u8 *buf, __u32 off, __u32 max)
+{
+	int at = -1;
+	for (__u32 i = 0; i < MC_KEY_WORDS + 1; i++) {
+		MC_OPAQUE(i);
+		if (i * 8 >= max)
+			break;
+		__u64 m = mc_has_byte(mc_word(buf, off + i * 8), ' ');
+		if (m) {
+			/* The lowest flag marks the first space (a borrow only flags bytes above
+			 * a match); its byte index read off a multiply. */
+			__u32 b = (((m & -m) >> 7) * 0x0001020304050607ULL) >> 56;
+			if (i * 8 + b < max)
+				at = off + i * 8 + b;
+			break;
+		}
+	}
+	return at;
+}
+
+/* Offset of the first byte c in buf[off, off + max), max <= 16, or -1. */
+static __always_inline int mc_find_byte(const __u8 *buf, __u32 off, __u32 max, __u8 c)
+{
+	int at = -1;
+	for (__u32 i = 0; i < 16; i++) {
+		MC_OPAQUE(i);
+		if (i >= max)
+			break;
+		if (MC_AT(buf, off + i) == c) {
+			at = off + i;
+			break;
+		}
+	}
+	return at;
 }
 
 /* Index of the first "\r\n" in buf[start, min(limit, start + MC_WIN + 2)), or -1. */

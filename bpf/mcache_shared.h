@@ -64,17 +64,19 @@ _Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
  * The agent estimates a config's kernel memory from these before it loads anything (the
  * 1 GiB check), and reports the kernel's own account once loaded.
  */
-#define MC_SLOT_HEADER 88          /* struct mc_slot without its key and value buffers */
+#define MC_SLOT_HEADER 184         /* struct mc_slot without its key and value buffers */
 #define MC_PENDING_ENTRIES 65536   /* GETs that missed, awaiting their reply */
 #define MC_PENDING_KEY_BYTES 8
 #define MC_PENDING_VALUE_BYTES 280
 #define MC_CONN_ENTRIES 65536      /* TCP write streams followed */
 #define MC_CONN_KEY_BYTES 12
 #define MC_CONN_VALUE_BYTES 8
+#define MC_MISS_WAIT_MS 1000 /* a miss record older than this (in MC_MS ticks) waits for nothing */
 
-/* FNV-1a, the key hash (mc_hash) */
-#define MC_FNV_OFFSET 2166136261
-#define MC_FNV_PRIME 16777619
+/* The key hash (mc_hash): eight key bytes per step, each step a multiply and an xor-shift,
+ * so a 32-byte key costs four steps instead of FNV-1a's 32. */
+#define MC_HASH_SEED 0xcbf29ce484222325
+#define MC_HASH_MUL 0x9e3779b97f4a7c15
 
 /* cache.protocols bits */
 #define MC_PROTO_ASCII 1

@@ -43,6 +43,13 @@ struct mc_tscratch {
 	__u32 f_vl;
 	__u32 f_fl;
 	__u32 f_ll;
+	/* The reply's client identity, and the way that holds its GET's miss record. */
+	struct mc_pending_key pk;
+	__u32 miss_way;
+	/* fill_one: where the key, the flags and the length end (parked: see MC_LOAD) */
+	__s32 one_ke;
+	__s32 one_fe;
+	__s32 one_be;
 };
 
 BPF_PERCPU_ARRAY(mc_tscratch, struct mc_tscratch, 1);
@@ -69,33 +76,6 @@ static __always_inline int prefix_ok(struct mc_config *cfg, const __u8 *buf, __u
 }
 
 /*
- * The way of the key's bucket to fill: the one that holds (or held) this hash, else a free
- * or dead one, else the one filled longest ago. Read without locks, so a hint: the fill
- * takes the chosen slot's lock and its guard, and a way that another fill takes meanwhile
- * is simply overwritten (invalidation clears the key in every way).
- */
-static __always_inline __u32 pick_way(__u32 hash, __u64 gen)
-{
-	__u32 base = mc_bucket(hash);
-	__u32 best = base;
-	__u64 oldest = ~0ULL;
-	for (__u32 w = 0; w < MC_WAYS; w++) {
-		__u32 idx = base + w;
-		struct mc_slot *c = mc_cache.lookup(&idx);
-		if (!c)
-			continue;
-		if (c->hash == hash)
-			return idx;
-		__u64 age = c->valid && c->gen == gen ? c->fill_ns : 0;
-		if (age < oldest) {
-			oldest = age;
-			best = idx;
-		}
-	}
-	return best;
-}
-
-/*
  * Fill one slot from buf: key at key_off, value at val_off. The key may come
  * from the pending GET instead (binary GET replies carry none): key_src.
  * Lengths are parked in the scratch map and re-read after every loop (MC_LOAD):
@@ -104,7 +84,7 @@ static __always_inline __u32 pick_way(__u32 hash, __u64 gen)
  */
 static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, const __u8 *key_src,
 				 __u32 key_off, __u32 kl, __u32 val_off, __u32 vl, __u32 flags,
-				 __u32 fs_off, __u32 fs_len, __u64 cas, int has_cas)
+				 __u32 fs_off, __u32 fs_len, __u64 cas, int has_cas, int claim)
 {
 	if (kl == 0 || kl > MC_MAX_KEY || !prefix_ok(cfg, key_src, key_off, kl)) {
 		mc_count(MC_V_TOO_BIG);
@@ -135,36 +115,59 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 	s->f_ll = mc_utoa(MC_LOAD(s->f_vl), s->lstr);
 
 	__u32 hash = MC_LOAD(s->hash);
-	__u32 idx = pick_way(hash, MC_LOAD(s->pend.gen));
+	/* A claim fills the way that holds the GET's miss record (found by find_miss), else the
+	 * fill picks one. */
+	__u32 base = mc_bucket(hash);
+	struct mc_bucket_meta *m = mc_meta(base);
+	if (!m)
+		return;
+	__u32 idx = claim ? MC_LOAD(s->miss_way) : mc_pick_way(m, base, hash);
 	struct mc_slot *slot = mc_cache.lookup(&idx);
 	if (!slot)
 		return;
 	__u64 get_ns = MC_LOAD(s->pend.get_ns);
 	__u64 gen = MC_LOAD(s->pend.gen);
 	__u64 hold = cfg->fill_hold_ns;
-	int ok = 0, was_live = 0;
+	int ok = 0, was_live = 0, mine = 1;
+	__u32 addr = s->pk.client_addr;
+	__u16 port = s->pk.client_port, rid = s->pk.request_id;
 
 	bpf_spin_lock(&slot->lock);
+	if (claim) {
+		/* The record read before the lock was a hint: it must still be this GET's, and
+		 * its times under the lock are the ones the guard uses. */
+		mine = slot->miss_get_ns && slot->miss_hash == hash && slot->miss_addr == addr &&
+		       slot->miss_port == port && slot->miss_rid == rid;
+		if (mine) {
+			get_ns = slot->miss_get_ns;
+			gen = slot->miss_gen;
+			slot->miss_get_ns = 0;
+		}
+	}
 #ifdef MC_TEST_NO_FILL_GUARD
 	/* Test-only build (tests/correctness): the race guard off, to prove the checker sees it. */
-	if (hold || get_ns || 1) {
+	if (mine && (hold || get_ns || 1)) {
 #else
-	if (slot->write_ns + hold <= get_ns) {
+	if (mine && slot->write_ns + hold <= get_ns) {
 #endif
 		ok = 1;
 		was_live = slot->valid && slot->gen == gen;
 		slot->valid = 0;
-		for (__u32 j = 0; j < MC_KEY_BUF; j++) {
+		/* A word at a time; the last word's bytes past the length are never read back
+		 * (lookups compare and copy up to the lengths). */
+		for (__u32 j = 0; j < MC_KEY_BUF / 8; j++) {
 			MC_OPAQUE(j);
-			if (j >= MC_LOAD(s->f_kl) || j >= MC_KEY_BUF)
+			if (j * 8 >= MC_LOAD(s->f_kl))
 				break;
-			slot->key[j] = MC_AT(key_src, MC_LOAD(s->f_key_off) + j);
+			((__u64 *)slot->key)[j] =
+				*(const __u64 *)&key_src[mc_mask(MC_LOAD(s->f_key_off) + j * 8)];
 		}
-		for (__u32 j = 0; j < MC_VAL_BUF; j++) {
+		for (__u32 j = 0; j < MC_VAL_BUF / 8; j++) {
 			MC_OPAQUE(j);
-			if (j >= MC_LOAD(s->f_vl) || j >= MC_VAL_BUF)
+			if (j * 8 >= MC_LOAD(s->f_vl))
 				break;
-			slot->val[j] = MC_AT(s->buf, MC_LOAD(s->f_val_off) + j);
+			((__u64 *)slot->val)[j] =
+				*(const __u64 *)&s->buf[mc_mask(MC_LOAD(s->f_val_off) + j * 8)];
 		}
 		((__u64 *)slot->flags_str)[0] = ((__u64 *)s->fstr)[0];
 		((__u64 *)slot->flags_str)[1] = ((__u64 *)s->fstr)[1];
@@ -186,6 +189,15 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 		slot->valid = 1;
 	}
 	bpf_spin_unlock(&slot->lock);
+	__u32 w = idx & (MC_WAYS - 1);
+	if (ok) {
+		m->hash[w] = hash;
+		m->fill_ms[w] = MC_MS(get_ns); /* the entry's age counts from its GET (fill_ns) */
+	}
+	if (claim && mine) {
+		m->miss_hash[w] = 0;
+		m->miss_ms[w] = 0;
+	}
 	if (ok && !was_live)
 		mc_level_add(gen, 1);
 	mc_count(ok ? MC_V_FILL : MC_V_FILL_REJECTED);
@@ -234,10 +246,88 @@ static __always_inline int fill_binary(struct mc_tscratch *s, struct mc_config *
 	if (!fill_allowed(s, cfg))
 		return TC_ACT_OK;
 	if (klen) /* GETK/GETKQ: the key is in the reply */
-		fill(s, cfg, s->buf, key_at, klen, key_at + klen, vl, flags, 0, 0, cas, 1);
+		fill(s, cfg, s->buf, key_at, klen, key_at + klen, vl, flags, 0, 0, cas, 1, 0);
 	else /* GET/GETQ: the key was kept with the pending GET */
-		fill(s, cfg, s->pend.key, 0, s->pend.key_len, key_at, vl, flags, 0, 0, cas, 1);
+		fill(s, cfg, s->pend.key, 0, s->pend.key_len, key_at, vl, flags, 0, 0, cas, 1, 0);
 	return TC_ACT_OK;
+}
+
+/*
+ * The common reply: one item, "VALUE <key> <flags> <bytes>\r\n<data>\r\nEND\r\n", to a
+ * single-key GET whose miss record waits in a way of the key's bucket (xdp_ingress.c,
+ * remember_in_way). Parsed without the tokenizer, filled without a tail call, no mc_pending
+ * lookup or delete. Returns 0 when the reply has another form or no record waits for it:
+ * the general path (mc_pending) decides then.
+ */
+static __always_inline int fill_one(struct mc_tscratch *s, struct mc_config *cfg)
+{
+	const __u32 ko = MC_UDP_FRAME_HDR + 6; /* after "VALUE " */
+	__u32 len = s->len;
+	if (len < ko + 1 + 6 + 7 || len > MC_BUF)
+		return 0;
+	if ((mc_word(s->buf, MC_UDP_FRAME_HDR) & 0xffffffffffffULL) !=
+	    MC_W6('V', 'A', 'L', 'U', 'E', ' ') ||
+	    (mc_word(s->buf, len - 7) & 0xffffffffffffffULL) !=
+	    MC_W7('\r', '\n', 'E', 'N', 'D', '\r', '\n'))
+		return 0;
+	s->one_ke = mc_find_space(s->buf, ko, MC_MAX_KEY + 1);
+	__s32 ke = MC_LOAD(s->one_ke);
+	if (ke <= (__s32)ko)
+		return 0;
+	s->one_fe = mc_find_byte(s->buf, ke + 1, 11, ' ');
+	__s32 fe = MC_LOAD(s->one_fe);
+	if (fe < 0)
+		return 0;
+	s->one_be = mc_find_byte(s->buf, fe + 1, 11, '\r');
+	__s32 be = MC_LOAD(s->one_be);
+	ke = MC_LOAD(s->one_ke);
+	fe = MC_LOAD(s->one_fe);
+	if (be < 0 || fe <= ke + 1 || be <= fe + 1 || MC_AT(s->buf, be + 1) != '\n')
+		return 0;
+	long long flags = mc_atou(s->buf, ke + 1, fe - ke - 1);
+	long long bytes = mc_atou(s->buf, MC_LOAD(s->one_fe) + 1,
+				  MC_LOAD(s->one_be) - MC_LOAD(s->one_fe) - 1);
+	be = MC_LOAD(s->one_be);
+	if (flags < 0 || bytes < 0 || bytes > MC_BUF || be + 2 + bytes + 7 != MC_LOAD(s->len))
+		return 0;
+	__u32 kl = MC_LOAD(s->one_ke) - ko;
+	if (kl == 0 || kl > MC_MAX_KEY)
+		return 0;
+	s->hash = mc_hash(s->buf, ko, kl);
+	__u32 hash = MC_LOAD(s->hash);
+	__u32 addr = s->pk.client_addr;
+	__u16 port = s->pk.client_port, rid = s->pk.request_id;
+	/* The miss record, by the bucket's summary, then the slot's: both read without the
+	 * lock, a hint that fill checks again under it. */
+	__u32 base = mc_bucket(hash);
+	struct mc_bucket_meta *m = mc_meta(base);
+	if (!m)
+		return 0;
+	__u32 idx = base;
+	int found = 0;
+	for (__u32 w = 0; w < MC_WAYS; w++) {
+		if (m->miss_hash[w] == hash && m->miss_ms[w]) {
+			idx = base + w;
+			found = 1;
+			break;
+		}
+	}
+	if (!found)
+		return 0;
+	struct mc_slot *rec = mc_cache.lookup(&idx);
+	if (!rec || !rec->miss_get_ns || rec->miss_hash != hash || rec->miss_addr != addr ||
+	    rec->miss_port != port || rec->miss_rid != rid)
+		return 0;
+	s->miss_way = idx;
+	s->pend.get_ns = rec->miss_get_ns;
+	s->pend.gen = rec->miss_gen;
+	if (fill_allowed(s, cfg)) {
+		ke = MC_LOAD(s->one_ke);
+		fe = MC_LOAD(s->one_fe);
+		fill(s, cfg, s->buf, ko, MC_LOAD(s->one_ke) - ko, MC_LOAD(s->one_be) + 2, bytes,
+		     flags, ke + 1, fe - ke - 1, 0, 0, 1);
+	}
+	return 1;
 }
 
 int tc_main(struct __sk_buff *skb)
@@ -289,13 +379,19 @@ int tc_main(struct __sk_buff *skb)
 		.client_port = client_port,
 		.request_id = ((__u16)fh[0] << 8) | fh[1],
 	};
+	s->pk = pk;
+	if (bpf_skb_load_bytes(skb, off, s->buf, len))
+		return TC_ACT_OK;
+	s->len = len;
+	if (fill_one(s, cfg))
+		return TC_ACT_OK;
 	struct mc_pending *p = mc_pending.lookup(&pk);
 	if (!p)
 		return TC_ACT_OK;
 	__builtin_memcpy(&s->pend, p, sizeof(*p));
-	if (bpf_skb_load_bytes(skb, off, s->buf, len))
+	len = MC_LOAD(s->len);
+	if (len < MC_UDP_FRAME_HDR + 5 || len > MC_BUF)
 		return TC_ACT_OK;
-	s->len = len;
 	if (s->buf[MC_UDP_FRAME_HDR] == MC_BIN_RES_MAGIC) {
 		mc_pending.delete(&pk);
 		return fill_binary(s, cfg);
@@ -354,7 +450,7 @@ int tc_fill_item(struct __sk_buff *skb)
 		return TC_ACT_OK; /* not the reply we expect: fill nothing */
 	s->pos = end + 2;
 	s->items++;
-	fill(s, cfg, s->buf, key_off, kl, val_off, bytes, flags, fs_off, fs_len, 0, 0);
+	fill(s, cfg, s->buf, key_off, kl, val_off, bytes, flags, fs_off, fs_len, 0, 0, 0);
 	mc_tc_jmp.call(skb, TAIL_FILL_ITEM);
 	return TC_ACT_OK;
 }

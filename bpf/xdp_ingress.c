@@ -5,7 +5,9 @@
  *
  * Programs of one set, chained by tail calls through the set's own prog
  * array (mc_xdp_jmp):
- *   xdp_main     parse L2-L4, classify, copy the payload window to scratch
+ *   xdp_main     parse L2-L4, classify, copy the payload window to scratch;
+ *                answers the common GET ("get <key>\r\n", one key) itself
+ *   xdp_get_parse  tokenize any other ASCII get (multi-get, odd spacing)
  *   xdp_get_key  look up one key of a GET (once per key)
  *   xdp_reply    write the reply into the packet and XDP_TX it
  *   xdp_scan     parse one command of a write stream, invalidate its key(s)
@@ -28,6 +30,7 @@
 #define TAIL_GET_PARSE MC_TAIL_GET_PARSE
 
 #define MC_MAX_SCAN_STEPS 30 /* tail calls are capped at 33 per packet */
+#define MC_SLOW (-1)         /* not the common form: the general parser decides */
 
 BPF_PROG_ARRAY(mc_xdp_jmp, 4);
 
@@ -74,6 +77,12 @@ struct mc_xscratch {
 	struct mc_tokens tok;
 	struct mc_pending pend;
 	struct mc_hit hits[MC_MAX_MULTIGET];
+	/* The common GET (get_one): its key length and reply tail length, parked here and
+	 * re-read after every loop (MC_LOAD). */
+	__u32 one_kl;
+	__u32 one_tail;
+	/* The common GET's reply after its key: " <flags> <bytes>\r\n<value>\r\nEND\r\n". */
+	__u8 out[32 + MC_VAL_BUF + 16];
 };
 
 BPF_PERCPU_ARRAY(mc_xscratch, struct mc_xscratch, 1);
@@ -137,6 +146,7 @@ static __always_inline void invalidate(const __u8 *buf, __u32 off, __u32 len)
 	__u32 base = mc_bucket(hash);
 	__u64 now = bpf_ktime_get_ns();
 	__u64 gen = mc_gen();
+	struct mc_bucket_meta *m = mc_meta(base);
 	for (__u32 w = 0; w < MC_WAYS; w++) {
 		__u32 idx = base + w;
 		struct mc_slot *slot = mc_cache.lookup(&idx);
@@ -150,8 +160,11 @@ static __always_inline void invalidate(const __u8 *buf, __u32 off, __u32 len)
 		}
 		slot->write_ns = now;
 		bpf_spin_unlock(&slot->lock);
-		if (killed)
+		if (killed) {
 			mc_level_add(gen, -1);
+			if (m)
+				m->fill_ms[w] = 0; /* free again */
+		}
 	}
 	mc_count(MC_V_INVALIDATE);
 }
@@ -225,6 +238,314 @@ static __always_inline void remember_get(struct mc_xscratch *s, __u32 key_off, _
 		}
 	}
 	mc_pending.update(&pk, p);
+}
+
+/* ------------------------------------------------------------------ */
+/* Replies: room in the frame, checksums.                             */
+/* ------------------------------------------------------------------ */
+
+struct mc_l2l4 {
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct udphdr udp;
+} __attribute__((packed));
+
+static __always_inline __u16 csum_fold(__u64 sum)
+{
+	for (int i = 0; i < 4; i++) {
+		MC_OPAQUE(i);
+		if (sum >> 16)
+			sum = (sum & 0xffff) + (sum >> 16);
+	}
+	return ~sum;
+}
+
+/*
+ * Grow (or shrink) the frame by delta bytes. The whole reply is rewritten from offset 0, so
+ * where the room comes from does not matter: the head first (256 bytes of headroom are
+ * guaranteed), then the tail, then both.
+ */
+static __always_inline int resize(struct xdp_md *ctx, int delta)
+{
+	if (delta <= 0)
+		return bpf_xdp_adjust_head(ctx, -delta) == 0;
+	if (bpf_xdp_adjust_head(ctx, -delta) == 0)
+		return 1;
+	if (bpf_xdp_adjust_tail(ctx, delta) == 0)
+		return 1;
+	int head = 192;
+	if (delta <= head || bpf_xdp_adjust_head(ctx, -head))
+		return 0;
+	if (bpf_xdp_adjust_tail(ctx, delta - head) == 0)
+		return 1;
+	bpf_xdp_adjust_head(ctx, head); /* undo: the frame must go on unchanged */
+	return 0;
+}
+
+/*
+ * A single-key reply that did not fit: later GETs of the key pass at lookup, without copying
+ * the value and failing to grow the frame each time. The room a frame has is a property of
+ * the interface and its driver (generic mode: 256 bytes of headroom and the skb's tailroom),
+ * so what did not fit once will not fit next time. A fill of the slot clears the mark.
+ */
+static __always_inline void mark_unservable(__u32 idx, __u16 kl, __u16 vl)
+{
+	struct mc_slot *slot = mc_cache.lookup(&idx);
+	if (!slot)
+		return;
+	bpf_spin_lock(&slot->lock);
+	if (slot->key_len == kl && slot->val_len == vl)
+		slot->unservable = 1; /* another key's slot by now: it is only passed, never wrong */
+	bpf_spin_unlock(&slot->lock);
+}
+
+/* ------------------------------------------------------------------ */
+/* The common GET: one key, answered without tail calls.              */
+/* ------------------------------------------------------------------ */
+
+/* The way of the bucket that holds the key: read without the lock, so only a hint, checked
+ * again under the lock (no way found: the bucket's first, which then misses). */
+/*
+ * The reply text after the key, from a slot (its lock held): " <flags> <bytes>\r\n<value>
+ * \r\nEND\r\n" into out, a word at a time. Returns its length, 0 when the slot's lengths are
+ * not what a fill writes.
+ */
+static __always_inline __u32 reply_tail(struct mc_slot *slot, __u8 *out)
+{
+	__u32 fl = slot->flags_str_len, ll = slot->len_str_len, vl = slot->val_len;
+	if (fl < 1 || fl > 10 || ll < 1 || ll > 10 || vl > MC_VAL_BUF)
+		return 0;
+	out[0] = ' ';
+	*(__u64 *)&out[1] = ((__u64 *)slot->flags_str)[0];
+	*(__u64 *)&out[9] = ((__u64 *)slot->flags_str)[1];
+	/* Offsets masked after an opaque step: clang may test the lengths on copies, and the
+	 * verifier must see every offset inside out. */
+	__u32 p = 1 + fl;
+	MC_OPAQUE(p);
+	p &= 15;
+	out[p] = ' ';
+	*(__u64 *)&out[p + 1] = ((__u64 *)slot->len_str)[0];
+	*(__u64 *)&out[p + 9] = ((__u64 *)slot->len_str)[1];
+	p += 1 + ll;
+	MC_OPAQUE(p);
+	p &= 31;
+	*(__u16 *)&out[p] = MC_W2('\r', '\n');
+	p += 2;
+	MC_OPAQUE(p);
+	p &= 31;
+	MC_OPAQUE(vl);
+	if (vl > MC_VAL_BUF)
+		return 0;
+	for (__u32 w = 0; w < MC_VAL_BUF / 8; w++) {
+		MC_OPAQUE(w);
+		if (w * 8 >= vl)
+			break;
+		*(__u64 *)&out[p + w * 8] = ((__u64 *)slot->val)[w];
+	}
+	vl = MC_LOAD(slot->val_len); /* the loop pinned its copy: see get_one */
+	if (vl > MC_VAL_BUF)
+		return 0;
+	*(__u64 *)&out[p + vl] = MC_W7('\r', '\n', 'E', 'N', 'D', '\r', '\n');
+	return p + vl + 7;
+}
+
+/* Reply headers up to the key: Ethernet, IPv4, UDP, memcached's frame header, "VALUE ". */
+struct mc_reply_hdr {
+	struct mc_l2l4 l;
+	__u8 frame[MC_UDP_FRAME_HDR];
+	__u8 value[6];
+} __attribute__((packed));
+
+static __always_inline __u16 ip_csum(const struct iphdr *ip)
+{
+	const __u16 *w = (const __u16 *)ip;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < sizeof(*ip) / 2; i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+/*
+ * The common GET missed: remember it in a way of its bucket, which its fill will then use,
+ * instead of in mc_pending. The way: one that holds this key or waits for it already, else
+ * the one the fill would pick (no live entry, else filled longest ago) among those with no
+ * other GET waiting, else the bucket's first (that other GET's reply then fills nothing).
+ * The same client asking again with the same request id (a retry, or the id reused while a
+ * late reply is on its way) keeps the oldest arrival and generation, as remember_get does:
+ * the guard can then only refuse more.
+ */
+static __always_inline void remember_in_way(struct mc_xscratch *s, __u32 hash, __u64 now,
+					    __u64 gen)
+{
+	__u32 base = mc_bucket(hash);
+	struct mc_bucket_meta *m = mc_meta(base);
+	if (!m)
+		return;
+	__u32 now_ms = MC_MS(now);
+	__u32 idx = base;
+	__u32 oldest = ~0U;
+	for (__u32 w = 0; w < MC_WAYS; w++) {
+		if (m->hash[w] == hash || m->miss_hash[w] == hash) {
+			idx = base + w;
+			break;
+		}
+		if (m->miss_ms[w] && now_ms - m->miss_ms[w] < MC_MISS_WAIT_MS)
+			continue; /* another GET waits here */
+		if (m->fill_ms[w] < oldest) {
+			oldest = m->fill_ms[w];
+			idx = base + w;
+		}
+	}
+	struct mc_slot *slot = mc_cache.lookup(&idx);
+	if (!slot)
+		return;
+	__u32 addr = s->client_addr;
+	__u16 port = s->client_port, rid = s->request_id;
+	bpf_spin_lock(&slot->lock);
+	if (slot->miss_get_ns && slot->miss_hash == hash && slot->miss_addr == addr &&
+	    slot->miss_port == port && slot->miss_rid == rid) {
+		if (slot->miss_gen > gen)
+			slot->miss_gen = gen;
+	} else {
+		slot->miss_hash = hash;
+		slot->miss_addr = addr;
+		slot->miss_port = port;
+		slot->miss_rid = rid;
+		slot->miss_get_ns = now;
+		slot->miss_gen = gen;
+	}
+	bpf_spin_unlock(&slot->lock);
+	m->miss_hash[idx & (MC_WAYS - 1)] = hash;
+	m->miss_ms[idx & (MC_WAYS - 1)] = now_ms;
+}
+
+/*
+ * "get <key>\r\n" and nothing else in the datagram: the key's place and length follow from
+ * the datagram's length, so there is nothing to tokenize. Hashed, compared and copied a word
+ * at a time; the reply is three stores: headers, key, and the text the slot yields. Anything
+ * else (several keys, other spacing, a key the config does not cache) is MC_SLOW.
+ */
+static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
+				   struct mc_config *cfg, __u32 len)
+{
+	const __u32 ko = MC_UDP_FRAME_HDR + 4; /* after "get " */
+	if (len < ko + 1 + 2 || len > ko + MC_MAX_KEY + 2)
+		return MC_SLOW;
+	if (s->buf[(len - 2) & MC_BUF_MASK] != '\r' || s->buf[(len - 1) & MC_BUF_MASK] != '\n')
+		return MC_SLOW;
+	/* The key length is parked in map memory and re-read for every use: a loop that stops
+	 * at it pins the register it compared to one value per trip count, and the verifier
+	 * would follow everything after it once per key length. */
+	s->one_kl = len - ko - 2;
+	if (!mc_key_plain(s->buf, ko, MC_LOAD(s->one_kl)) ||
+	    !key_cacheable(cfg, s->buf, ko, MC_LOAD(s->one_kl)))
+		return MC_SLOW;
+	__u32 hash = mc_hash(s->buf, ko, MC_LOAD(s->one_kl));
+	__u32 kl = MC_LOAD(s->one_kl);
+	if (kl == 0 || kl > MC_MAX_KEY)
+		return XDP_PASS;
+	/* The way that holds the key, by the bucket's summary: a hint, checked under the lock. */
+	__u32 base = mc_bucket(hash);
+	struct mc_bucket_meta *m = mc_meta(base);
+	if (!m)
+		return XDP_PASS;
+	int way = mc_find_way(m, base, hash);
+	__u32 idx = way < 0 ? base : way;
+	struct mc_slot *slot = mc_cache.lookup(&idx);
+	u32 zero = 0;
+	struct mc_state *st = mc_state.lookup(&zero);
+	if (!slot || !st)
+		return XDP_PASS;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 gen = st->gen;
+	__u64 flush_at = st->flush_at_ns;
+	if (!flush_at || now < flush_at)
+		flush_at = 0; /* a delayed flush that has not happened yet kills nothing */
+	__u64 ttl = cfg->ttl_ns;
+	int expired = 0, unservable = 0;
+	s->one_tail = 0;
+	__u16 vl = 0;
+
+	if (way >= 0) { /* else a miss, without touching a slot */
+		bpf_spin_lock(&slot->lock);
+		if (slot->valid && slot->gen == gen && slot->hash == hash && slot->key_len == kl &&
+		    mc_key_equal(slot->key, s->buf, ko, MC_LOAD(s->one_kl))) {
+			if (now - slot->fill_ns > ttl || slot->fill_ns < flush_at) {
+				expired = 1;
+				slot->valid = 0;
+			} else if (slot->unservable) {
+				unservable = 1;
+			} else {
+				s->one_tail = reply_tail(slot, s->out);
+				vl = slot->val_len;
+			}
+		}
+		bpf_spin_unlock(&slot->lock);
+	}
+	if (expired)
+		mc_level_add(gen, -1);
+	if (unservable) {
+		mc_count(MC_V_TOO_BIG); /* see xdp_get_key */
+		return XDP_PASS;
+	}
+	__u32 tail = MC_LOAD(s->one_tail);
+	kl = MC_LOAD(s->one_kl);
+	if (kl == 0 || kl > MC_MAX_KEY || tail > sizeof(s->out))
+		return XDP_PASS;
+	if (!tail) {
+		if (expired)
+			mc_count(MC_V_EXPIRED);
+		mc_count(MC_V_MISS);
+		remember_in_way(s, hash, now, gen);
+		return XDP_PASS;
+	}
+
+	__u32 body = MC_UDP_FRAME_HDR + 6 + kl + tail;
+	if (sizeof(struct iphdr) + sizeof(struct udphdr) + body > 1500) {
+		mark_unservable(idx, kl, vl);
+		mc_count(MC_V_TOO_BIG);
+		return XDP_PASS;
+	}
+	int have = (int)((long)ctx->data_end - (long)ctx->data);
+	if (!resize(ctx, (int)(sizeof(struct mc_l2l4) + body) - have)) {
+		mark_unservable(idx, kl, vl);
+		mc_count(MC_V_TOO_BIG); /* no room to grow the frame */
+		return XDP_PASS;
+	}
+	struct mc_reply_hdr hdr = {};
+	__builtin_memcpy(hdr.l.eth.h_dest, s->client_mac, 6);
+	__builtin_memcpy(hdr.l.eth.h_source, s->server_mac, 6);
+	hdr.l.eth.h_proto = bpf_htons(ETH_P_IP);
+	hdr.l.ip.version = 4;
+	hdr.l.ip.ihl = 5;
+	hdr.l.ip.ttl = 64;
+	hdr.l.ip.protocol = IPPROTO_UDP;
+	hdr.l.ip.saddr = s->server_addr;
+	hdr.l.ip.daddr = s->client_addr;
+	hdr.l.ip.tot_len = bpf_htons(sizeof(struct iphdr) + sizeof(struct udphdr) + body);
+	hdr.l.ip.frag_off = bpf_htons(0x4000); /* DF, as memcached's replies carry */
+	hdr.l.ip.check = ip_csum(&hdr.l.ip);
+	hdr.l.udp.source = s->server_port;
+	hdr.l.udp.dest = s->client_port;
+	hdr.l.udp.len = bpf_htons(sizeof(struct udphdr) + body);
+	hdr.frame[0] = s->request_id >> 8;
+	hdr.frame[1] = s->request_id & 0xff;
+	hdr.frame[5] = 1;
+	__builtin_memcpy(hdr.value, "VALUE ", 6);
+	__u64 k = kl, t = tail;
+	if (!MC_SIZE_OK(k, MC_MAX_KEY) || !MC_SIZE_OK(t, sizeof(s->out)))
+		return XDP_DROP; /* the packet is already changed: never send half a reply */
+	if (bpf_xdp_store_bytes(ctx, 0, &hdr, sizeof(hdr)) ||
+	    bpf_xdp_store_bytes(ctx, sizeof(hdr), s->buf + ko, k) ||
+	    bpf_xdp_store_bytes(ctx, sizeof(hdr) + k, s->out, t))
+		return XDP_DROP;
+	if (hash == cfg->probe_hash)
+		mc_count(MC_V_PROBE_HIT);
+	mc_count(MC_V_HIT);
+	return XDP_TX;
 }
 
 /* ------------------------------------------------------------------ */
@@ -461,6 +782,9 @@ int xdp_main(struct xdp_md *ctx)
 		mc_count(MC_V_PASS);
 		return XDP_PASS;
 	}
+	int r = get_one(ctx, s, cfg, len);
+	if (r != MC_SLOW)
+		return r;
 	mc_xdp_jmp.call(ctx, TAIL_GET_PARSE);
 	return XDP_PASS;
 }
@@ -554,18 +878,13 @@ int xdp_get_key(struct xdp_md *ctx)
 	kl = MC_LOAD(h->key_len);
 	if (kl == 0 || kl > MC_MAX_KEY)
 		return XDP_PASS;
-	/* The way that holds the key: read without the lock, so only a hint; everything is
-	 * checked again under the lock below (no way found: the bucket's first, a miss). */
+	/* The way that holds the key, by the bucket's summary: a hint, checked under the lock. */
 	__u32 base = mc_bucket(hash);
-	__u32 idx = base;
-	for (__u32 w = 0; w < MC_WAYS; w++) {
-		__u32 way = base + w;
-		struct mc_slot *c = mc_cache.lookup(&way);
-		if (c && c->valid && c->hash == hash && c->key_len == kl) {
-			idx = way;
-			break;
-		}
-	}
+	struct mc_bucket_meta *m = mc_meta(base);
+	if (!m)
+		return XDP_PASS;
+	int way = mc_find_way(m, base, hash);
+	__u32 idx = way < 0 ? base : way;
 	struct mc_slot *slot = mc_cache.lookup(&idx);
 	if (!slot)
 		return XDP_PASS;
@@ -582,18 +901,9 @@ int xdp_get_key(struct xdp_md *ctx)
 	int ok = 0, expired = 0, unservable = 0;
 
 	bpf_spin_lock(&slot->lock);
-	if (slot->valid && slot->gen == gen && slot->hash == hash && slot->key_len == kl &&
+	if (way >= 0 && slot->valid && slot->gen == gen && slot->hash == hash && slot->key_len == kl &&
 	    (!s->binary || slot->has_cas)) {
-		ok = 1;
-		for (__u32 j = 0; j < MC_MAX_KEY; j++) {
-			MC_OPAQUE(j);
-			if (j >= kl || j >= MC_MAX_KEY)
-				break;
-			if (slot->key[j] != MC_AT(s->buf, ko + j)) {
-				ok = 0;
-				break;
-			}
-		}
+		ok = mc_key_equal(slot->key, s->buf, ko, MC_LOAD(h->key_len));
 		if (ok && (now - slot->fill_ns > ttl || slot->fill_ns < flush_at)) {
 			ok = 0;
 			expired = 1;
@@ -653,44 +963,6 @@ int xdp_get_key(struct xdp_md *ctx)
 /* Reply: grow or shrink at the head, rewrite headers, copy the items. */
 /* ------------------------------------------------------------------ */
 
-struct mc_l2l4 {
-	struct ethhdr eth;
-	struct iphdr ip;
-	struct udphdr udp;
-} __attribute__((packed));
-
-static __always_inline __u16 csum_fold(__u64 sum)
-{
-	for (int i = 0; i < 4; i++) {
-		MC_OPAQUE(i);
-		if (sum >> 16)
-			sum = (sum & 0xffff) + (sum >> 16);
-	}
-	return ~sum;
-}
-
-/*
- * Grow (or shrink) the frame by delta bytes. The whole reply is rewritten from offset 0, so
- * where the room comes from does not matter: the head first (256 bytes of headroom are
- * guaranteed), then the tail, then both.
- */
-static __always_inline int resize(struct xdp_md *ctx, int delta)
-{
-	if (delta <= 0)
-		return bpf_xdp_adjust_head(ctx, -delta) == 0;
-	if (bpf_xdp_adjust_head(ctx, -delta) == 0)
-		return 1;
-	if (bpf_xdp_adjust_tail(ctx, delta) == 0)
-		return 1;
-	int head = 192;
-	if (delta <= head || bpf_xdp_adjust_head(ctx, -head))
-		return 0;
-	if (bpf_xdp_adjust_tail(ctx, delta - head) == 0)
-		return 1;
-	bpf_xdp_adjust_head(ctx, head); /* undo: the frame must go on unchanged */
-	return 0;
-}
-
 static __always_inline __u32 ascii_reply_len(struct mc_xscratch *s)
 {
 	__u32 total = MC_UDP_FRAME_HDR + 5; /* "END\r\n" */
@@ -703,28 +975,6 @@ static __always_inline __u32 ascii_reply_len(struct mc_xscratch *s)
 			 h->val_len + 2;
 	}
 	return total;
-}
-
-/*
- * A single-key reply that did not fit: later GETs of the key pass at lookup, without copying
- * the value and failing to grow the frame each time. The room a frame has is a property of
- * the interface and its driver (generic mode: 256 bytes of headroom and the skb's tailroom),
- * so what did not fit once will not fit next time. A fill of the slot clears the mark.
- */
-static __always_inline void mark_unservable(struct mc_xscratch *s)
-{
-	if (s->nkeys != 1)
-		return; /* a multi-get may be too big only as a whole */
-	struct mc_hit *h = &s->hits[0];
-	__u32 idx = h->slot_idx;
-	struct mc_slot *slot = mc_cache.lookup(&idx);
-	if (!slot)
-		return;
-	__u16 kl = h->key_len, vl = h->val_len;
-	bpf_spin_lock(&slot->lock);
-	if (slot->key_len == kl && slot->val_len == vl)
-		slot->unservable = 1; /* another key's slot by now: it is only passed, never wrong */
-	bpf_spin_unlock(&slot->lock);
 }
 
 int xdp_reply(struct xdp_md *ctx)
@@ -745,7 +995,8 @@ int xdp_reply(struct xdp_md *ctx)
 	 * hit, so there is nothing to fill from its reply (no remember_get): a refill would
 	 * copy the same value into the same slot on every such GET. */
 	if (hdrs - sizeof(struct ethhdr) + body > 1500) {
-		mark_unservable(s);
+		if (s->nkeys == 1) /* a multi-get may be too big only as a whole */
+			mark_unservable(s->hits[0].slot_idx, s->hits[0].key_len, s->hits[0].val_len);
 		mc_count(MC_V_TOO_BIG);
 		return XDP_PASS;
 	}
@@ -753,7 +1004,8 @@ int xdp_reply(struct xdp_md *ctx)
 	 * short request, or a UDP length shorter than the IP one) must not trail the reply. */
 	int have = (int)((long)ctx->data_end - (long)ctx->data);
 	if (!resize(ctx, (int)(hdrs + body) - have)) {
-		mark_unservable(s);
+		if (s->nkeys == 1) /* a multi-get may be too big only as a whole */
+			mark_unservable(s->hits[0].slot_idx, s->hits[0].key_len, s->hits[0].val_len);
 		mc_count(MC_V_TOO_BIG); /* no room to grow the frame */
 		return XDP_PASS;
 	}

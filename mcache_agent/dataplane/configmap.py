@@ -14,7 +14,7 @@ from pathlib import Path
 from mcache_agent import constants
 from mcache_agent.config import Config, resolve_allowed_clients
 from mcache_agent.dataplane import libbpf
-from mcache_agent.dataplane.layout import Layout, fnv1a, net_u16, net_u32, pack
+from mcache_agent.dataplane.layout import Layout, key_hash, net_u16, net_u32, pack
 from mcache_agent.dataplane.plan import wanted_interfaces
 
 ZERO = (0).to_bytes(4, "little")
@@ -66,7 +66,7 @@ def config_value(cfg: Config, layout: Layout) -> bytes:
         "serve_ifindex": serve,
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC
         "unix_offset_ns": time.time_ns() - time.monotonic_ns(),
-        "probe_hash": fnv1a(cfg.probe_key.encode()),
+        "probe_hash": key_hash(cfg.probe_key.encode()),
     })
 
 

@@ -71,13 +71,16 @@ def net_u16(port: int) -> int:
     return int.from_bytes(port.to_bytes(2, "big"), "little")
 
 
-def fnv1a(data: bytes) -> int:
-    """The data plane's key hash (mc_hash in bpf/mcache_parse.h)."""
-    h = constants.const("MC_FNV_OFFSET")
-    prime = constants.const("MC_FNV_PRIME")
-    for b in data:
-        h = ((h ^ b) * prime) & 0xFFFFFFFF
-    return h
+def key_hash(data: bytes) -> int:
+    """The data plane's key hash (mc_hash in bpf/mcache_parse.h): 8 bytes per step."""
+    mul = constants.const("MC_HASH_MUL")
+    mask = (1 << 64) - 1
+    h = constants.const("MC_HASH_SEED") ^ len(data)
+    for i in range(0, len(data), 8):
+        h = ((h ^ int.from_bytes(data[i:i + 8], "little")) * mul) & mask
+        h ^= h >> 32
+    h = (h * mul) & mask
+    return (h ^ (h >> 32)) & 0xFFFFFFFF
 
 
 def bucket(hash_: int, entries: int) -> int:

@@ -12,7 +12,7 @@ from pymemcache.client.base import Client
 
 from mcache_agent import constants
 from mcache_agent import udp_client as uc
-from mcache_agent.dataplane.layout import bucket, fnv1a
+from mcache_agent.dataplane.layout import bucket, key_hash
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def _same_bucket(n: int, entries: int = 4096) -> list[bytes]:
     found: dict[int, list[bytes]] = {}
     for i in range(1_000_000):
         key = b"assoc%d" % i
-        same = found.setdefault(bucket(fnv1a(key), entries), [])
+        same = found.setdefault(bucket(key_hash(key), entries), [])
         same.append(key)
         if len(same) == n:
             return same

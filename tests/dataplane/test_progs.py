@@ -155,6 +155,57 @@ def test_flags_are_echoed_as_memcached_printed_them(dp):
     assert out == expected_reply(rid, b"VALUE fk 4294967295 1\r\nv\r\nEND\r\n")
 
 
+@pytest.mark.parametrize("klen", [1, 7, 8, 9, 15, 16, 17, 31, 63, 64])
+@pytest.mark.parametrize("vlen", [0, 1, 8, 13, 256])
+def test_single_key_hit_for_every_word_boundary(dp, klen, vlen):
+    """The common GET is hashed, compared and copied 8 bytes at a time, the last word
+    partial: every length around a word boundary, up to max_key_bytes and max_value_bytes."""
+    key = bytes(b"k%03d" % klen + bytes(range(0x41, 0x41 + 60)))[:klen]
+    value = bytes((i * 7) % 251 for i in range(vlen))
+    assert dp.fill_ascii(key, value, flags=vlen).get("fill") == 1
+    rid, _req, rc, out, d = dp.get(key)
+    assert rc == XDP_TX and d.get("hit") == 1, d
+    assert out == expected_reply(rid, b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, vlen, vlen,
+                                                                            value))
+
+
+@pytest.mark.parametrize("at", [0, 6, 7, 8, 15, 16])
+def test_keys_that_differ_in_one_byte_miss(dp, at):
+    """Only the whole key hits: a key that differs in any byte of a word (the top byte too,
+    which a word hash could lose) or of the partial last word is another key."""
+    key = b"abcdefghijklmnopq"  # 17 bytes: two words and one byte
+    dp.fill_ascii(key, b"v")
+    other = key[:at] + b"Z" + key[at + 1:]
+    _, _, rc, _, d = dp.get(other)
+    assert rc == XDP_PASS and d.get("miss") == 1, d
+    _, _, rc, _, d = dp.get(key)
+    assert rc == XDP_TX and d.get("hit") == 1, d
+
+
+@pytest.mark.parametrize("line,key", [(b"get  spaced", b"spaced"), (b"get trail ", b"trail"),
+                                      (b"get a\rb", b"a\rb")])
+def test_other_spellings_of_one_key_are_still_served(dp, line, key):
+    """What the common path does not take (two spaces, a trailing space, a CR inside the key)
+    goes to the general parser, which reads it as memcached's tokenizer does."""
+    dp.fill_ascii(key, b"val")
+    rid = dp.next_rid()
+    (rc, out), d = dp.delta(lambda: dp.x(mc_udp(rid, line + b"\r\n")))
+    assert rc == XDP_TX and d.get("hit") == 1, d
+    assert out == expected_reply(rid, b"VALUE %s 0 3\r\nval\r\nEND\r\n" % key)
+
+
+def test_the_probe_hit_proves_the_agents_key_hash(dp):
+    """The config carries layout.key_hash of the probe key (the agent's twin of mc_hash); the
+    data plane counts probe_hit only when its own hash of the key matches it."""
+    key = cfg().probe_key.encode()
+    dp.fill_ascii(key, b"alive")
+    _, _, rc, _, d = dp.get(key)
+    assert rc == XDP_TX and d.get("hit") == 1 and d.get("probe_hit") == 1, d
+    dp.fill_ascii(key + b"x", b"alive")
+    _, _, rc, _, d = dp.get(key + b"x")
+    assert rc == XDP_TX and d.get("hit") == 1 and "probe_hit" not in d, d
+
+
 def test_hit_only_for_the_same_client_port_reply(dp):
     """A reply for another request id is not a fill."""
     rid = dp.next_rid()
@@ -389,6 +440,52 @@ def test_write_between_get_and_reply_refuses_fill(dp):
     (_, _), d = dp.delta(lambda: dp.t(mc_reply(rid, b"VALUE race 0 3\r\nold\r\nEND\r\n")))
     assert d.get("fill_rejected") == 1 and "fill" not in d, d
     assert dp.get(b"race")[2] == XDP_PASS
+
+
+def test_a_retry_keeps_the_first_gets_time(dp):
+    """The same client and request id asking again after a write (a retry): the miss record
+    keeps the first GET's arrival, so the reply, which memcached may have read before the
+    write, is refused."""
+    rid = dp.next_rid()
+    dp.x(mc_udp(rid, b"get retry\r\n"))
+    time.sleep(0.001)
+    dp.x(mc_udp(dp.next_rid(), b"delete retry\r\n"))
+    time.sleep(0.001)
+    dp.x(mc_udp(rid, b"get retry\r\n"))
+    (_, _), d = dp.delta(lambda: dp.t(mc_reply(rid, b"VALUE retry 0 3\r\nold\r\nEND\r\n")))
+    assert d.get("fill_rejected") == 1 and "fill" not in d, d
+
+
+def same_bucket_keys(n: int, entries: int = 4096) -> list[bytes]:
+    from mcache_agent.dataplane.layout import bucket, key_hash
+    found: dict[int, list[bytes]] = {}
+    for i in range(200000):
+        key = b"b%06d" % i
+        keys = found.setdefault(bucket(key_hash(key), entries), [])
+        keys.append(key)
+        if len(keys) == n:
+            return keys
+    raise AssertionError("no bucket with enough keys")
+
+
+def test_misses_in_one_bucket_wait_in_their_own_ways(dp):
+    """Single-key misses wait for their replies in the ways of their bucket: four at once all
+    fill; a fifth while the four wait takes the first way's record, and that GET's reply
+    fills nothing (a lost fill, never a wrong one)."""
+    keys = same_bucket_keys(5)
+    rids = []
+    for key in keys:
+        rids.append(dp.next_rid())
+        (rc, _), d = dp.delta(lambda k=key, r=rids[-1]: dp.x(mc_udp(r, b"get " + k + b"\r\n")))
+        assert rc == XDP_PASS and d.get("miss") == 1, d
+    fills = []
+    for key, rid in zip(keys, rids, strict=True):
+        (_, _), d = dp.delta(lambda k=key, r=rid: dp.t(
+            mc_reply(r, b"VALUE %s 0 2\r\nok\r\nEND\r\n" % k)))
+        fills.append(d.get("fill", 0))
+    assert fills == [0, 1, 1, 1, 1], fills
+    for key, hit in zip(keys, fills, strict=True):
+        assert (dp.get(key)[2] == XDP_TX) == bool(hit), key
 
 
 # --------------------------------------------------------------------------- config

@@ -145,7 +145,7 @@ def test_too_many_interface_networks_are_refused_with_the_path() -> None:
 
 
 def test_memory_check_uses_the_real_slot_size() -> None:
-    # 1M slots of 88 + 256 + 1024 bytes: 1.43 GB, over the 1 GiB cap.
+    # 1M slots of 184 + 256 + 1024 bytes: 1.54 GB, over the 1 GiB cap.
     text = cfg_text(interfaces=["lo"], allowed=["127.0.0.0/8"]).replace(
         "cache: {", "cache: {entries: 1048576, max_value_bytes: 1024, ")
     cfg = load_config(text)

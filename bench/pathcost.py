@@ -1,0 +1,167 @@
+"""What one request costs the data plane, per path, for one or more source trees side by side:
+BPF_PROG_TEST_RUN of the attached roots on hand-built frames (the kernel's own duration of
+one run on a fresh copy of the frame, median over many), no scheduler or veth in the way.
+
+    bench/pathcost.py [--src DIR ...] [--runs N] [--rounds R] [--out FILE]
+
+Paths measured for each tree (--src, default this checkout; e.g. a worktree of the commit
+before a change), in rounds that interleave the trees, and for the reflector (round C's
+program, bench/reflector.c: the floor of answering from XDP):
+  hit       "get <32-byte key>\\r\\n", a cached 32-byte value: XDP_TX with the reply
+  miss      a GET of a key not cached: XDP_PASS, the GET remembered for the fill guard
+  fill      memcached's reply to that GET through TC egress: the slot filled
+  miss+fill what a miss costs the data plane in all
+  pass      a non-memcached UDP datagram
+Each tree runs in a child process with PYTHONPATH=<tree>, its own network namespace and pin
+directory, so its own agent code loads its own programs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+KEY_LEN = VALUE_LEN = 32
+CONFIG = """
+apiVersion: mcache/v1
+version: 1
+memcached: {address: 198.19.78.1, port: 11211}
+interfaces: [{name: pc0, xdp_mode: auto}]
+cache: {entries: 65536, max_key_bytes: 250, max_value_bytes: 1024, ttl_ms: 600000,
+        fill_hold_ms: 0, allowed_clients: [198.19.78.0/24]}
+"""
+CLIENT, SERVER = "198.19.78.2", "198.19.78.1"
+
+
+def child(runs: int, reflector_c: Path, index: int) -> dict:
+    """Measure the tree on sys.path (PYTHONPATH): its Dataplane, its programs."""
+    import bcc
+
+    from harness.frames import mc_reply, mc_udp, udp_frame
+    from harness.netns import in_ns, sh
+    from harness.testrun import Prog, xdp_ctx
+    from mcache_agent.config import parse_config
+    from mcache_agent.dataplane import Dataplane
+
+    ns, pin = f"mcpc-{index}", f"/sys/fs/bpf/mcache-pathcost-{index}"
+    sh(f"ip netns del {ns}", check=False)
+    sh(f"ip netns add {ns} && ip -n {ns} link add pc0 type veth peer name pc1 && "
+       f"ip -n {ns} addr add {SERVER}/24 dev pc0 && ip -n {ns} link set pc0 up && "
+       f"ip -n {ns} link set pc1 up && ip -n {ns} link set lo up")
+    dp = Dataplane(pin)
+    out: dict = {}
+    try:
+        with in_ns(ns):
+            t = time.perf_counter()
+            dp.apply(parse_config(CONFIG), None)
+            out["first_apply_ms"] = (time.perf_counter() - t) * 1000
+            ifindex = socket.if_nametoindex("pc0")
+            xdp, tc = Prog(f"{pin}/xdp_root"), Prog(f"{pin}/tc_root")
+
+            def xrun(frame: bytes) -> tuple[int, int]:
+                ret, dur, _ = xdp.run_timed(frame, xdp_ctx(len(frame), ifindex))
+                return ret, dur
+
+            key = b"k" * (KEY_LEN - 8)
+            value = b"v" * VALUE_LEN
+            times: dict[str, list[int]] = {"hit": [], "miss": [], "fill": [], "miss+fill": [],
+                                           "pass": []}
+            rets: dict[str, set[int]] = {k: set() for k in times}
+            for i in range(runs):
+                # a key never asked before: a miss, then memcached's reply fills it
+                k = key + b"%08d" % i
+                rid = i & 0xFFFF
+                r, d_miss = xrun(mc_udp(rid, b"get " + k + b"\r\n", src=CLIENT, dst=SERVER))
+                rets["miss"].add(r)
+                body = b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (k, len(value), value)
+                r, d_fill, _ = tc.run_timed(mc_reply(rid, body, client=CLIENT, server=SERVER))
+                rets["fill"].add(r)
+                # the same key again: a hit
+                r, d_hit = xrun(mc_udp(rid, b"get " + k + b"\r\n", src=CLIENT, dst=SERVER))
+                rets["hit"].add(r)
+                r, d_pass = xrun(udp_frame(b"p" * 32, src=CLIENT, dst=SERVER, dport=9999))
+                rets["pass"].add(r)
+                for name, v in (("hit", d_hit), ("miss", d_miss), ("fill", d_fill),
+                                ("miss+fill", d_miss + d_fill), ("pass", d_pass)):
+                    times[name].append(v)
+            out["ns"] = {k: statistics.median(v) for k, v in times.items()}
+            out["returns"] = {k: sorted(v) for k, v in rets.items()}
+            out["counters"] = dp.counters()
+            out["verified_insns"] = {n: p.verified_insns for n, p in dp.programs().items()}
+            xdp.close()
+            tc.close()
+            # the reflector on the same hit frame (its fixed reply has a 32-byte value)
+            sfx = b" 0 %d\r\n" % VALUE_LEN + b"r" * VALUE_LEN + b"\r\nEND\r\n"
+            refl = bcc.BPF(src_file=str(reflector_c).encode(),
+                           cflags=[f"-DREFL_SUFFIX_LEN={len(sfx)}"])
+            fn = refl.load_func(b"xdp_reflect", bcc.BPF.XDP)
+            rp = Prog(fd=fn.fd)
+            frame = mc_udp(1, b"get " + key + b"00000000\r\n", src=CLIENT, dst=SERVER)
+            c = xdp_ctx(len(frame), ifindex)
+            out["reflector_hit_ns"] = statistics.median(
+                rp.run_timed(frame, c)[1] for _ in range(runs))
+            refl.cleanup()
+    finally:
+        with in_ns(ns):
+            dp.teardown()
+        sh(f"ip netns del {ns}", check=False)
+    return out
+
+
+def run_child(src: Path, runs: int, index: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    # cwd too: the agent's loader workers run as `python -m`, which puts the working
+    # directory first on sys.path.
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--runs",
+                        str(runs), "--index", str(index)], env=env, cwd=src,
+                       capture_output=True, text=True, check=False, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"{src}: exit {r.returncode}\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--src", type=Path, action="append",
+                    help="a source tree to measure (repeatable; default this checkout)")
+    ap.add_argument("--runs", type=int, default=5000, help="frames per path per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.runs, HERE / "reflector.c", args.index)))
+        return 0
+    srcs = [s.resolve() for s in (args.src or [HERE.parent])]
+    rounds: dict[str, list[dict]] = {str(s): [] for s in srcs}
+    for _ in range(args.rounds):
+        for i, s in enumerate(srcs):
+            rounds[str(s)].append(run_child(s, args.runs, i))
+    res = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": args.runs,
+           "rounds": args.rounds, "kernel": os.uname().release, "trees": {}}
+    print(f"{'tree':<28} {'hit':>7} {'miss':>7} {'fill':>7} {'miss+fill':>9} {'pass':>7} "
+          f"{'reflector':>9} {'hit/refl':>8}  (ns, median of round medians)")
+    for s, rs in rounds.items():
+        med = {k: statistics.median(r["ns"][k] for r in rs) for k in rs[0]["ns"]}
+        refl = statistics.median(r["reflector_hit_ns"] for r in rs)
+        res["trees"][s] = {"ns": med, "reflector_hit_ns": refl, "rounds": rs}
+        print(f"{Path(s).name:<28} {med['hit']:>7.0f} {med['miss']:>7.0f} {med['fill']:>7.0f} "
+              f"{med['miss+fill']:>9.0f} {med['pass']:>7.0f} {refl:>9.0f} "
+              f"{med['hit'] / refl:>8.2f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
