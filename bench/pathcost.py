@@ -12,6 +12,7 @@ program, bench/reflector.c: the floor of answering from XDP):
   fill      memcached's reply to that GET through TC egress: the slot filled
   miss+fill what a miss costs the data plane in all
   pass      a non-memcached UDP datagram
+and the wall time of the tree's first `Dataplane.apply` (compile, load, pin, attach).
 Each tree runs in a child process with PYTHONPATH=<tree>, its own network namespace and pin
 directory, so its own agent code loads its own programs.
 """
@@ -149,14 +150,16 @@ def main() -> int:
     res = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": args.runs,
            "rounds": args.rounds, "kernel": os.uname().release, "trees": {}}
     print(f"{'tree':<28} {'hit':>7} {'miss':>7} {'fill':>7} {'miss+fill':>9} {'pass':>7} "
-          f"{'reflector':>9} {'hit/refl':>8}  (ns, median of round medians)")
+          f"{'reflector':>9} {'hit/refl':>8} {'apply ms':>8}  (ns, median of round medians)")
     for s, rs in rounds.items():
         med = {k: statistics.median(r["ns"][k] for r in rs) for k in rs[0]["ns"]}
         refl = statistics.median(r["reflector_hit_ns"] for r in rs)
-        res["trees"][s] = {"ns": med, "reflector_hit_ns": refl, "rounds": rs}
+        apply_ms = statistics.median(r["first_apply_ms"] for r in rs)
+        res["trees"][s] = {"ns": med, "reflector_hit_ns": refl, "first_apply_ms": apply_ms,
+                           "rounds": rs}
         print(f"{Path(s).name:<28} {med['hit']:>7.0f} {med['miss']:>7.0f} {med['fill']:>7.0f} "
               f"{med['miss+fill']:>9.0f} {med['pass']:>7.0f} {refl:>9.0f} "
-              f"{med['hit'] / refl:>8.2f}")
+              f"{med['hit'] / refl:>8.2f} {apply_ms:>8.0f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=1))

@@ -326,6 +326,16 @@ static __always_inline int fill_one(struct mc_tscratch *s, struct mc_config *cfg
 		fe = MC_LOAD(s->one_fe);
 		fill(s, cfg, s->buf, ko, MC_LOAD(s->one_ke) - ko, MC_LOAD(s->one_be) + 2, bytes,
 		     flags, ke + 1, fe - ke - 1, 0, 0, 1);
+	} else {
+		/* Answered all the same: the record is used up (a retry with the same request id
+		 * would otherwise inherit this GET's time, and be refused for the same reason). */
+		bpf_spin_lock(&rec->lock);
+		if (rec->miss_hash == hash && rec->miss_addr == addr && rec->miss_port == port &&
+		    rec->miss_rid == rid)
+			rec->miss_get_ns = 0;
+		bpf_spin_unlock(&rec->lock);
+		m->miss_hash[idx & (MC_WAYS - 1)] = 0;
+		m->miss_ms[idx & (MC_WAYS - 1)] = 0;
 	}
 	return 1;
 }

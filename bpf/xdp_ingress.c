@@ -534,7 +534,8 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 	hdr.frame[0] = s->request_id >> 8;
 	hdr.frame[1] = s->request_id & 0xff;
 	hdr.frame[5] = 1;
-	__builtin_memcpy(hdr.value, "VALUE ", 6);
+	__u64 txt_value = MC_W6('V', 'A', 'L', 'U', 'E', ' '); /* no string literals: .rodata */
+	__builtin_memcpy(hdr.value, &txt_value, 6);
 	__u64 k = kl, t = tail;
 	if (!MC_SIZE_OK(k, MC_MAX_KEY) || !MC_SIZE_OK(t, sizeof(s->out)))
 		return XDP_DROP; /* the packet is already changed: never send half a reply */

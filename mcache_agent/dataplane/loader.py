@@ -6,7 +6,7 @@ starts workers (the XDP and TC halves compile in parallel), each compiles, loads
 own fresh prog array, pins what it made under <bpffs>/sets/<id>/, prints a JSON line with
 what the daemon needs (struct layouts), and exits. The pins keep everything alive.
 
-    python -m mcache_agent.dataplane.loader {xdp|tc|root|layout} --bpffs DIR [--set ID]
+    python -m mcache_agent.dataplane.loader {xdp|tc|root|maps|layout} --bpffs DIR [--set ID]
         [--cflag F]...
 """
 
@@ -25,7 +25,7 @@ from mcache_agent.dataplane import libbpf
 from mcache_agent.dataplane.layout import ctype_layout
 from mcache_agent.dataplane.source import inline_source
 
-KINDS = ("xdp", "tc", "root", "layout")
+KINDS = ("xdp", "tc", "root", "maps", "layout")
 XDP_PROGS = ("xdp_main", "xdp_get_key", "xdp_reply", "xdp_scan", "xdp_get_parse")
 TC_PROGS = ("tc_main", "tc_fill_item")
 TAILS = {
@@ -35,6 +35,16 @@ TAILS = {
     "xdp_get_parse": "MC_TAIL_GET_PARSE",
     "tc_fill_item": "MC_TAIL_FILL_ITEM",
 }
+
+
+MAPS_USER = """
+int mc_maps(void *ctx)
+{
+	u32 zero = 0;
+	struct mc_slot *slot = mc_cache.lookup(&zero);
+	return slot ? slot->valid : 0;
+}
+"""
 
 
 def _pin(fd: int, path: Path) -> None:
@@ -50,6 +60,11 @@ def load(kind: str, bpffs: Path, set_id: str, cflags: list[str]) -> dict[str, An
         text = inline_source(constants.source("mcache_shared.h"))
         b = bcc.BPF(text=text + "\nBPF_ARRAY(mc_cfg_layout, struct mc_config, 1);\n")
         return {"config": ctype_layout(b["mc_cfg_layout"].Leaf)}
+    if kind == "maps":  # the state maps of a set, created and pinned before its compiles
+        # A function that uses the cache (never loaded) puts struct mc_slot in the BTF that
+        # bcc creates the maps with: a map with a spin lock needs it.
+        bcc.BPF(text=inline_source(constants.source("mcache_maps.h")) + MAPS_USER, cflags=cflags)
+        return {}
     if kind == "root":
         b = bcc.BPF(text=inline_source(constants.source("root.c")), cflags=cflags)
         _pin(b.load_func("xdp_root", bcc.BPF.XDP).fd, bpffs / "xdp_root")
@@ -68,7 +83,10 @@ def load(kind: str, bpffs: Path, set_id: str, cflags: list[str]) -> dict[str, An
     # A prog array empties when its last user reference goes: pin it, and the entry.
     _pin(b[jmp].get_fd(), set_dir / f"{kind}_jmp")
     _pin(fns[progs[0]].fd, set_dir / progs[0])
-    return {"entry": progs[0]}
+    out: dict[str, Any] = {"entry": progs[0]}
+    if kind == "xdp":  # the config's layout comes with it: no "layout" worker after the load
+        out["config"] = ctype_layout(b["mc_cfg_tmpl"].Leaf)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,10 +14,12 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mcache_agent.dataplane import libbpf
+from mcache_agent.dataplane.layout import Layout
 from mcache_agent.dataplane.pins import PinDir
 
 WORKER_TIMEOUT_S = 120
@@ -61,25 +63,31 @@ def new_set_id() -> str:
     return str(time.time_ns())
 
 
-def load_set(pins: PinDir, cflags: list[str], shared_pinned: bool) -> str:
-    """Compile and load a program set (and the roots if they are not pinned yet); returns
-    its id. `shared_pinned`: the state maps this set uses exist already. When they do not,
-    the first worker to compile creates and pins them, and two racing workers would both
-    try: then XDP compiles first and the others after it, in parallel."""
+@dataclass(frozen=True)
+class LoadedSet:
+    id: str
+    config_layout: Layout  # struct mc_config as the XDP worker's compiler laid it out
+
+
+def load_set(pins: PinDir, cflags: list[str], shared_pinned: bool) -> LoadedSet:
+    """Compile and load a program set (and the roots if they are not pinned yet), the
+    workers in parallel. `shared_pinned`: the state maps this set uses exist already. When
+    they do not, a "maps" worker creates and pins them first (a compile of the map
+    definitions alone, ~0.3 s): bcc decides to create a pinned map before it compiles and pins
+    it after, so two workers compiling at once would both create it, and one pin would fail."""
     set_id = new_set_id()
     kinds = ["xdp", "tc"]
+    first = [] if shared_pinned else ["maps"]
     if not (pins.has("xdp_root") and pins.has("tc_root")):
-        kinds.append("root")
+        (first or kinds).append("root")  # shares no state map: alongside the maps worker
     try:
-        if shared_pinned:
-            run_workers(pins, kinds, cflags, set_id)
-        else:
-            run_workers(pins, kinds[:1], cflags, set_id)
-            run_workers(pins, kinds[1:], cflags, set_id)
+        if first:
+            run_workers(pins, first, cflags, set_id)
+        results = run_workers(pins, kinds, cflags, set_id)
     except Exception:
         discard(pins, set_id)
         raise
-    return set_id
+    return LoadedSet(set_id, results[0]["config"])
 
 
 def discard(pins: PinDir, set_id: str) -> None:

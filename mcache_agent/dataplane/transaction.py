@@ -288,7 +288,9 @@ class Dataplane:
         state = self.pins.state_dir(abi)
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         shared = all((state / n).exists() for n in (cache_pin(cfg.shape()), "conn"))
-        return sets.load_set(self.pins, self.cflags(cfg), shared)
+        loaded = sets.load_set(self.pins, self.cflags(cfg), shared)
+        self._layout = loaded.config_layout  # the same sources: no layout worker needed
+        return loaded.id
 
     def _program_swap(self, cfg: Config, record: Record | None, abi: str) -> tuple[str, float]:
         set_id = self._load_set(cfg, abi)

@@ -456,6 +456,24 @@ def test_a_retry_keeps_the_first_gets_time(dp):
     assert d.get("fill_rejected") == 1 and "fill" not in d, d
 
 
+def test_a_refused_reply_uses_up_its_miss_record(dp):
+    """A reply refused by the guard (here: a flush since its GET, as when the agent flushes
+    at start) still answers its GET: the next GET with the same client and request id
+    (clients that reuse ids, like the agent's probe) is judged on its own time and fills."""
+    rid = dp.next_rid()
+    dp.x(mc_udp(rid, b"get reuse\r\n"))
+    time.sleep(0.001)
+    dp.x(mc_udp(dp.next_rid(), b"flush_all\r\n"))
+    reply = mc_reply(rid, b"VALUE reuse 0 3\r\nnew\r\nEND\r\n")
+    (_, _), d = dp.delta(lambda: dp.t(reply))
+    assert d.get("fill_rejected") == 1, d
+    time.sleep(0.001)
+    dp.x(mc_udp(rid, b"get reuse\r\n"))
+    (_, _), d = dp.delta(lambda: dp.t(reply))
+    assert d.get("fill") == 1, d
+    assert dp.get(b"reuse")[2] == XDP_TX
+
+
 def same_bucket_keys(n: int, entries: int = 4096) -> list[bytes]:
     from mcache_agent.dataplane.layout import bucket, key_hash
     found: dict[int, list[bytes]] = {}

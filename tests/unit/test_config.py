@@ -86,11 +86,11 @@ def test_defaults_are_applied() -> None:
 
 def test_memory_estimate() -> None:
     cfg = load_config(cfg_text(entries=1024, max_key_bytes=60, max_value_bytes=500))
-    # slot = MC_SLOT_HEADER + round8(60) + round8(500) = 88 + 64 + 504 (asserted in the C)
-    assert cfg.slot_bytes() == 656
-    assert cfg.memory_bytes() > 1024 * 656
+    # slot = MC_SLOT_HEADER + round8(60) + round8(500) = 184 + 64 + 504 (asserted in the C)
+    assert cfg.slot_bytes() == 752
+    assert cfg.memory_bytes() > 1024 * 752
     bigger = load_config(cfg_text(entries=2048, max_key_bytes=60, max_value_bytes=500))
-    assert bigger.memory_bytes() - cfg.memory_bytes() == 1024 * 656
+    assert bigger.memory_bytes() - cfg.memory_bytes() == 1024 * 752
 
 
 # --------------------------------------------------------------------------- faults
