@@ -23,8 +23,6 @@
 #include "mcache_parse.h"
 
 #define TAIL_FILL_ITEM MC_TAIL_FILL_ITEM
-/* "VALUE <key> <flags> <bytes>\r\n" at its longest: the part of a reply read first */
-#define MC_ITEM_LINE (6 + MC_KEY_LIMIT + 32) /* and the parsers look no further */
 
 BPF_PROG_ARRAY(mc_tc_jmp, 2);
 
@@ -33,8 +31,7 @@ struct mc_tscratch {
 	struct mc_pending pend;
 	__u8 buf[MC_BUF + MC_BUF_PAD];
 	struct mc_tokens tok;
-	__u32 len;   /* reply payload bytes (in buf, once read) */
-	__u32 off;   /* where the payload starts in the packet */
+	__u32 len;   /* reply payload bytes in buf */
 	__u32 pos;   /* next ASCII item */
 	__u32 items; /* ASCII items filled so far */
 	__u32 hash;
@@ -262,20 +259,16 @@ static __always_inline int fill_binary(struct mc_tscratch *s, struct mc_config *
  * lookup or delete. Returns 0 when the reply has another form or no record waits for it:
  * the general path (mc_pending) decides then.
  */
-static __always_inline int fill_one(struct __sk_buff *skb, struct mc_tscratch *s,
-				    struct mc_config *cfg)
+static __always_inline int fill_one(struct mc_tscratch *s, struct mc_config *cfg)
 {
 	const __u32 ko = MC_UDP_FRAME_HDR + 6; /* after "VALUE " */
 	__u32 len = s->len;
 	if (len < ko + 1 + 6 + 7 || len > MC_BUF)
 		return 0;
-	/* The item's line first: "VALUE <key> <flags> <bytes>\r\n" */
-	__u64 line = len < MC_UDP_FRAME_HDR + MC_ITEM_LINE ? len : MC_UDP_FRAME_HDR + MC_ITEM_LINE;
-	if (!MC_SIZE_OK(line, MC_UDP_FRAME_HDR + MC_ITEM_LINE) ||
-	    bpf_skb_load_bytes(skb, s->off, s->buf, line))
-		return 0;
 	if ((mc_word(s->buf, MC_UDP_FRAME_HDR) & 0xffffffffffffULL) !=
-	    MC_W6('V', 'A', 'L', 'U', 'E', ' '))
+	    MC_W6('V', 'A', 'L', 'U', 'E', ' ') ||
+	    (mc_word(s->buf, len - 7) & 0xffffffffffffffULL) !=
+	    MC_W7('\r', '\n', 'E', 'N', 'D', '\r', '\n'))
 		return 0;
 	s->one_ke = mc_find_space(s->buf, ko, MC_MAX_KEY + 1);
 	__s32 ke = MC_LOAD(s->one_ke);
@@ -325,12 +318,6 @@ static __always_inline int fill_one(struct __sk_buff *skb, struct mc_tscratch *s
 	if (!rec || !rec->miss_get_ns || rec->miss_hash != hash || rec->miss_addr != addr ||
 	    rec->miss_port != port || rec->miss_rid != rid)
 		return 0;
-	/* Awaited: now the value, and the reply's end. */
-	__u64 all = MC_LOAD(s->len);
-	if (!MC_SIZE_OK(all, MC_BUF) || bpf_skb_load_bytes(skb, s->off, s->buf, all) ||
-	    (mc_word(s->buf, all - 7) & 0xffffffffffffffULL) !=
-	    MC_W7('\r', '\n', 'E', 'N', 'D', '\r', '\n'))
-		return 1;
 	s->miss_way = idx;
 	s->pend.get_ns = rec->miss_get_ns;
 	s->pend.gen = rec->miss_gen;
@@ -403,20 +390,15 @@ int tc_main(struct __sk_buff *skb)
 		.request_id = ((__u16)fh[0] << 8) | fh[1],
 	};
 	s->pk = pk;
-	s->len = len;
-	s->off = off;
-	struct mc_pending *p = mc_pending.lookup(&pk);
-	if (!p) {
-		/* No GET of this request in mc_pending: maybe a single-key GET waiting in a way.
-		 * Only the item's line is read until its record is found: most replies here are
-		 * to GETs nobody waits for (hits too big for the frame), and copying their values
-		 * would cost what memcached's own answer costs. */
-		fill_one(skb, s, cfg);
-		return TC_ACT_OK;
-	}
-	__builtin_memcpy(&s->pend, p, sizeof(*p));
 	if (bpf_skb_load_bytes(skb, off, s->buf, len))
 		return TC_ACT_OK;
+	s->len = len;
+	if (fill_one(s, cfg))
+		return TC_ACT_OK;
+	struct mc_pending *p = mc_pending.lookup(&pk);
+	if (!p)
+		return TC_ACT_OK;
+	__builtin_memcpy(&s->pend, p, sizeof(*p));
 	len = MC_LOAD(s->len);
 	if (len < MC_UDP_FRAME_HDR + 5 || len > MC_BUF)
 		return TC_ACT_OK;
