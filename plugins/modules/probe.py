@@ -24,13 +24,14 @@ options: {}
 extends_documentation_fragment:
   - mcache.fleet.agent
   - mcache.fleet.agent.probe
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return the changed status without changing anything.
     support: full
   diff_mode:
-    description: Returns details on what changed (or would change in check mode) with --diff.
     support: none
+  platform:
+    platforms: posix
 """
 
 EXAMPLES = r"""

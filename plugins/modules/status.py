@@ -30,13 +30,14 @@ options:
     type: int
 extends_documentation_fragment:
   - mcache.fleet.agent
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return the changed status without changing anything.
     support: full
   diff_mode:
-    description: Returns details on what changed (or would change in check mode) with --diff.
     support: none
+  platform:
+    platforms: posix
 """
 
 EXAMPLES = r"""

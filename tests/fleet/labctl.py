@@ -110,16 +110,9 @@ class Lab:
         self, playbook: str | Path, *args: str, timeout: float = 600
     ) -> subprocess.CompletedProcess[str]:
         """`ansible-playbook -i inventory/lab PLAYBOOK ARGS...` from the repository root."""
-        return subprocess.run(
+        return self.run_tool(
             [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), str(playbook), *args],
-            cwd=self.repo,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+            timeout)
 
     def ansible(
         self, pattern: str, module: str, module_args: str = "", *args: str, timeout: float = 300
@@ -128,16 +121,12 @@ class Lab:
         argv = [str(VENV_BIN / "ansible"), "-i", str(self.inventory), pattern, "-m", module]
         if module_args:
             argv += ["-a", module_args]
-        return subprocess.run(
-            [*argv, *args],
-            cwd=self.repo,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return self.run_tool([*argv, *args], timeout)
+
+    def run_tool(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        """An Ansible command line from the repository root, with the lab's environment."""
+        return subprocess.run(argv, cwd=self.repo, env=self.env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def lab_hosts() -> list[LabHost]:
