@@ -40,9 +40,9 @@ TAILS = {
 MAPS_USER = """
 int mc_maps(void *ctx)
 {
-	u32 zero = 0;
-	struct mc_slot *slot = mc_cache.lookup(&zero);
-	return slot ? slot->valid : 0;
+    u32 zero = 0;
+    struct mc_slot *slot = mc_cache.lookup(&zero);
+    return slot ? slot->valid : 0;
 }
 """
 
