@@ -14,8 +14,10 @@ from pymemcache.client.base import Client
 
 from harness.netns import in_ns, sh
 from mcache_agent import udp_client as uc
+from mcache_agent.dataplane.layout import bucket, key_hash
 
-__all__ = ["NsClient", "Pair", "agent_owned", "in_ns", "make_config", "sh", "start_memcached",
+__all__ = ["NsClient", "Pair", "agent_owned", "in_ns", "make_config", "same_bucket_keys", "sh",
+           "start_memcached",
            "stop_pid"]
 
 
@@ -158,3 +160,15 @@ def agent_owned(p: Pair, keys: dict[bytes, bytes]) -> Pair:
         c.mc.set(k, v)
     c.mc.close()
     return p
+
+
+def same_bucket_keys(n: int, entries: int = 4096) -> list[bytes]:
+    """n keys whose hashes pick the same bucket of a cache of `entries` slots."""
+    found: dict[int, list[bytes]] = {}
+    for i in range(1_000_000):
+        key = b"assoc%d" % i
+        same = found.setdefault(bucket(key_hash(key), entries), [])
+        same.append(key)
+        if len(same) == n:
+            return same
+    raise AssertionError("no bucket with enough keys")

@@ -7,12 +7,11 @@ import struct
 import time
 
 import pytest
-from nsutil import NsClient, Pair, in_ns
+from nsutil import NsClient, Pair, in_ns, same_bucket_keys
 from pymemcache.client.base import Client
 
 from mcache_agent import constants
 from mcache_agent import udp_client as uc
-from mcache_agent.dataplane.layout import bucket, key_hash
 
 
 @pytest.fixture(scope="module")
@@ -183,23 +182,11 @@ def test_kill_switch(pair, cli):
         pair.apply()
 
 
-def _same_bucket(n: int, entries: int = 4096) -> list[bytes]:
-    """n keys whose hashes pick the same bucket of a cache of `entries` slots."""
-    found: dict[int, list[bytes]] = {}
-    for i in range(1_000_000):
-        key = b"assoc%d" % i
-        same = found.setdefault(bucket(key_hash(key), entries), [])
-        same.append(key)
-        if len(same) == n:
-            return same
-    raise AssertionError("no bucket with enough keys")
-
-
 def test_keys_of_one_bucket_share_it(cli):
     """A bucket holds MC_WAYS keys at once; a write kills only its key; one key more evicts
     the way filled longest ago, which memcached then answers."""
     ways = constants.const("MC_WAYS")
-    keys = _same_bucket(ways + 1)
+    keys = same_bucket_keys(ways + 1)
     for k in keys[:ways]:
         cli.cached(k, b"v-" + k)
     before, gets = cli.counters(), cli.cmd_get()

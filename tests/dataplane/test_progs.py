@@ -7,7 +7,7 @@ import struct
 import time
 
 import pytest
-from nsutil import in_ns, make_config, sh
+from nsutil import in_ns, make_config, same_bucket_keys, sh
 
 from harness.frames import (
     CMAC,
@@ -472,18 +472,6 @@ def test_a_refused_reply_uses_up_its_miss_record(dp):
     (_, _), d = dp.delta(lambda: dp.t(reply))
     assert d.get("fill") == 1, d
     assert dp.get(b"reuse")[2] == XDP_TX
-
-
-def same_bucket_keys(n: int, entries: int = 4096) -> list[bytes]:
-    from mcache_agent.dataplane.layout import bucket, key_hash
-    found: dict[int, list[bytes]] = {}
-    for i in range(200000):
-        key = b"b%06d" % i
-        keys = found.setdefault(bucket(key_hash(key), entries), [])
-        keys.append(key)
-        if len(keys) == n:
-            return keys
-    raise AssertionError("no bucket with enough keys")
 
 
 def test_misses_in_one_bucket_wait_in_their_own_ways(dp):
