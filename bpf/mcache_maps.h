@@ -152,6 +152,21 @@ static __always_inline __u32 mc_bucket(__u32 hash)
 	return (hash & (MC_CACHE_ENTRIES / MC_WAYS - 1)) * MC_WAYS;
 }
 
+/* Entries whose value is known from before this time are dead: the time of a delayed
+ * flush_all once it has come, else 0 (a delayed flush that has not happened kills nothing). */
+static __always_inline __u64 mc_flush_cut(struct mc_state *st, __u64 now)
+{
+	__u64 at = st->flush_at_ns;
+	return at && now >= at ? at : 0;
+}
+
+/* A slot's entry (its lock held) is too old to serve: older than ttl_ns, or known from before
+ * a flush that has happened (cut: mc_flush_cut). */
+static __always_inline int mc_entry_stale(struct mc_slot *slot, __u64 now, __u64 ttl, __u64 cut)
+{
+	return now - slot->fill_ns > ttl || slot->fill_ns < cut;
+}
+
 static __always_inline void mc_count(__u32 verdict)
 {
 	u64 *c = mc_stats.lookup(&verdict);
@@ -166,20 +181,31 @@ static __always_inline struct mc_bucket_meta *mc_meta(__u32 base)
 	return first ? &first->meta : NULL;
 }
 
+#define MC_NO_CACHE (-2)
+
 /*
- * The way that holds hash, by the summary, or -1: then the key is not cached, or its fill is
- * completing right now (a miss either way, which is always safe).
+ * Where a lookup of hash looks, by its bucket's summary (a hint, checked under the slot's
+ * lock): the way that holds the hash (also in *idx), or -1 when none does: the key is not
+ * cached, or its fill is completing right now, a miss either way, which is always safe (*idx
+ * is then the bucket's first, not to be touched). MC_NO_CACHE: no cache map.
  */
-static __always_inline int mc_find_way(struct mc_bucket_meta *m, __u32 base, __u32 hash)
+static __always_inline int mc_locate(__u32 hash, __u32 *idx)
 {
-	int idx = -1;
+	__u32 base = mc_bucket(hash);
+	*idx = base;
+	struct mc_bucket_meta *m = mc_meta(base);
+	if (!m)
+		return MC_NO_CACHE;
+	int way = -1;
 	for (__u32 w = 0; w < MC_WAYS; w++) {
 		if (m->hash[w] == hash && m->fill_ms[w]) {
-			idx = base + w;
+			way = base + w;
 			break;
 		}
 	}
-	return idx;
+	if (way >= 0)
+		*idx = way;
+	return way;
 }
 
 /*

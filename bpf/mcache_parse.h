@@ -78,6 +78,15 @@ static __always_inline __u64 mc_low_bytes(__u64 w, __u32 n)
 
 #define MC_KEY_WORDS ((MC_KEY_LIMIT + 7) / 8)
 
+/* Whole words in len bytes, the word loops' bound. Hidden from clang: knowing len's range, it
+ * would drop the loops' own bound (MC_KEY_WORDS), which the verifier needs. */
+static __always_inline __u32 mc_full_words(__u32 len)
+{
+	__u32 full = len / 8;
+	MC_OPAQUE(full);
+	return full;
+}
+
 /*
  * Where the last, partial word starts: len & ~7, computed apart from the loop's bound. The
  * loop's exit pins its bound to one exact value per trip count; used after the loop, that
@@ -100,8 +109,7 @@ static __always_inline __u64 mc_hash_step(__u64 h, __u64 w)
 static __always_inline __u32 mc_hash(const __u8 *buf, __u32 off, __u32 len)
 {
 	__u64 h = MC_HASH_SEED ^ len;
-	__u32 full = len / 8;
-	MC_OPAQUE(full); /* else clang drops the loop's own bound, which the verifier needs */
+	__u32 full = mc_full_words(len);
 	for (__u32 i = 0; i < MC_KEY_WORDS; i++) {
 		MC_OPAQUE(i);
 		if (i >= full)
@@ -129,8 +137,7 @@ static __always_inline int mc_word_plain(__u64 w)
 /* No space, CR or LF in buf[off, off + len): a key as memcached's tokenizer reads it, whole. */
 static __always_inline int mc_key_plain(const __u8 *buf, __u32 off, __u32 len)
 {
-	__u32 full = len / 8;
-	MC_OPAQUE(full); /* else clang drops the loop's own bound, which the verifier needs */
+	__u32 full = mc_full_words(len);
 	for (__u32 i = 0; i < MC_KEY_WORDS; i++) {
 		MC_OPAQUE(i);
 		if (i >= full)
@@ -151,8 +158,7 @@ static __always_inline int mc_key_equal(const __u8 *key, const __u8 *buf, __u32 
 {
 	if (len > MC_KEY_BUF)
 		return 0;
-	__u32 full = len / 8;
-	MC_OPAQUE(full); /* else clang drops the loop's own bound, which the verifier needs */
+	__u32 full = mc_full_words(len);
 	for (__u32 i = 0; i < MC_KEY_BUF / 8; i++) {
 		MC_OPAQUE(i);
 		if (i >= full)

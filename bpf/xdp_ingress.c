@@ -250,14 +250,38 @@ struct mc_l2l4 {
 	struct udphdr udp;
 } __attribute__((packed));
 
-static __always_inline __u16 csum_fold(__u64 sum)
+static __always_inline __u16 ip_csum(const struct iphdr *ip)
 {
-	for (int i = 0; i < 4; i++) {
-		MC_OPAQUE(i);
-		if (sum >> 16)
-			sum = (sum & 0xffff) + (sum >> 16);
-	}
+	const __u16 *w = (const __u16 *)ip;
+	__u32 sum = 0;
+#pragma unroll
+	for (int i = 0; i < sizeof(*ip) / 2; i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
 	return ~sum;
+}
+
+/* Ethernet, IPv4 and UDP of a reply to the request in scratch, with a UDP payload of body
+ * bytes: back to where it came from, DF set as on memcached's replies, no UDP checksum
+ * (optional for IPv4). */
+static __always_inline void reply_l2l4(struct mc_l2l4 *h, struct mc_xscratch *s, __u32 body)
+{
+	__builtin_memcpy(h->eth.h_dest, s->client_mac, 6);
+	__builtin_memcpy(h->eth.h_source, s->server_mac, 6);
+	h->eth.h_proto = bpf_htons(ETH_P_IP);
+	h->ip.version = 4;
+	h->ip.ihl = 5;
+	h->ip.ttl = 64;
+	h->ip.protocol = IPPROTO_UDP;
+	h->ip.saddr = s->server_addr;
+	h->ip.daddr = s->client_addr;
+	h->ip.tot_len = bpf_htons(sizeof(struct iphdr) + sizeof(struct udphdr) + body);
+	h->ip.frag_off = bpf_htons(0x4000);
+	h->ip.check = ip_csum(&h->ip);
+	h->udp.source = s->server_port;
+	h->udp.dest = s->client_port;
+	h->udp.len = bpf_htons(sizeof(struct udphdr) + body);
 }
 
 /*
@@ -356,18 +380,6 @@ struct mc_reply_hdr {
 	__u8 value[6];
 } __attribute__((packed));
 
-static __always_inline __u16 ip_csum(const struct iphdr *ip)
-{
-	const __u16 *w = (const __u16 *)ip;
-	__u32 sum = 0;
-#pragma unroll
-	for (int i = 0; i < sizeof(*ip) / 2; i++)
-		sum += w[i];
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
-}
-
 /*
  * The common GET missed: remember it in a way of its bucket, which its fill will then use,
  * instead of in mc_pending. The way: one that holds this key or waits for it already, else
@@ -447,13 +459,10 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 	__u32 kl = MC_LOAD(s->one_kl);
 	if (kl == 0 || kl > MC_MAX_KEY)
 		return XDP_PASS;
-	/* The way that holds the key, by the bucket's summary: a hint, checked under the lock. */
-	__u32 base = mc_bucket(hash);
-	struct mc_bucket_meta *m = mc_meta(base);
-	if (!m)
+	__u32 idx;
+	int way = mc_locate(hash, &idx);
+	if (way == MC_NO_CACHE)
 		return XDP_PASS;
-	int way = mc_find_way(m, base, hash);
-	__u32 idx = way < 0 ? base : way;
 	struct mc_slot *slot = mc_cache.lookup(&idx);
 	u32 zero = 0;
 	struct mc_state *st = mc_state.lookup(&zero);
@@ -461,9 +470,7 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 		return XDP_PASS;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 gen = st->gen;
-	__u64 flush_at = st->flush_at_ns;
-	if (!flush_at || now < flush_at)
-		flush_at = 0; /* a delayed flush that has not happened yet kills nothing */
+	__u64 flush_at = mc_flush_cut(st, now);
 	__u64 ttl = cfg->ttl_ns;
 	int expired = 0, unservable = 0;
 	s->one_tail = 0;
@@ -473,7 +480,7 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 		bpf_spin_lock(&slot->lock);
 		if (slot->valid && slot->gen == gen && slot->hash == hash && slot->key_len == kl &&
 		    mc_key_equal(slot->key, s->buf, ko, MC_LOAD(s->one_kl))) {
-			if (now - slot->fill_ns > ttl || slot->fill_ns < flush_at) {
+			if (mc_entry_stale(slot, now, ttl, flush_at)) {
 				expired = 1;
 				slot->valid = 0;
 			} else if (slot->unservable) {
@@ -516,21 +523,7 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 		return XDP_PASS;
 	}
 	struct mc_reply_hdr hdr = {};
-	__builtin_memcpy(hdr.l.eth.h_dest, s->client_mac, 6);
-	__builtin_memcpy(hdr.l.eth.h_source, s->server_mac, 6);
-	hdr.l.eth.h_proto = bpf_htons(ETH_P_IP);
-	hdr.l.ip.version = 4;
-	hdr.l.ip.ihl = 5;
-	hdr.l.ip.ttl = 64;
-	hdr.l.ip.protocol = IPPROTO_UDP;
-	hdr.l.ip.saddr = s->server_addr;
-	hdr.l.ip.daddr = s->client_addr;
-	hdr.l.ip.tot_len = bpf_htons(sizeof(struct iphdr) + sizeof(struct udphdr) + body);
-	hdr.l.ip.frag_off = bpf_htons(0x4000); /* DF, as memcached's replies carry */
-	hdr.l.ip.check = ip_csum(&hdr.l.ip);
-	hdr.l.udp.source = s->server_port;
-	hdr.l.udp.dest = s->client_port;
-	hdr.l.udp.len = bpf_htons(sizeof(struct udphdr) + body);
+	reply_l2l4(&hdr.l, s, body);
 	hdr.frame[0] = s->request_id >> 8;
 	hdr.frame[1] = s->request_id & 0xff;
 	hdr.frame[5] = 1;
@@ -879,13 +872,10 @@ int xdp_get_key(struct xdp_md *ctx)
 	kl = MC_LOAD(h->key_len);
 	if (kl == 0 || kl > MC_MAX_KEY)
 		return XDP_PASS;
-	/* The way that holds the key, by the bucket's summary: a hint, checked under the lock. */
-	__u32 base = mc_bucket(hash);
-	struct mc_bucket_meta *m = mc_meta(base);
-	if (!m)
+	__u32 idx;
+	int way = mc_locate(hash, &idx);
+	if (way == MC_NO_CACHE)
 		return XDP_PASS;
-	int way = mc_find_way(m, base, hash);
-	__u32 idx = way < 0 ? base : way;
 	struct mc_slot *slot = mc_cache.lookup(&idx);
 	if (!slot)
 		return XDP_PASS;
@@ -895,9 +885,7 @@ int xdp_get_key(struct xdp_md *ctx)
 	if (!st)
 		return XDP_PASS;
 	__u64 gen = st->gen;
-	__u64 flush_at = st->flush_at_ns;
-	if (!flush_at || now < flush_at)
-		flush_at = 0; /* a delayed flush that has not happened yet kills nothing */
+	__u64 flush_at = mc_flush_cut(st, now);
 	__u64 ttl = cfg->ttl_ns;
 	int ok = 0, expired = 0, unservable = 0;
 
@@ -905,7 +893,7 @@ int xdp_get_key(struct xdp_md *ctx)
 	if (way >= 0 && slot->valid && slot->gen == gen && slot->hash == hash && slot->key_len == kl &&
 	    (!s->binary || slot->has_cas)) {
 		ok = mc_key_equal(slot->key, s->buf, ko, MC_LOAD(h->key_len));
-		if (ok && (now - slot->fill_ns > ttl || slot->fill_ns < flush_at)) {
+		if (ok && mc_entry_stale(slot, now, ttl, flush_at)) {
 			ok = 0;
 			expired = 1;
 			slot->valid = 0;
@@ -1016,22 +1004,7 @@ int xdp_reply(struct xdp_md *ctx)
 		return XDP_DROP; /* the packet is already changed: never send half a reply */
 
 	struct mc_l2l4 hdr = {};
-	__builtin_memcpy(hdr.eth.h_dest, s->client_mac, 6);
-	__builtin_memcpy(hdr.eth.h_source, s->server_mac, 6);
-	hdr.eth.h_proto = bpf_htons(ETH_P_IP);
-	hdr.ip.version = 4;
-	hdr.ip.ihl = 5;
-	hdr.ip.ttl = 64;
-	hdr.ip.protocol = IPPROTO_UDP;
-	hdr.ip.saddr = s->server_addr;
-	hdr.ip.daddr = s->client_addr;
-	hdr.ip.tot_len = bpf_htons(sizeof(struct iphdr) + sizeof(struct udphdr) + body);
-	hdr.ip.frag_off = bpf_htons(0x4000); /* DF, as memcached's replies carry */
-	hdr.ip.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&hdr.ip, sizeof(hdr.ip), 0));
-	hdr.udp.source = s->server_port;
-	hdr.udp.dest = s->client_port;
-	hdr.udp.len = bpf_htons(sizeof(struct udphdr) + body);
-	hdr.udp.check = 0; /* optional for IPv4 */
+	reply_l2l4(&hdr, s, body);
 	if (bpf_xdp_store_bytes(ctx, 0, &hdr, sizeof(hdr)))
 		return XDP_DROP;
 
