@@ -14,10 +14,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from mcache_agent.paths import DEFAULT_SOCKET
 from tests.fleet.labctl import REPO, lab_env, lab_sh
 
 AGENT = REPO / ".venv" / "bin" / "mcache-agent"
 MACHINE_STATE = Path("/var/lib/mcache")
+MACHINE_RUN = DEFAULT_SOCKET.parent  # the control socket's directory, made by the agent
 MACHINE_CONFIG = """\
 apiVersion: mcache/v1
 version: 1
@@ -58,7 +60,7 @@ def make_demo() -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_after_an_agent_ran_on_the_machine_twice_in_a_row(tmp_path):
-    had_state = MACHINE_STATE.exists()
+    had_state, had_run = MACHINE_STATE.exists(), MACHINE_RUN.exists()
     try:
         run_agent_on_the_machine(tmp_path)
         assert (MACHINE_STATE / "versions" / "1.yml").read_text() == MACHINE_CONFIG
@@ -78,3 +80,5 @@ def test_demo_after_an_agent_ran_on_the_machine_twice_in_a_row(tmp_path):
         lab_sh("down")
         if not had_state:
             shutil.rmtree(MACHINE_STATE, ignore_errors=True)
+        if not had_run:
+            shutil.rmtree(MACHINE_RUN, ignore_errors=True)
