@@ -43,7 +43,7 @@ cache: {entries: 65536, max_key_bytes: 250, max_value_bytes: 1024, ttl_ms: 60000
 CLIENT, SERVER = "198.19.78.2", "198.19.78.1"
 
 
-def child(runs: int, reflector_c: Path, index: int) -> dict:
+def child(runs: int, reflector_c: Path, index: int, with_capture: bool) -> dict:
     """Measure the tree on sys.path (PYTHONPATH): its Dataplane, its programs."""
     import bcc
 
@@ -74,12 +74,18 @@ def child(runs: int, reflector_c: Path, index: int) -> dict:
 
             key = b"k" * (KEY_LEN - 8)
             value = b"v" * VALUE_LEN
-            times: dict[str, list[int]] = {"hit": [], "miss": [], "fill": [], "miss+fill": [],
-                                           "pass": []}
-            rets: dict[str, set[int]] = {k: set() for k in times}
-            for i in range(runs):
+
+            def paths(prefix: bytes, after_each=lambda: None):
+                times: dict[str, list[int]] = {"hit": [], "miss": [], "fill": [],
+                                               "miss+fill": [], "pass": []}
+                rets: dict[str, set[int]] = {k: set() for k in times}
+                for i in range(runs):
+                    one(prefix + key[len(prefix):] + b"%08d" % i, i, times, rets)
+                    after_each()
+                return times, rets
+
+            def one(k, i, times, rets):
                 # a key never asked before: a miss, then memcached's reply fills it
-                k = key + b"%08d" % i
                 rid = i & 0xFFFF
                 r, d_miss = xrun(mc_udp(rid, b"get " + k + b"\r\n", src=CLIENT, dst=SERVER))
                 rets["miss"].add(r)
@@ -94,6 +100,8 @@ def child(runs: int, reflector_c: Path, index: int) -> dict:
                 for name, v in (("hit", d_hit), ("miss", d_miss), ("fill", d_fill),
                                 ("miss+fill", d_miss + d_fill), ("pass", d_pass)):
                     times[name].append(v)
+
+            times, rets = paths(b"k")
             # memcached's reply to a GET nobody waits for (a hit too big for the frame is
             # passed to memcached and not remembered): TC's cost on traffic it cannot use
             big = b"w" * 1000
@@ -106,6 +114,20 @@ def child(runs: int, reflector_c: Path, index: int) -> dict:
             times["unawaited"] = unawaited
             out["ns"] = {k: statistics.median(v) for k, v in times.items()}
             out["returns"] = {k: sorted(v) for k, v in rets.items()}
+            if with_capture:
+                # the same paths while a capture of every verdict runs, the ring drained
+                # after each request (outside the measured run)
+                from mcache_agent import capture
+
+                spec = capture.Spec(verdicts=["all"])
+                with capture.Session(Path(pin), spec) as session:
+                    session.start()
+                    records = []
+                    with session.ring(records.append) as ring:
+                        ctimes, _ = paths(b"c", ring.drain)
+                    out["captured"] = len(records)
+                    out["capture_lost"] = session.lost() - session.lost_before
+                out["ns_capture"] = {k: statistics.median(v) for k, v in ctimes.items()}
             out["counters"] = dp.counters()
             out["verified_insns"] = {n: p.verified_insns for n, p in dp.programs().items()}
             xdp.close()
@@ -128,12 +150,13 @@ def child(runs: int, reflector_c: Path, index: int) -> dict:
     return out
 
 
-def run_child(src: Path, runs: int, index: int) -> dict:
+def run_child(src: Path, runs: int, index: int, with_capture: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src)}
     # cwd too: the agent's loader workers run as `python -m`, which puts the working
     # directory first on sys.path.
     r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--runs",
-                        str(runs), "--index", str(index)], env=env, cwd=src,
+                        str(runs), "--index", str(index),
+                        *(["--capture"] if with_capture else [])], env=env, cwd=src,
                        capture_output=True, text=True, check=False, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"{src}: exit {r.returncode}\n{r.stderr[-3000:]}")
@@ -147,17 +170,20 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5000, help="frames per path per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--capture", action="store_true",
+                    help="also measure the last tree with a capture of every verdict running")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.runs, HERE / "reflector.c", args.index)))
+        print(json.dumps(child(args.runs, HERE / "reflector.c", args.index, args.capture)))
         return 0
     srcs = [s.resolve() for s in (args.src or [HERE.parent])]
     rounds: dict[str, list[dict]] = {str(s): [] for s in srcs}
     for _ in range(args.rounds):
         for i, s in enumerate(srcs):
-            rounds[str(s)].append(run_child(s, args.runs, i))
+            rounds[str(s)].append(run_child(s, args.runs, i,
+                                            args.capture and i == len(srcs) - 1))
     res = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": args.runs,
            "rounds": args.rounds, "kernel": os.uname().release, "trees": {}}
     print(f"{'tree':<28} {'hit':>7} {'miss':>7} {'fill':>7} {'miss+fill':>9} {'pass':>7} "
@@ -172,6 +198,14 @@ def main() -> int:
         print(f"{Path(s).name:<28} {med['hit']:>7.0f} {med['miss']:>7.0f} {med['fill']:>7.0f} "
               f"{med['miss+fill']:>9.0f} {med['pass']:>7.0f} {med['unawaited']:>9.0f} {refl:>9.0f} "
               f"{med['hit'] / refl:>8.2f} {apply_ms:>8.0f}")
+        if "ns_capture" in rs[0]:
+            cap = {k: statistics.median(r["ns_capture"][k] for r in rs)
+                   for k in rs[0]["ns_capture"]}
+            res["trees"][s]["ns_capture"] = cap
+            print(f"{'  capture of every verdict on':<28} {cap['hit']:>7.0f} {cap['miss']:>7.0f} "
+                  f"{cap['fill']:>7.0f} {cap['miss+fill']:>9.0f} {cap['pass']:>7.0f}  "
+                  f"(records {sum(r['captured'] for r in rs)}, "
+                  f"lost {sum(r['capture_lost'] for r in rs)})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=1))

@@ -133,7 +133,29 @@ struct mc_conn {
 _Static_assert(sizeof(struct mc_conn_key) == MC_CONN_KEY_BYTES, "mc_conn_key size");
 _Static_assert(sizeof(struct mc_conn) == MC_CONN_VALUE_BYTES, "mc_conn size");
 
-BPF_TABLE_PINNED("percpu_array", u32, u64, mc_stats, MC_V_COUNT, MC_STATE_DIR "/stats");
+/* Counters: line (stats_slot) x path x verdict, see MC_STAT_SLOTS. The agent alone writes
+ * stat_slots (which version each line counts) and stats_archive (the counts of versions whose
+ * line went to another version); the programs only count. */
+BPF_TABLE_PINNED("percpu_array", u32, u64, mc_stats, MC_STAT_ENTRIES, MC_STATE_DIR "/stats");
+BPF_TABLE_PINNED("array", u32, u32, mc_stat_slots, MC_STAT_SLOTS, MC_STATE_DIR "/stat_slots");
+struct mc_stat_line {
+	__u64 n[MC_STAT_LINE];
+};
+BPF_TABLE_PINNED("hash", u32, struct mc_stat_line, mc_stats_archive, MC_ARCHIVE_VERSIONS,
+		 MC_STATE_DIR "/stats_archive", BPF_F_NO_PREALLOC);
+/* Capture: its control (written by the capture process), the ring, records it had no room for. */
+BPF_TABLE_PINNED("array", u32, struct mc_capture_ctl, mc_capture_ctl, 1,
+		 MC_STATE_DIR "/capture_ctl");
+BPF_TABLE_PINNED("percpu_array", u32, u64, mc_capture_lost, 1, MC_STATE_DIR "/capture_lost");
+struct mc_capture_ring_table_t {
+	int key;
+	u32 leaf;
+	int (*ringbuf_output)(void *, u64, u64);
+	u32 max_entries;
+};
+/* BPF_RINGBUF_OUTPUT with a pin path (bcc has no pinned form of the macro). */
+__attribute__((section("maps/ringbuf:" MC_STATE_DIR "/capture_ring")))
+struct mc_capture_ring_table_t mc_capture_ring = {.max_entries = MC_CAP_RING_BYTES};
 BPF_TABLE_PINNED("array", u32, struct mc_state, mc_state, 1, MC_STATE_DIR "/state");
 BPF_TABLE("array", u32, struct mc_config, mc_cfg_tmpl, 1);
 BPF_TABLE_PINNED("array_of_maps$mc_cfg_tmpl", u32, int, mc_cfg, 1, MC_STATE_DIR "/cfg");
@@ -167,12 +189,22 @@ static __always_inline int mc_entry_stale(struct mc_slot *slot, __u64 now, __u64
 	return now - slot->fill_ns > ttl || slot->fill_ns < cut;
 }
 
-static __always_inline void mc_count(__u32 verdict)
+/* The first counter of a path's verdicts in a config's line of mc_stats. */
+static __always_inline __u32 mc_stat_line(__u32 slot, __u32 path)
 {
-	u64 *c = mc_stats.lookup(&verdict);
+	return (slot & (MC_STAT_SLOTS - 1)) * MC_STAT_LINE + path * MC_V_COUNT;
+}
+
+static __always_inline void mc_count_at(__u32 index)
+{
+	u64 *c = mc_stats.lookup(&index);
 	if (c)
 		*c += 1;
 }
+
+/* Counts a verdict of the packet at hand: each program file defines it, in the line and
+ * path of the packet it is working on (kept in its scratch), and notes it for a capture. */
+static __always_inline void mc_count(__u32 verdict);
 
 /* The summary of the bucket whose first way is base (see struct mc_bucket_meta). */
 static __always_inline struct mc_bucket_meta *mc_meta(__u32 base)

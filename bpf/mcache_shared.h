@@ -95,7 +95,9 @@ _Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
 #define MC_TAIL_REPLY 1     /* xdp_reply */
 #define MC_TAIL_SCAN 2      /* xdp_scan */
 #define MC_TAIL_GET_PARSE 3 /* xdp_get_parse */
+#define MC_TAIL_CAPTURE 4   /* xdp_capture */
 #define MC_TAIL_FILL_ITEM 0 /* tc_fill_item */
+#define MC_TAIL_TC_CAPTURE 1 /* tc_capture */
 
 /*
  * Verdicts, counted per CPU in the "mc_stats" map (index = verdict).
@@ -118,8 +120,85 @@ enum mc_verdict {
 	MC_V_EXPIRED = 12,     /* entry older than ttl_ms: treated as a miss */
 	MC_V_GETS = 13,        /* gets (needs CAS): passed to memcached */
 	MC_V_PROBE_HIT = 14,   /* a hit for the health probe's key: the probe's own evidence */
-	MC_V_COUNT = 15,
+	MC_V_EVICT = 15,       /* a fill replaced another key's live entry (bucket full) */
+	MC_V_COUNT = 16,
 };
+
+/*
+ * The sub-program that decided (counted) a verdict: counters are kept per path, and a
+ * capture record names it. Names are lower-cased without the MC_P_ prefix by the agent.
+ */
+enum mc_path {
+	MC_P_XDP_MAIN = 0,      /* parse, classify, the common GET */
+	MC_P_XDP_GET_PARSE = 1, /* any other ASCII get */
+	MC_P_XDP_GET_KEY = 2,   /* one key of a GET looked up */
+	MC_P_XDP_REPLY = 3,     /* a multi-key or binary reply written */
+	MC_P_XDP_SCAN = 4,      /* a write stream's commands */
+	MC_P_TC_MAIN = 5,       /* a reply from memcached, the common fill */
+	MC_P_TC_FILL_ITEM = 6,  /* one item of another reply filled */
+	MC_P_COUNT = 7,
+};
+
+/*
+ * --- counters per config version ---
+ * mc_stats holds MC_STAT_SLOTS lines of MC_P_COUNT x MC_V_COUNT per-CPU counters; a config
+ * names its line (stats_slot) and every packet counts in the line of the config it read.
+ * The agent gives each version a line (stat_slots: the version counted in each line) and,
+ * before it gives a line to another version, adds its counts to stats_archive (by version).
+ */
+#define MC_STAT_SLOTS 8 /* a power of two */
+#define MC_STAT_LINE (MC_P_COUNT * MC_V_COUNT)
+#define MC_STAT_ENTRIES (MC_STAT_SLOTS * MC_STAT_LINE)
+#define MC_ARCHIVE_VERSIONS 65536 /* versions whose counts the archive keeps */
+
+/*
+ * --- capture (mcache-agent capture) ---
+ * Off unless a capture process has set mc_capture_ctl.on and renews its lease (until_ns);
+ * then the frames its filters select are copied, with their verdicts, to the capture ring.
+ */
+#define MC_CAP_KEY 64             /* key bytes a record carries */
+#define MC_CAP_SNAP 2048          /* frame bytes a record carries at most (a power of two) */
+#define MC_CAP_RING_BYTES 4194304 /* the ring between the data plane and the capture */
+#define MC_CAP_NONE MC_V_COUNT    /* verdict filter bit: frames that got no verdict */
+#define MC_CAP_WAKE_EVERY 64      /* records of a CPU per wakeup of the capture process */
+#define MC_CAP_POLL_MS 50         /* ... which also reads the ring this often */
+
+/* Where in its way a captured frame was seen. */
+enum mc_cap_stage {
+	MC_CAP_IN = 0,     /* a request as it arrived (XDP) */
+	MC_CAP_TX = 1,     /* the reply the data plane sent back with XDP_TX */
+	MC_CAP_EGRESS = 2, /* a frame leaving the host (TC egress) */
+};
+
+struct mc_capture_ctl {
+	__u32 on;
+	__u32 ifindex;  /* 0: every interface */
+	__u32 verdicts; /* a bit per verdict, and MC_CAP_NONE */
+	__u32 snaplen;  /* frame bytes copied, at most MC_CAP_SNAP */
+	__u64 until_ns; /* the lease (bpf_ktime_get_ns): nothing is copied after it */
+	__u32 owner;    /* pid of the capture process */
+	__u32 key_len;  /* 0: any key, else a record's key must start with key[0..key_len) */
+	__u8 key[MC_CAP_KEY];
+};
+
+/* One record on the ring: this header, then cap_len bytes of the frame. */
+struct mc_capture_hdr {
+	__u64 ts_ns;     /* bpf_ktime_get_ns */
+	__u32 ifindex;
+	__u32 version;   /* the config version that decided */
+	__u32 verdicts;  /* a bit per verdict counted for the frame */
+	__u32 frame_len; /* the frame's length (cap_len may be less) */
+	__u16 cap_len;
+	__u16 key_full;  /* the key's length (key holds at most MC_CAP_KEY bytes of it) */
+	__u8 path;       /* enum mc_path */
+	__u8 stage;      /* enum mc_cap_stage */
+	__u8 action;     /* XDP or TC action returned for the frame */
+	__u8 key_len;
+	__u8 key[MC_CAP_KEY];
+};
+
+#define MC_CAP_HDR 96 /* sizeof(struct mc_capture_hdr): the agent reads records by it */
+_Static_assert(sizeof(struct mc_capture_hdr) == MC_CAP_HDR, "MC_CAP_HDR is the record header");
 
 /*
  * Config: one element of an inner array map, swapped as a whole into
@@ -146,7 +225,7 @@ struct mc_config {
 	__u32 serve_ifindex[MC_MAX_SERVE_IFS]; /* 0-terminated; others watch only */
 	__u64 unix_offset_ns; /* wall clock - ktime at apply: flush_all with a unix time */
 	__u32 probe_hash;     /* mc_hash of the health probe's key */
-	__u32 pad;
+	__u32 stats_slot;     /* the line of mc_stats this version counts in */
 };
 
 /* Global state (mc_state[0]): the cache generation. */

@@ -21,8 +21,10 @@
 #include <uapi/linux/udp.h>
 
 #include "mcache_parse.h"
+#include "mcache_verdict.h"
 
 #define TAIL_FILL_ITEM MC_TAIL_FILL_ITEM
+#define TAIL_CAPTURE MC_TAIL_TC_CAPTURE
 
 BPF_PROG_ARRAY(mc_tc_jmp, 2);
 
@@ -50,6 +52,8 @@ struct mc_tscratch {
 	__s32 one_ke;
 	__s32 one_fe;
 	__s32 one_be;
+	/* Its verdicts, counters and capture record (mcache_verdict.h). */
+	struct mc_pkt pkt;
 };
 
 BPF_PERCPU_ARRAY(mc_tscratch, struct mc_tscratch, 1);
@@ -58,6 +62,35 @@ static __always_inline struct mc_tscratch *scratch(void)
 {
 	u32 zero = 0;
 	return mc_tscratch.lookup(&zero);
+}
+
+static __always_inline void mc_count(__u32 verdict)
+{
+	struct mc_tscratch *s = scratch();
+	if (s)
+		mc_pkt_count(&s->pkt, verdict);
+}
+
+/* Every program's exit: the frame to tc_capture when a capture runs (see xdp_ingress.c). */
+static __always_inline int finish(struct __sk_buff *skb, struct mc_tscratch *s, __u32 path)
+{
+	if (s->pkt.cap) {
+		s->pkt.exit_path = path;
+		mc_tc_jmp.call(skb, TAIL_CAPTURE);
+	}
+	return TC_ACT_OK;
+}
+
+/* The frame (unchanged) to a capture that wants it. */
+static __always_inline void capture(struct __sk_buff *skb, struct mc_tscratch *s, __u32 path)
+{
+	int r = mc_capture_select(&s->pkt, skb->ifindex, path, MC_CAP_EGRESS, TC_ACT_OK, skb->len);
+	if (r < 0)
+		return;
+	__u64 n = r;
+	if (MC_SIZE_OK(n, MC_CAP_SNAP) && bpf_skb_load_bytes(skb, 0, s->pkt.rec.data, n))
+		return;
+	mc_capture_emit(&s->pkt);
 }
 
 static __always_inline int prefix_ok(struct mc_config *cfg, const __u8 *buf, __u32 off, __u32 len)
@@ -87,6 +120,7 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 				 __u32 fs_off, __u32 fs_len, __u64 cas, int has_cas, int claim)
 {
 	if (kl == 0 || kl > MC_MAX_KEY || !prefix_ok(cfg, key_src, key_off, kl)) {
+		mc_pkt_key(&s->pkt, key_src, key_off, kl);
 		mc_count(MC_V_TOO_BIG);
 		return;
 	}
@@ -128,7 +162,7 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 	__u64 get_ns = MC_LOAD(s->pend.get_ns);
 	__u64 gen = MC_LOAD(s->pend.gen);
 	__u64 hold = cfg->fill_hold_ns;
-	int ok = 0, was_live = 0, mine = 1;
+	int ok = 0, was_live = 0, evicted = 0, mine = 1;
 	__u32 addr = s->pk.client_addr;
 	__u16 port = s->pk.client_port, rid = s->pk.request_id;
 
@@ -152,6 +186,7 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 #endif
 		ok = 1;
 		was_live = slot->valid && slot->gen == gen;
+		evicted = was_live & (slot->hash != hash);
 		slot->valid = 0;
 		/* A word at a time; the last word's bytes past the length are never read back
 		 * (lookups compare and copy up to the lengths). */
@@ -200,7 +235,13 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 	}
 	if (ok && !was_live)
 		mc_level_add(gen, 1);
+	/* Without a branch: one here doubles the paths the verifier walks through the rest. */
+	struct mc_tscratch *sp = scratch();
+	if (sp)
+		mc_pkt_count_n(&sp->pkt, MC_V_EVICT, evicted);
 	mc_count(ok ? MC_V_FILL : MC_V_FILL_REJECTED);
+	/* Noted last on purpose: a branch early in a path doubles what the verifier walks. */
+	mc_pkt_key(&s->pkt, key_src, MC_LOAD(s->f_key_off), MC_LOAD(s->f_kl));
 }
 
 /* The reply is for a GET that missed since the last flush, and no delayed flush is pending. */
@@ -340,42 +381,16 @@ static __always_inline int fill_one(struct mc_tscratch *s, struct mc_config *cfg
 	return 1;
 }
 
-int tc_main(struct __sk_buff *skb)
+/* A reply from memcached's port: fill from it if a GET that missed waits for it. */
+static __always_inline int reply_path(struct __sk_buff *skb, struct mc_tscratch *s,
+				      struct mc_config *cfg, __u32 client_addr, __u16 client_port,
+				      __u64 len, __u32 off)
 {
-	/* Every packet the host sends on the interface comes here: the headers are read in
-	 * place (a locally built UDP packet has them in the linear part; one that has not is
-	 * simply not filled from), and anything that is not a reply from memcached's port
-	 * leaves before the scratch map is touched. */
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *iph = (void *)(eth + 1);
-	if ((void *)(iph + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
-	    iph->protocol != IPPROTO_UDP)
+	if (len < sizeof(struct udphdr) + MC_UDP_FRAME_HDR + 5)
 		return TC_ACT_OK;
-	__u32 ihl = iph->ihl * 4;
-	if (iph->version != 4 || ihl < sizeof(*iph) || (bpf_ntohs(iph->frag_off) & 0x3fff))
-		return TC_ACT_OK;
-	struct udphdr *uh = (void *)iph + ihl;
-	if ((void *)(uh + 1) > data_end)
-		return TC_ACT_OK;
-	struct mc_config *cfg = mc_config();
-	if (!cfg || !cfg->enabled || uh->source != cfg->port)
-		return TC_ACT_OK;
-	if (cfg->server_addr && iph->saddr != cfg->server_addr)
-		return TC_ACT_OK;
-	struct mc_tscratch *s = scratch();
-	if (!s)
-		return TC_ACT_OK;
-	__u32 client_addr = iph->daddr;
-	__u16 client_port = uh->dest;
-	__u64 len = bpf_ntohs(uh->len);
-	if (len < sizeof(*uh) + MC_UDP_FRAME_HDR + 5)
-		return TC_ACT_OK;
-	len -= sizeof(*uh);
+	len -= sizeof(struct udphdr);
 	if (!MC_SIZE_OK(len, MC_BUF))
 		return TC_ACT_OK; /* a reply too large for one slot anyway */
-	__u32 off = sizeof(*eth) + ihl + sizeof(*uh);
 	/* The frame header first: only a single-datagram reply (sequence 0 of 1) to a GET that
 	 * missed is worth copying; most replies here are to writes, or to GETs that were hits
 	 * too big for the frame. */
@@ -420,13 +435,43 @@ int tc_main(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-/* One "VALUE <key> <flags> <bytes>\r\n<data>\r\n" item, then the next. */
-int tc_fill_item(struct __sk_buff *skb)
+int tc_main(struct __sk_buff *skb)
 {
-	struct mc_config *cfg = mc_config();
-	struct mc_tscratch *s = scratch();
-	if (!cfg || !s)
+	/* Every packet the host sends on the interface comes here: the headers are read in
+	 * place (a locally built UDP packet has them in the linear part; one that has not is
+	 * simply not filled from), and anything that is not a reply from memcached's port
+	 * leaves before the scratch map is touched. */
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *iph = (void *)(eth + 1);
+	if ((void *)(iph + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
+	    iph->protocol != IPPROTO_UDP)
 		return TC_ACT_OK;
+	__u32 ihl = iph->ihl * 4;
+	if (iph->version != 4 || ihl < sizeof(*iph) || (bpf_ntohs(iph->frag_off) & 0x3fff))
+		return TC_ACT_OK;
+	struct udphdr *uh = (void *)iph + ihl;
+	if ((void *)(uh + 1) > data_end)
+		return TC_ACT_OK;
+	struct mc_config *cfg = mc_config();
+	if (!cfg || !cfg->enabled || uh->source != cfg->port)
+		return TC_ACT_OK;
+	if (cfg->server_addr && iph->saddr != cfg->server_addr)
+		return TC_ACT_OK;
+	struct mc_tscratch *s = scratch();
+	if (!s)
+		return TC_ACT_OK;
+	mc_pkt_begin(&s->pkt, cfg, MC_P_TC_MAIN);
+	reply_path(skb, s, cfg, iph->daddr, uh->dest, bpf_ntohs(uh->len),
+		   sizeof(*eth) + ihl + sizeof(*uh));
+	return finish(skb, s, MC_P_TC_MAIN);
+}
+
+/* One "VALUE <key> <flags> <bytes>\r\n<data>\r\n" item, then the next. */
+static __always_inline int fill_item(struct __sk_buff *skb, struct mc_tscratch *s,
+				     struct mc_config *cfg)
+{
 	__u32 pos = s->pos;
 	__u32 len = s->len;
 	if (pos >= len || s->items >= MC_MAX_FILL_ITEMS || len > MC_BUF)
@@ -462,5 +507,25 @@ int tc_fill_item(struct __sk_buff *skb)
 	s->items++;
 	fill(s, cfg, s->buf, key_off, kl, val_off, bytes, flags, fs_off, fs_len, 0, 0, 0);
 	mc_tc_jmp.call(skb, TAIL_FILL_ITEM);
+	return TC_ACT_OK;
+}
+
+int tc_fill_item(struct __sk_buff *skb)
+{
+	struct mc_config *cfg = mc_config();
+	struct mc_tscratch *s = scratch();
+	if (!cfg || !s)
+		return TC_ACT_OK;
+	mc_pkt_path(&s->pkt, MC_P_TC_FILL_ITEM);
+	fill_item(skb, s, cfg);
+	return finish(skb, s, MC_P_TC_FILL_ITEM);
+}
+
+/* A capture runs: the reply as it leaves (see finish). */
+int tc_capture(struct __sk_buff *skb)
+{
+	struct mc_tscratch *s = scratch();
+	if (s)
+		capture(skb, s, s->pkt.exit_path);
 	return TC_ACT_OK;
 }

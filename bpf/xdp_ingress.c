@@ -23,16 +23,18 @@
 #include <uapi/linux/udp.h>
 
 #include "mcache_parse.h"
+#include "mcache_verdict.h"
 
 #define TAIL_GET_KEY MC_TAIL_GET_KEY
 #define TAIL_REPLY MC_TAIL_REPLY
 #define TAIL_SCAN MC_TAIL_SCAN
 #define TAIL_GET_PARSE MC_TAIL_GET_PARSE
+#define TAIL_CAPTURE MC_TAIL_CAPTURE
 
 #define MC_MAX_SCAN_STEPS 30 /* tail calls are capped at 33 per packet */
 #define MC_SLOW (-1)         /* not the common form: the general parser decides */
 
-BPF_PROG_ARRAY(mc_xdp_jmp, 4);
+BPF_PROG_ARRAY(mc_xdp_jmp, 5);
 
 struct mc_hit {
 	__u16 key_off; /* in scratch buf */
@@ -83,6 +85,8 @@ struct mc_xscratch {
 	__u32 one_tail;
 	/* The common GET's reply after its key: " <flags> <bytes>\r\n<value>\r\nEND\r\n". */
 	__u8 out[32 + MC_VAL_BUF + 16];
+	/* Its verdicts, counters and capture record (mcache_verdict.h). */
+	struct mc_pkt pkt;
 };
 
 BPF_PERCPU_ARRAY(mc_xscratch, struct mc_xscratch, 1);
@@ -91,6 +95,52 @@ static __always_inline struct mc_xscratch *scratch(void)
 {
 	u32 zero = 0;
 	return mc_xscratch.lookup(&zero);
+}
+
+static __always_inline void mc_count(__u32 verdict)
+{
+	struct mc_xscratch *s = scratch();
+	if (s)
+		mc_pkt_count(&s->pkt, verdict);
+}
+
+/* The frame as it is now (the request, or the reply written over it), to the capture. */
+static __always_inline void capture(struct xdp_md *ctx, struct mc_xscratch *s, __u32 path,
+				    __u32 stage, __u32 action)
+{
+	__u32 len = (__u32)((long)ctx->data_end - (long)ctx->data);
+	int r = mc_capture_select(&s->pkt, ctx->ingress_ifindex, path, stage, action, len);
+	if (r < 0)
+		return;
+	__u64 n = r;
+	if (MC_SIZE_OK(n, MC_CAP_SNAP) && bpf_xdp_load_bytes(ctx, 0, s->pkt.rec.data, n))
+		return;
+	mc_capture_emit(&s->pkt);
+}
+
+/* Every program's exit: the action, and the frame to xdp_capture when a capture runs (if
+ * the tail call fails, at the limit of 33, the frame is simply not captured). */
+static __always_inline int finish(struct xdp_md *ctx, struct mc_xscratch *s, __u32 path,
+				  int action)
+{
+	if (s->pkt.cap) {
+		s->pkt.exit_path = path;
+		s->pkt.action = action;
+		mc_xdp_jmp.call(ctx, TAIL_CAPTURE);
+	}
+	return action;
+}
+
+/* A hit's request, before the reply is written over it (a capture sees both). */
+static __always_inline void capture_hit_request(struct xdp_md *ctx, struct mc_xscratch *s,
+						__u32 path, int probe)
+{
+	if (!s->pkt.cap)
+		return;
+	__u32 seen = s->pkt.seen;
+	s->pkt.seen |= 1U << MC_V_HIT | (probe ? 1U << MC_V_PROBE_HIT : 0);
+	capture(ctx, s, path, MC_CAP_IN, XDP_TX);
+	s->pkt.seen = seen;
 }
 
 static __always_inline int client_allowed(struct mc_config *cfg, __u32 addr)
@@ -166,6 +216,9 @@ static __always_inline void invalidate(const __u8 *buf, __u32 off, __u32 len)
 				m->fill_ms[w] = 0; /* free again */
 		}
 	}
+	struct mc_xscratch *s = scratch();
+	if (s) /* noted last: see get_one */
+		mc_pkt_key(&s->pkt, buf, off, len);
 	mc_count(MC_V_INVALIDATE);
 }
 
@@ -494,6 +547,8 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 	}
 	if (expired)
 		mc_level_add(gen, -1);
+	/* Noted this late on purpose: a branch early in a path doubles what the verifier walks. */
+	mc_pkt_key(&s->pkt, s->buf, ko, MC_LOAD(s->one_kl));
 	if (unservable) {
 		mc_count(MC_V_TOO_BIG); /* see xdp_get_key */
 		return XDP_PASS;
@@ -516,6 +571,7 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 		mc_count(MC_V_TOO_BIG);
 		return XDP_PASS;
 	}
+	capture_hit_request(ctx, s, MC_P_XDP_MAIN, hash == cfg->probe_hash);
 	int have = (int)((long)ctx->data_end - (long)ctx->data);
 	if (!resize(ctx, (int)(sizeof(struct mc_l2l4) + body) - have)) {
 		mark_unservable(idx, kl, vl);
@@ -620,6 +676,7 @@ static __always_inline int udp_binary(struct xdp_md *ctx, struct mc_xscratch *s,
 		return XDP_PASS;
 	}
 	__u32 off = MC_UDP_FRAME_HDR + MC_BIN_HDR;
+	mc_pkt_key(&s->pkt, s->buf, off, klen);
 	if (!key_cacheable(cfg, s->buf, off, klen)) {
 		mc_count(klen > MC_MAX_KEY ? MC_V_TOO_BIG : MC_V_MISS);
 		return XDP_PASS;
@@ -635,7 +692,8 @@ static __always_inline int udp_binary(struct xdp_md *ctx, struct mc_xscratch *s,
 	return XDP_PASS;
 }
 
-int xdp_main(struct xdp_md *ctx)
+static __always_inline int main_path(struct xdp_md *ctx, struct mc_xscratch *s,
+				     struct mc_config *cfg)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -648,10 +706,6 @@ int xdp_main(struct xdp_md *ctx)
 	}
 	struct iphdr *iph = (void *)(eth + 1);
 	if ((void *)(iph + 1) > data_end)
-		return XDP_PASS;
-	struct mc_config *cfg = mc_config();
-	struct mc_xscratch *s = scratch();
-	if (!cfg || !s)
 		return XDP_PASS;
 	if (cfg->server_addr && iph->daddr != cfg->server_addr) {
 		mc_count(MC_V_PASS);
@@ -783,16 +837,23 @@ int xdp_main(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
-/*
- * ASCII get: buf holds frame header (8) + "get k1 k2...\r\n". Only a datagram
- * that is exactly one get line is answered.
- */
-int xdp_get_parse(struct xdp_md *ctx)
+int xdp_main(struct xdp_md *ctx)
 {
 	struct mc_config *cfg = mc_config();
 	struct mc_xscratch *s = scratch();
 	if (!cfg || !s)
 		return XDP_PASS;
+	mc_pkt_begin(&s->pkt, cfg, MC_P_XDP_MAIN);
+	return finish(ctx, s, MC_P_XDP_MAIN, main_path(ctx, s, cfg));
+}
+
+/*
+ * ASCII get: buf holds frame header (8) + "get k1 k2...\r\n". Only a datagram
+ * that is exactly one get line is answered.
+ */
+static __always_inline int get_parse(struct xdp_md *ctx, struct mc_xscratch *s,
+				     struct mc_config *cfg)
+{
 	__u32 len = s->payload_len;
 	struct mc_tokens *t = &s->tok;
 	t->eol = mc_find_crlf(s->buf, MC_UDP_FRAME_HDR, len);
@@ -833,6 +894,7 @@ int xdp_get_parse(struct xdp_md *ctx)
 		__u32 off = MC_LOAD(t->off[i]);
 		__u32 kl = MC_LOAD(t->len[i]);
 		if (!key_cacheable(cfg, s->buf, off, kl)) {
+			mc_pkt_key(&s->pkt, s->buf, off, kl);
 			mc_count(kl > MC_MAX_KEY ? MC_V_TOO_BIG : MC_V_MISS);
 			return XDP_PASS;
 		}
@@ -848,16 +910,23 @@ int xdp_get_parse(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
-/* ------------------------------------------------------------------ */
-/* GET: one key per call; a miss anywhere passes the whole request.   */
-/* ------------------------------------------------------------------ */
-
-int xdp_get_key(struct xdp_md *ctx)
+int xdp_get_parse(struct xdp_md *ctx)
 {
 	struct mc_config *cfg = mc_config();
 	struct mc_xscratch *s = scratch();
 	if (!cfg || !s)
 		return XDP_PASS;
+	mc_pkt_path(&s->pkt, MC_P_XDP_GET_PARSE);
+	return finish(ctx, s, MC_P_XDP_GET_PARSE, get_parse(ctx, s, cfg));
+}
+
+/* ------------------------------------------------------------------ */
+/* GET: one key per call; a miss anywhere passes the whole request.   */
+/* ------------------------------------------------------------------ */
+
+static __always_inline int get_key(struct xdp_md *ctx, struct mc_xscratch *s,
+				   struct mc_config *cfg)
+{
 	__u32 i = s->done;
 	if (i >= MC_MAX_MULTIGET || i >= s->nkeys)
 		return XDP_PASS;
@@ -924,6 +993,7 @@ int xdp_get_key(struct xdp_md *ctx)
 	bpf_spin_unlock(&slot->lock);
 	if (expired)
 		mc_level_add(gen, -1);
+	mc_pkt_key(&s->pkt, s->buf, ko, MC_LOAD(h->key_len)); /* late: see get_one */
 
 	if (unservable) {
 		/* Cached, but the reply did not fit last time: memcached answers, and since the
@@ -948,6 +1018,16 @@ int xdp_get_key(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+int xdp_get_key(struct xdp_md *ctx)
+{
+	struct mc_config *cfg = mc_config();
+	struct mc_xscratch *s = scratch();
+	if (!cfg || !s)
+		return XDP_PASS;
+	mc_pkt_path(&s->pkt, MC_P_XDP_GET_KEY);
+	return finish(ctx, s, MC_P_XDP_GET_KEY, get_key(ctx, s, cfg));
+}
+
 /* ------------------------------------------------------------------ */
 /* Reply: grow or shrink at the head, rewrite headers, copy the items. */
 /* ------------------------------------------------------------------ */
@@ -966,11 +1046,8 @@ static __always_inline __u32 ascii_reply_len(struct mc_xscratch *s)
 	return total;
 }
 
-int xdp_reply(struct xdp_md *ctx)
+static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
 {
-	struct mc_xscratch *s = scratch();
-	if (!s)
-		return XDP_PASS;
 	__u32 body;
 	if (s->binary) {
 		struct mc_hit *h = &s->hits[0];
@@ -989,6 +1066,7 @@ int xdp_reply(struct xdp_md *ctx)
 		mc_count(MC_V_TOO_BIG);
 		return XDP_PASS;
 	}
+	capture_hit_request(ctx, s, MC_P_XDP_REPLY, 0);
 	/* Size the frame from its real length: bytes after the datagram (Ethernet padding of a
 	 * short request, or a UDP length shorter than the IP one) must not trail the reply. */
 	int have = (int)((long)ctx->data_end - (long)ctx->data);
@@ -1091,6 +1169,15 @@ int xdp_reply(struct xdp_md *ctx)
 	bpf_xdp_store_bytes(ctx, off, &txt_end, 5);
 	mc_count(MC_V_HIT);
 	return XDP_TX;
+}
+
+int xdp_reply(struct xdp_md *ctx)
+{
+	struct mc_xscratch *s = scratch();
+	if (!s)
+		return XDP_PASS;
+	mc_pkt_path(&s->pkt, MC_P_XDP_REPLY);
+	return finish(ctx, s, MC_P_XDP_REPLY, reply(ctx, s));
 }
 
 /* ------------------------------------------------------------------ */
@@ -1312,11 +1399,8 @@ out:
 	return -1;
 }
 
-int xdp_scan(struct xdp_md *ctx)
+static __always_inline int scan(struct xdp_md *ctx, struct mc_xscratch *s)
 {
-	struct mc_xscratch *s = scratch();
-	if (!s)
-		return XDP_PASS;
 	if (s->pos >= s->payload_len)
 		return scan_done(s);
 	if (++s->steps > MC_MAX_SCAN_STEPS)
@@ -1349,4 +1433,24 @@ int xdp_scan(struct xdp_md *ctx)
 		return r;
 	mc_xdp_jmp.call(ctx, TAIL_SCAN);
 	return scan_unsure(s, 0);
+}
+
+int xdp_scan(struct xdp_md *ctx)
+{
+	struct mc_xscratch *s = scratch();
+	if (!s)
+		return XDP_PASS;
+	mc_pkt_path(&s->pkt, MC_P_XDP_SCAN);
+	return finish(ctx, s, MC_P_XDP_SCAN, scan(ctx, s));
+}
+
+/* A capture runs: the frame as the program that decided left it (see finish). */
+int xdp_capture(struct xdp_md *ctx)
+{
+	struct mc_xscratch *s = scratch();
+	if (!s)
+		return XDP_PASS;
+	__u32 action = s->pkt.action;
+	capture(ctx, s, s->pkt.exit_path, action == XDP_TX ? MC_CAP_TX : MC_CAP_IN, action);
+	return action <= XDP_TX ? action : XDP_PASS;
 }

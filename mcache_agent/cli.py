@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--to", type=int, metavar="N")
     sub.add_parser("probe", parents=[common], help="run the health probe")
     sub.add_parser("stop", parents=[common], help="stop the daemon and tear the data plane down")
+    c = sub.add_parser("capture", parents=[common],
+                       help="write the frames the data plane sees, with its verdicts, to pcapng",
+                       description="Frames the data plane decided about (requests, the replies "
+                                   "it sent with XDP_TX, the replies it filled from), each "
+                                   "with a comment naming its verdicts, path, key and config "
+                                   "version. Reads the pins: works while the agent is down.")
+    c.add_argument("--write", "-w", required=True, metavar="FILE",
+                   help="pcapng file to write, or - for stdout (| tshark -r -)")
+    c.add_argument("--interface", "-i", metavar="IF", help="only frames of this interface")
+    c.add_argument("--verdict", action="append", metavar="V",
+                   help="only frames with this verdict (repeatable; 'none': frames that got "
+                        "none, 'all': everything); default: every verdict but 'pass'")
+    c.add_argument("--key", default="", metavar="PREFIX",
+                   help="only frames about a key that starts with PREFIX (in the kernel)")
+    c.add_argument("--filter", metavar="EXPR",
+                   help="tcpdump expression, compiled by libpcap, run on each copied frame")
+    c.add_argument("--count", "-c", type=int, default=0, metavar="N",
+                   help="stop after N frames (default: no limit)")
+    c.add_argument("--duration", type=float, default=60.0, metavar="S",
+                   help="stop after S seconds (default 60; 0: until interrupted)")
+    c.add_argument("--snaplen", type=int, default=0, metavar="BYTES",
+                   help="bytes of each frame kept (default: whole frames)")
     return p
 
 
@@ -80,6 +103,8 @@ def main(argv: list[str] | None = None, *, fault: Any = None) -> int:
         return cmd_validate(args)
     if args.cmd == "status":
         return cmd_status(args)
+    if args.cmd == "capture":
+        return cmd_capture(args)
     if args.cmd == "apply":
         try:
             text = _read_config_text(args.file)
@@ -260,6 +285,11 @@ def format_status(st: dict[str, Any]) -> str:
                   if entries is not None else "-"),
         ("hit ratio", "-" if st.get("hit_ratio") is None else f"{st['hit_ratio']:.2%}"),
         ("counters", " ".join(f"{k}={v}" for k, v in counters.items() if v) or "-"),
+    ]
+    for version, counts in sorted((st.get("counters_by_version") or {}).items(),
+                                  key=lambda kv: -int(kv[0]))[:3]:
+        rows.append(("", f"v{version}: " + " ".join(f"{k}={v}" for k, v in counts.items())))
+    rows += [
         ("probe", f"{'ok' if probe.get('ok') else 'FAILED'} at {probe.get('at')}"
                   if probe else "-"),
     ]
@@ -333,6 +363,65 @@ def offline_status(args: argparse.Namespace, why: str) -> dict[str, Any]:
                           probe=None)
     doc["errors"] = errors + doc.get("errors", [])
     return doc
+
+
+# --------------------------------------------------------------------------- capture
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    """Runs a capture in this process (the pins are root's, as is the capture)."""
+    import signal
+
+    from mcache_agent import capture
+    from mcache_agent.pcap_filter import FilterError
+
+    if os.geteuid() != 0:
+        print("mcache-agent: capture needs root", file=sys.stderr)
+        return EXIT_INVALID
+    to_stdout = args.write == "-"
+    if to_stdout and args.json:
+        print("mcache-agent: --json prints on stdout, where --write - puts the capture",
+              file=sys.stderr)
+        return EXIT_INVALID
+    if args.count < 0 or args.duration < 0:
+        print("mcache-agent: --count and --duration are 0 or more", file=sys.stderr)
+        return EXIT_INVALID
+    spec = capture.Spec(interface=args.interface, verdicts=args.verdict,
+                        key_prefix=args.key.encode(), expression=args.filter,
+                        snaplen=args.snaplen, count=args.count, duration_s=args.duration)
+    stop = False
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    try:
+        if to_stdout:
+            summary = capture.run(Path(args.bpffs), spec, sys.stdout.buffer,
+                                  should_stop=lambda: stop)
+        else:
+            with open(args.write, "wb") as out:
+                summary = capture.run(Path(args.bpffs), spec, out, should_stop=lambda: stop)
+    except (capture.CaptureError, FilterError) as e:
+        print(f"mcache-agent: capture: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except BrokenPipeError:  # the reader (tshark, head) went away: done
+        return EXIT_OK
+    except OSError as e:
+        print(f"mcache-agent: capture: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
+    doc = {"written": summary.written, "filtered_out": summary.filtered_out,
+           "lost": summary.lost, "stopped_by": summary.reason, "by_verdict": summary.by_verdict,
+           "file": args.write}
+    if args.json:
+        _print_json({"ok": True, "result": doc})
+    else:
+        print(f"mcache-agent: {summary.written} frames written to {args.write} "
+              f"(stopped by {summary.reason}; {summary.filtered_out} not matching --filter, "
+              f"{summary.lost} lost in the kernel)", file=sys.stderr)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ MAX_MEMORY_BYTES = 1 << 30
 # 8 bytes, and every bucket (a power of two of them) is 16 bytes.
 HTAB_ELEM_BYTES = 48
 HTAB_BUCKET_BYTES = 16
-# Every other map (counters, state, config, fill level, prog arrays, the record) is small;
-# the scratch maps are per CPU.
+# Every other map (state, config, fill level, prog arrays, the record) is small; the scratch
+# maps (both programs') and the counters are per CPU.
 SMALL_MAPS_BYTES = 256 << 10
-SCRATCH_BYTES_PER_CPU = 16 << 10
+SCRATCH_BYTES_PER_CPU = 24 << 10
 
 
 def limit(name: str) -> int:
@@ -118,8 +118,10 @@ class Config:
                               limit("MC_PENDING_VALUE_BYTES"))
         conn = _htab_bytes(limit("MC_CONN_ENTRIES"), limit("MC_CONN_KEY_BYTES"),
                            limit("MC_CONN_VALUE_BYTES"))
-        scratch = SCRATCH_BYTES_PER_CPU * _possible_cpus()
-        return cache + pending + conn + scratch + SMALL_MAPS_BYTES
+        stats = limit("MC_STAT_SLOTS") * len(constants.paths()) * len(constants.verdicts()) * 8
+        per_cpu = (SCRATCH_BYTES_PER_CPU + stats) * _possible_cpus()
+        ring = limit("MC_CAP_RING_BYTES")  # capture: allocated whether or not one runs
+        return cache + pending + conn + per_cpu + ring + SMALL_MAPS_BYTES
 
     def interface_names(self) -> tuple[str, ...]:
         return tuple(i.name for i in self.interfaces)

@@ -22,15 +22,32 @@ def defines() -> dict[str, int]:
     return out
 
 
-@cache
-def verdicts() -> tuple[str, ...]:
-    """Verdict names by index: MC_V_HIT = 0 -> "hit", ... (MC_V_COUNT excluded)."""
-    body = re.search(r"enum mc_verdict \{(.*?)\};", shared_header(), re.S)
+def _enum(name: str, prefix: str) -> tuple[str, ...]:
+    """Names of a C enum by value, lower-cased without their prefix (the _COUNT excluded)."""
+    body = re.search(rf"enum {name} \{{(.*?)\}};", shared_header(), re.S)
     if body is None:
-        raise RuntimeError("enum mc_verdict not found in mcache_shared.h")
-    pairs = re.findall(r"MC_V_(\w+)\s*=\s*(\d+)", body.group(1))
+        raise RuntimeError(f"enum {name} not found in mcache_shared.h")
+    pairs = re.findall(rf"{prefix}(\w+)\s*=\s*(\d+)", body.group(1))
     names = {int(v): k.lower() for k, v in pairs if k != "COUNT"}
     return tuple(names[i] for i in range(len(names)))
+
+
+@cache
+def verdicts() -> tuple[str, ...]:
+    """Verdict names by index: MC_V_HIT = 0 -> "hit", ..."""
+    return _enum("mc_verdict", "MC_V_")
+
+
+@cache
+def paths() -> tuple[str, ...]:
+    """The sub-programs that decide, by index: MC_P_XDP_MAIN = 0 -> "xdp_main", ..."""
+    return _enum("mc_path", "MC_P_")
+
+
+@cache
+def capture_stages() -> tuple[str, ...]:
+    """Where a captured frame was seen: MC_CAP_IN = 0 -> "in", ..."""
+    return _enum("mc_cap_stage", "MC_CAP_")
 
 
 def const(name: str) -> int:

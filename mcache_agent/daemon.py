@@ -71,10 +71,12 @@ def status_document(
             errors.append(f"{what}: {type(e).__name__}: {e}")
             return default
 
-    counters: dict[str, int] = ask("counters", {})
+    stats = ask("stats", None)
+    counters: dict[str, int] = stats.total().by_verdict() if stats else {}
     usage = ask("cache_usage", None)
     memory = ask("memory", None) if version is not None else None
     hit, miss = counters.get("hit", 0), counters.get("miss", 0)
+    fills = counters.get("fill", 0)
     doc: dict[str, Any] = {
         "version": version,
         "running": running,
@@ -83,10 +85,24 @@ def status_document(
         "config_file": config_file,
         "attached": ask("attached", []),
         "counters": counters,
+        # the same counts by the config version that decided, and by the path that did
+        # (non-zero counts only): a swap neither resets nor mixes them
+        "counters_by_version": {
+            str(v): _nonzero(c.by_verdict()) for v, c in (stats.by_version if stats else {}).items()
+        },
+        "counters_by_path": {
+            p: n for p, c in (stats.total().by_path if stats else {}).items() if (n := _nonzero(c))
+        },
         "hit_ratio": round(hit / (hit + miss), 4) if hit + miss else None,
         "cache": {
             "entries": usage.entries if usage else None,
             "used": usage.used if usage else None,
+            "fill_ratio": round(usage.used / usage.entries, 4) if usage else None,
+            # map health: entries put in against entries served, and what left early
+            "inserts": fills,
+            "inserts_per_hit": round(fills / hit, 4) if hit else None,
+            "expired": counters.get("expired", 0),
+            "evictions": counters.get("evict", 0),
             # what the kernel allocated for every map of the data plane (fdinfo memlock)
             "memory_bytes": memory.total_bytes if memory else None,
             "memory_by_map": memory.maps if memory else {},
@@ -101,6 +117,10 @@ def status_document(
     if errors:
         doc["errors"] = errors
     return doc
+
+
+def _nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {k: n for k, n in counts.items() if n}
 
 
 class Agent:

@@ -33,12 +33,28 @@ class AgentCollector(Collector):
         for name, value in sorted((st.get("counters") or {}).items()):
             verdicts.add_metric([name], float(value))
         yield verdicts
+        by_path = CounterMetricFamily(
+            "mcache_path_verdicts", "Verdicts by the data-plane program (path) that decided.",
+            labels=["path", "verdict"])
+        for path, counts in sorted((st.get("counters_by_path") or {}).items()):
+            for name, value in sorted(counts.items()):
+                by_path.add_metric([path, name], float(value))
+        yield by_path
+        by_version = CounterMetricFamily(
+            "mcache_version_verdicts", "Verdicts by the config version that decided.",
+            labels=["version", "verdict"])
+        for version, counts in sorted((st.get("counters_by_version") or {}).items()):
+            for name, value in sorted(counts.items()):
+                by_version.add_metric([version, name], float(value))
+        yield by_version
         yield _gauge("mcache_hit_ratio", "hit / (hit + miss) since the counters were created.",
                      st.get("hit_ratio"))
         cache = st.get("cache") or {}
         yield _gauge("mcache_cache_entries", "Cache slots.", cache.get("entries"))
         yield _gauge("mcache_cache_used_entries", "Cache slots holding a live entry.",
                      cache.get("used"))
+        yield _gauge("mcache_cache_fill_ratio", "Cache slots holding a live entry, of all.",
+                     cache.get("fill_ratio"))
         yield _gauge("mcache_cache_memory_bytes",
                      "Kernel memory of every map of the data plane (the kernel's account).",
                      cache.get("memory_bytes"))

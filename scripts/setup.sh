@@ -31,6 +31,8 @@ APT_PACKAGES=(
     ethtool tcpdump python3-pip
     gcc  # builds bench/udpgen.c, the benchmarks' own load generator
     prometheus  # promtool (rule unit tests) and the server the alerting test runs
+    libpcap0.8  # compiles `mcache-agent capture --filter` expressions (pcap_compile)
+    tshark      # reads the captures back in the tests
 )
 
 # --- 1. system packages ----------------------------------------------------------------

@@ -39,8 +39,9 @@ def allow_list(cfg: Config) -> list[str]:
     return nets
 
 
-def config_value(cfg: Config, layout: Layout) -> bytes:
-    """struct mc_config for cfg (addresses and ports in network byte order)."""
+def config_value(cfg: Config, layout: Layout, *, stats_slot: int) -> bytes:
+    """struct mc_config for cfg (addresses and ports in network byte order), counting in
+    line stats_slot of the counters (dataplane.stats)."""
     c = cfg.cache
     prefix = c.key_prefix.encode()
     allowed = []
@@ -67,6 +68,7 @@ def config_value(cfg: Config, layout: Layout) -> bytes:
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC
         "unix_offset_ns": time.time_ns() - time.monotonic_ns(),
         "probe_hash": key_hash(cfg.probe_key.encode()),
+        "stats_slot": stats_slot,
     })
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes as ct
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -169,7 +170,19 @@ def _lib() -> Any:
         fn = getattr(lib, name)
         fn.argtypes = argtypes
         fn.restype = ct.c_int
+    lib.ring_buffer__new.argtypes = [ct.c_int, _RING_SAMPLE_FN, ct.c_void_p, ct.c_void_p]
+    lib.ring_buffer__new.restype = ct.c_void_p
+    lib.ring_buffer__poll.argtypes = [ct.c_void_p, ct.c_int]
+    lib.ring_buffer__poll.restype = ct.c_int
+    lib.ring_buffer__consume.argtypes = [ct.c_void_p]
+    lib.ring_buffer__consume.restype = ct.c_int
+    lib.ring_buffer__free.argtypes = [ct.c_void_p]
+    lib.ring_buffer__free.restype = None
     return lib
+
+
+# int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
+_RING_SAMPLE_FN = ct.CFUNCTYPE(ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_size_t)
 
 
 def _check(ret: int, what: str) -> int:
@@ -386,6 +399,47 @@ def xdp_prog_id(ifindex: int, flags: int = 0) -> int:
     prog_id = ct.c_uint32(0)
     _check(_lib().bpf_xdp_query_id(ifindex, flags, ct.byref(prog_id)), "XDP query")
     return prog_id.value
+
+
+# ---------------------------------------------------------------------------- ring buffers
+
+
+class RingBuffer:
+    """A consumer of a BPF ring buffer map (libbpf's ring_buffer): each poll() hands every
+    record waiting to on_record, as bytes, in the order the producers committed them."""
+
+    def __init__(self, map_fd: int, on_record: Callable[[bytes], None]) -> None:
+        def sample(_ctx: int | None, data: int, size: int) -> int:
+            on_record(ct.string_at(data, size))
+            return 0
+
+        self._callback = _RING_SAMPLE_FN(sample)  # kept alive as long as the ring
+        ptr = _lib().ring_buffer__new(map_fd, self._callback, None, None)
+        if not ptr:
+            err = ct.get_errno() or errno.EINVAL
+            raise BpfError(err, f"ring buffer: {os.strerror(err)}")
+        self._ring: int | None = ptr
+
+    def poll(self, timeout_ms: int) -> int:
+        """Waits up to timeout_ms for records; returns how many were handed over (0 when a
+        signal cut the wait short)."""
+        ret = _lib().ring_buffer__poll(self._ring, timeout_ms)
+        return 0 if ret == -errno.EINTR else _check(ret, "ring buffer poll")
+
+    def drain(self) -> int:
+        """Hands over what waits now, without waiting."""
+        return _check(_lib().ring_buffer__consume(self._ring), "ring buffer consume")
+
+    def close(self) -> None:
+        if self._ring:
+            _lib().ring_buffer__free(self._ring)
+            self._ring = None
+
+    def __enter__(self) -> RingBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------------------- fds

@@ -26,18 +26,25 @@ from mcache_agent.dataplane.layout import ctype_layout
 from mcache_agent.dataplane.source import inline_source
 
 KINDS = ("xdp", "tc", "root", "maps", "layout")
-XDP_PROGS = ("xdp_main", "xdp_get_key", "xdp_reply", "xdp_scan", "xdp_get_parse")
-TC_PROGS = ("tc_main", "tc_fill_item")
+XDP_PROGS = ("xdp_main", "xdp_get_key", "xdp_reply", "xdp_scan", "xdp_get_parse",
+             "xdp_capture")
+TC_PROGS = ("tc_main", "tc_fill_item", "tc_capture")
 TAILS = {
     "xdp_get_key": "MC_TAIL_GET_KEY",
     "xdp_reply": "MC_TAIL_REPLY",
     "xdp_scan": "MC_TAIL_SCAN",
     "xdp_get_parse": "MC_TAIL_GET_PARSE",
     "tc_fill_item": "MC_TAIL_FILL_ITEM",
+    "xdp_capture": "MC_TAIL_CAPTURE",
+    "tc_capture": "MC_TAIL_TC_CAPTURE",
 }
 
 
 MAPS_USER = """
+static __always_inline void mc_count(__u32 verdict)
+{
+}
+
 int mc_maps(void *ctx)
 {
     u32 zero = 0;

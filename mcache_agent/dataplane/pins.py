@@ -4,7 +4,9 @@
     <pins>/xdp_root, tc_root         the stable roots attached to the interfaces
     <pins>/xdp_root_jmp, tc_root_jmp their dispatch slots (one update = a program switch)
     <pins>/maps-<abi>/               the state maps of one layout (mcache_maps.h): stats,
-                                     state, cfg, pending, conn, cache_<shape>, level_<shape>
+                                     stat_slots, stats_archive, state, cfg, pending, conn,
+                                     capture_ctl, capture_lost, capture_ring, cache_<shape>,
+                                     level_<shape>
     <pins>/sets/<id>/                one program set: xdp_main, xdp_jmp, tc_main, tc_jmp
 
 A record written before layouts had their own directory (abi "") has its state maps in
@@ -26,7 +28,8 @@ from mcache_agent.dataplane import libbpf
 
 META = "meta"
 META_SIZE = 8192
-STATE_MAPS = ("stats", "state", "cfg", "pending", "conn")
+STATE_MAPS = ("stats", "stat_slots", "stats_archive", "state", "cfg", "pending", "conn",
+              "capture_ctl", "capture_lost", "capture_ring")
 ZERO = (0).to_bytes(4, "little")
 
 

@@ -1,14 +1,15 @@
-"""Read-only views of a running data plane: verdict counters, the cache's fill level, its
-generation, and the memory the kernel holds for it. Each costs a few syscalls, whatever the
-size of the cache, so status and every Prometheus scrape may call them freely."""
+"""Read-only views of a running data plane: verdict counters (by version and path), the
+cache's fill level, its generation, and the memory the kernel holds for it. Each costs a few
+syscalls, whatever the size of the cache, so status and every Prometheus scrape may call them
+freely."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-from mcache_agent import constants
 from mcache_agent.dataplane import libbpf
+from mcache_agent.dataplane import stats as dataplane_stats
 from mcache_agent.dataplane.pins import PinDir, Record, level_pin
 from mcache_agent.dataplane.sets import root_programs, set_programs
 
@@ -29,23 +30,16 @@ class Memory:
     maps: dict[str, int]
 
 
-def counters(pins: PinDir, record: Record | None) -> dict[str, int]:
-    """Verdict counters, summed over CPUs: one batched lookup for all of them."""
-    names = constants.verdicts()
-    out = dict.fromkeys(names, 0)
+def stats(pins: PinDir, record: Record | None) -> dataplane_stats.Stats:
+    """Counters by config version and path (dataplane.stats): a few batched lookups."""
     if record is None:
-        return out
-    path = pins.state_dir(record.abi) / "stats"
-    if not path.exists():
-        return out
-    ncpu = libbpf.num_possible_cpus()
-    with libbpf.opened(path) as fd:
-        for key, value in libbpf.map_lookup_batch(fd, 4, 8 * ncpu, len(names)):
-            i = int.from_bytes(key, "little")
-            if i < len(names):
-                out[names[i]] = sum(int.from_bytes(value[c * 8 : c * 8 + 8], "little")
-                                    for c in range(ncpu))
-    return out
+        return dataplane_stats.Stats({}, {})
+    return dataplane_stats.read(pins.state_dir(record.abi))
+
+
+def counters(pins: PinDir, record: Record | None) -> dict[str, int]:
+    """Verdict counters, summed over CPUs, paths and versions."""
+    return stats(pins, record).total().by_verdict()
 
 
 def generation(pins: PinDir, record: Record | None) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mcache_agent.config import Config
 from mcache_agent.dataplane import attach as attach_mod
-from mcache_agent.dataplane import configmap, libbpf, readings, sets, source
+from mcache_agent.dataplane import configmap, libbpf, readings, sets, source, stats
 from mcache_agent.dataplane.layout import Layout
 from mcache_agent.dataplane.pins import Attachment, PinDir, Record, cache_pin, level_pin
 from mcache_agent.dataplane.plan import Plan, PlanRefused, plan, wanted_interfaces
@@ -98,7 +98,12 @@ class Dataplane:
         return plan(cfg, previous, self.record(), source.code_hash(), source.abi_hash())
 
     def counters(self) -> dict[str, int]:
+        """Verdict counters: every version, every path."""
         return readings.counters(self.pins, self.record())
+
+    def stats(self) -> stats.Stats:
+        """Counters by config version and path."""
+        return readings.stats(self.pins, self.record())
 
     def cache_usage(self) -> CacheUsage | None:
         return readings.cache_usage(self.pins, self.record())
@@ -315,9 +320,12 @@ class Dataplane:
         return set_id, swap_ms
 
     def _write_config(self, cfg: Config, abi: str) -> float:
-        """Map hot swap of the config."""
-        value = configmap.config_value(cfg, self.config_layout())
-        return configmap.swap_in(self.pins.state_dir(abi) / "cfg", value)
+        """Map hot swap of the config, which names the counters' line of its version."""
+        state = self.pins.state_dir(abi)
+        running = self._record.version if self._record else None
+        slot = stats.assign(state, cfg.version, running)
+        value = configmap.config_value(cfg, self.config_layout(), stats_slot=slot)
+        return configmap.swap_in(state / "cfg", value)
 
     def _attach(self, cfg: Config, record: Record | None) -> list[Attachment]:
         have = {a.interface: a for a in (record.interfaces if record else ())}

@@ -149,3 +149,31 @@ def test_program_swaps_under_load_lose_nothing_and_take_effect(pair):
     assert (load.lost, load.wrong) == (0, 0), load
     print(f"program switch ms: max {max(durations):.3f}, "
           f"median {sorted(durations)[len(durations) // 2]:.3f}")
+
+
+def test_counters_keep_per_version_totals_across_map_and_program_swaps(pair):
+    """Each version counts in its own line: a map swap and a program swap (with its new
+    cache) leave the totals of the versions before them as they were, and what the new
+    version decides is counted under it alone."""
+    key = b"hs1"
+    warm(pair, key)
+    for strategy, over in [("map_swap", {"ttl_ms": 59000}), ("program_swap", {"entries": 8192}),
+                           ("map_swap", {"entries": 8192, "ttl_ms": 58000})]:
+        old = pair.version
+        for _ in range(3):
+            assert get(pair, key) == KEYS[key]
+        before = pair.dp.stats().by_version
+        res = pair.apply(**over)
+        assert res.strategy == strategy, res
+        swapped = pair.dp.stats().by_version
+        for _ in range(2):  # a new cache after a program swap: a miss first
+            assert get(pair, key) == KEYS[key]
+        after = pair.dp.stats().by_version
+        assert after[old] == swapped[old], strategy  # nothing counts under it any more
+        # and nothing of it was lost (frames other than memcached's, IPv6 neighbour
+        # discovery say, may have come while the apply ran)
+        assert ({**after[old].by_verdict(), "pass": 0} ==
+                {**before[old].by_verdict(), "pass": 0}), strategy
+        new = after[pair.version].by_verdict()
+        assert new["hit"] + new["miss"] == 2, (strategy, new)
+        assert (new["miss"] == 1) == (strategy == "program_swap"), new

@@ -78,3 +78,28 @@ def test_multiget_reply_bounded(env):
     req = F.eth(F.udp(F.mframe(4, b"get fz:b fz:a\r\n")))
     rc, out = env.x(req)
     assert rc == F.XDP_TX and len(out) - 14 <= 1500
+
+
+def test_fuzz_invariant_with_a_capture_running(env):
+    """The same oracle while a capture of every verdict runs: copying frames out never
+    changes an answer, and every record the kernel wrote decodes (its frame as long as it
+    says, its verdicts, path and stage known)."""
+    from pathlib import Path
+
+    from mcache_agent import capture, constants
+
+    records: list[capture.Frame] = []
+    with L.in_ns(env.ns), capture.Session(Path(F.PIN), capture.Spec(verdicts=["all"])) as s:
+        s.start()
+        with s.ring(lambda raw: records.append(capture.decode(raw))) as ring:
+            rep = F.run(CI_FRAMES // 4, seed=random.randrange(1 << 30), env=env)
+            ring.drain()
+    found = rep.pop("found")
+    assert rep["failures"] == 0, (rep["seed"], found[:5])
+    assert records, "nothing captured"
+    stages = {"in", "tx", "egress"}
+    for r in records:
+        assert len(r.data) == min(r.frame_len, constants.const("MC_CAP_SNAP"))
+        assert r.path in constants.paths() and r.stage in stages
+        assert set(r.verdicts) <= set(constants.verdicts())
+    assert {"in", "tx", "egress"} <= {r.stage for r in records}

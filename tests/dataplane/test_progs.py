@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 from nsutil import in_ns, make_config, same_bucket_keys, sh
@@ -21,7 +23,8 @@ from harness.frames import (
     udp_frame,
 )
 from harness.testrun import Prog, xdp_ctx
-from mcache_agent.dataplane import Dataplane
+from mcache_agent import capture
+from mcache_agent.dataplane import Dataplane, libbpf
 
 NS = "mctp-progs"
 PIN = "/sys/fs/bpf/mcache-test-progs"
@@ -562,3 +565,162 @@ def test_delayed_flush_kills_entries_known_before_it(dp):
     assert rc == XDP_PASS, d  # dead at the flush time
     dp.fill_ascii(b"df", b"after")  # stored after the flush: lives
     assert dp.get(b"df")[2] == XDP_TX
+
+
+# --------------------------------------------------------------------------- capture
+
+
+@contextlib.contextmanager
+def capturing(**spec):
+    """A capture of the test environment's data plane; yields (frames, drain): drain() hands
+    what the kernel copied so far to frames, decoded."""
+    frames: list[capture.Frame] = []
+    with in_ns(NS), capture.Session(Path(PIN), capture.Spec(**spec)) as session:
+        session.start()
+        with session.ring(lambda raw: frames.append(capture.decode(raw))) as ring:
+            def drain():
+                ring.drain()
+                return frames
+            yield frames, drain, session
+
+
+def test_capture_records_each_decision_with_its_frame(dp):
+    """A miss, its fill, the hit's request and the reply XDP_TX sent, and a write: each frame
+    as it was at that point, with its verdicts, path, stage, action, key and version."""
+    with capturing() as (_, drain, _s):
+        rid = dp.next_rid()
+        req = mc_udp(rid, b"get capk\r\n", sport=40000)
+        dp.x(req)
+        reply = mc_reply(rid, b"VALUE capk 3 2\r\nhi\r\nEND\r\n")
+        dp.t(reply)
+        _, req2, rc, out, _ = dp.get(b"capk")
+        assert rc == XDP_TX
+        write = tcp_frame(b"delete capk\r\n", seq=9, sport=dp.port)
+        dp.x(write)
+        frames = drain()
+    got = [(f.verdicts, f.path, f.stage, f.action_name(), f.key, f.version) for f in frames]
+    v = dp.version
+    assert got == [
+        (("miss",), "xdp_main", "in", "XDP_PASS", b"capk", v),
+        (("fill",), "tc_main", "egress", "TC_ACT_OK", b"capk", v),
+        (("hit",), "xdp_main", "in", "XDP_TX", b"capk", v),
+        (("hit",), "xdp_main", "tx", "XDP_TX", b"capk", v),
+        (("invalidate",), "xdp_scan", "in", "XDP_PASS", b"capk", v),
+    ], got
+    assert [f.data for f in frames] == [req, reply, req2, out, write]
+    assert all(f.frame_len == len(f.data) and f.ifindex for f in frames[:1] + frames[2:])
+    assert frames[3].comment() == (f"mcache verdict=hit path=xdp_main stage=tx action=XDP_TX "
+                                   f"version={v} key=capk")
+
+
+def test_capture_filters_run_in_the_kernel(dp):
+    dp.fill_ascii(b"fa1", b"x")
+    dp.fill_ascii(b"fb1", b"y")
+    with capturing(verdicts=["hit"]) as (_, drain, _s):
+        dp.get(b"fa1")
+        dp.get(b"nothere")
+        assert {f.verdicts for f in drain()} == {("hit",)} and len(drain()) == 2
+    with capturing(key_prefix=b"fb", verdicts=["all"]) as (_, drain, _s):
+        dp.get(b"fa1")
+        dp.get(b"fb1")
+        dp.x(udp_frame(b"not memcached", dport=53))
+        assert [f.key for f in drain()] == [b"fb1", b"fb1"]
+    with capturing(interface="lo") as (_, drain, _s):
+        dp.get(b"fa1")
+        assert drain() == []
+    with capturing(verdicts=["pass"]) as (_, drain, _s):
+        dp.get(b"fa1")
+        dp.x(udp_frame(b"not memcached", dport=53))
+        assert [(f.verdicts, f.key) for f in drain()] == [(("pass",), b"")]
+
+
+def test_capture_never_changes_an_answer_and_stops_with_its_lease(dp):
+    dp.fill_ascii(b"same", b"value")
+    frames_in = [mc_udp(7, b"get same\r\n"), mc_udp(8, b"get other\r\n"),
+                 tcp_frame(b"set z 0 0 1\r\nz\r\n", seq=3, sport=dp.port),
+                 mc_udp(9, b"get same\r\n")[:-3]]  # truncated: passed as is
+    off = [dp.x(f) for f in frames_in]
+    with capturing(verdicts=["all"]) as (_, drain, session):
+        on = [dp.x(f) for f in frames_in]
+        assert len(drain()) >= len(frames_in)
+        # The lease: a capture process that stops renewing (killed) gets nothing more.
+        ctl = Path(session.state) / "capture_ctl"
+        with libbpf.opened(ctl) as fd:
+            raw = bytearray(libbpf.map_lookup(fd, bytes(4), capture.CTL.size))
+            struct.pack_into("<Q", raw, 16, time.monotonic_ns() - 1)
+            libbpf.map_update(fd, bytes(4), bytes(raw))
+        n = len(drain())
+        dp.x(frames_in[0])
+        assert len(drain()) == n
+    assert on == off
+    dp.x(frames_in[0])  # capture off again: nothing copied
+    with in_ns(NS), capture.Session(Path(PIN), capture.Spec()) as session, \
+            session.ring(lambda raw: pytest.fail("copied with no capture on")) as ring:
+        ring.drain()
+
+
+def test_a_full_ring_counts_what_it_lost(dp):
+    frame = mc_udp(11, b"get lost\r\n")
+    with in_ns(NS):
+        ctx = xdp_ctx(len(frame), dp.ifindex)
+    with capturing(verdicts=["miss"]) as (_, _drain, session):
+        before = session.lost()
+        libbpf.prog_test_run(dp.xdp.fd, frame, ctx, repeat=30000)  # ~200 B a record: > 4 MiB
+        lost = session.lost() - before
+    assert lost > 0
+
+
+def test_a_second_capture_is_refused_while_one_runs(dp):
+    with capturing(), in_ns(NS):
+        other = capture.Session(Path(PIN), capture.Spec())
+        ctl = Path(other.state) / "capture_ctl"
+        with libbpf.opened(ctl) as fd:  # as if another live process held it
+            raw = bytearray(libbpf.map_lookup(fd, bytes(4), capture.CTL.size))
+            struct.pack_into("<I", raw, 24, 1)  # pid 1 is alive
+            libbpf.map_update(fd, bytes(4), bytes(raw))
+        with other, pytest.raises(capture.CaptureError, match="already"):
+            other.start()
+
+
+# --------------------------------------------------------------------------- counters
+
+
+def test_counters_keep_each_versions_totals_across_swaps(dp):
+    dp.fill_ascii(b"ver", b"v")
+    for _ in range(3):
+        dp.get(b"ver")
+    first = dp.version
+    assert dp.dp.stats().by_version[first].by_path["xdp_main"]["hit"] == 3
+    # More versions than lines: the first one's line goes to the archive, intact.
+    slots = len(dp.dp.stats().slots)
+    for _ in range(10):
+        dp.reconfigure()
+        dp.get(b"ver")
+    st = dp.dp.stats()
+    assert st.by_version[first].by_path["xdp_main"]["hit"] == 3
+    assert st.by_version[first].by_path["xdp_main"]["miss"] == 1
+    assert st.by_version[first].by_path["tc_main"]["fill"] == 1
+    assert first not in st.slots.values() and slots <= len(st.slots) == 8
+    assert all(st.by_version[v].by_path["xdp_main"]["hit"] == 1
+               for v in range(first + 1, dp.version + 1))
+    assert st.total().by_verdict() == dp.dp.counters()
+
+
+def test_paths_count_what_they_decided(dp):
+    dp.fill_ascii(b"pa", b"1")
+    dp.fill_ascii(b"pb", b"2")
+    before = dp.dp.stats().by_version[dp.version]
+    dp.get(b"pa pb")  # multi-get: xdp_get_key twice, then xdp_reply
+    dp.x(tcp_frame(b"delete pa\r\n", seq=1, sport=dp.port))
+    after = dp.dp.stats().by_version[dp.version]
+    diff = {(p, v): after.by_path[p][v] - before.by_path[p][v]
+            for p in after.by_path for v in after.by_path[p]
+            if after.by_path[p][v] != before.by_path[p][v]}
+    assert diff == {("xdp_reply", "hit"): 1, ("xdp_scan", "invalidate"): 1}, diff
+
+
+def test_a_fill_that_replaces_another_key_counts_an_eviction(dp):
+    keys = same_bucket_keys(5)
+    for k in keys[:4]:
+        assert "evict" not in dp.fill_ascii(k, b"v")
+    assert dp.fill_ascii(keys[4], b"v").get("evict") == 1

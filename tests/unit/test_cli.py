@@ -106,6 +106,7 @@ def test_status_without_daemon_is_exit_3_and_says_what_is_pinned(
 ) -> None:
     from mcache_agent.config import load_config
     from mcache_agent.dataplane import CacheUsage, Memory
+    from mcache_agent.dataplane.stats import Counts, Stats
     from mcache_agent.versions import VersionStore
 
     class FakeDataplane:
@@ -115,8 +116,10 @@ def test_status_without_daemon_is_exit_3_and_says_what_is_pinned(
         def adopt(self) -> int:
             return 3
 
-        def counters(self) -> dict[str, int]:
-            return {"hit": 9, "miss": 1}
+        def stats(self) -> Stats:
+            counts = Counts.zero()
+            counts.by_path["xdp_main"].update(hit=9, miss=1)
+            return Stats({3: counts}, {0: 3})
 
         def cache_usage(self) -> CacheUsage:
             return CacheUsage(4096, 12)

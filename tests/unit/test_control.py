@@ -27,6 +27,7 @@ from mcache_agent.daemon import Agent
 from mcache_agent.dataplane import ApplyResult, CacheUsage, Memory, Plan
 from mcache_agent.dataplane.pins import Attachment, Record
 from mcache_agent.dataplane.plan import plan
+from mcache_agent.dataplane.stats import Counts, Stats
 from mcache_agent.versions import VersionStore
 
 
@@ -84,7 +85,16 @@ class FakeDataplane:
         return ApplyResult(p.strategy, 2.54321, 0.0512, p.cache_kept, p.reasons)
 
     def counters(self) -> dict[str, int]:
-        return {"hit": 3, "miss": 1, "pass": 7}
+        return self.stats().total().by_verdict()
+
+    def stats(self) -> Stats:
+        """Two versions: 1 holds hits, a miss and its fill, 2 a pass."""
+        v1, v2 = Counts.zero(), Counts.zero()
+        v1.by_path["xdp_main"].update(hit=2, miss=1)
+        v1.by_path["xdp_get_key"].update(hit=1)
+        v1.by_path["tc_main"].update(fill=1, evict=1)
+        v2.by_path["xdp_main"].update({"pass": 7})
+        return Stats({1: v1, 2: v2}, {0: 1, 1: 2})
 
     def cache_usage(self) -> CacheUsage:
         return CacheUsage(1024, 4)
@@ -299,6 +309,15 @@ def test_status_shape(agent: Running) -> None:
     assert st["cache"]["memory_estimate_bytes"] > 1024 * 88
     assert st["last_apply"]["version"] == 1 and st["last_apply"]["result"] == "ok"
     assert st["attached"] == [{"interface": "lo", "mode": "generic", "role": "serve"}]
+    assert st["counters"]["hit"] == 3 and st["counters"]["pass"] == 7
+    assert st["counters_by_version"] == {"1": {"hit": 3, "miss": 1, "fill": 1, "evict": 1},
+                                         "2": {"pass": 7}}
+    assert st["counters_by_path"] == {"xdp_main": {"hit": 2, "miss": 1, "pass": 7},
+                                      "xdp_get_key": {"hit": 1},
+                                      "tc_main": {"fill": 1, "evict": 1}}
+    assert st["cache"]["fill_ratio"] == round(4 / 1024, 4)
+    assert (st["cache"]["inserts"], st["cache"]["inserts_per_hit"]) == (1, round(1 / 3, 4))
+    assert (st["cache"]["evictions"], st["cache"]["expired"]) == (1, 0)
 
 
 def test_apply_new_version_round_trip(agent: Running) -> None:
@@ -594,6 +613,9 @@ def test_metrics_render_from_status(agent: Running) -> None:
 
     text = generate_latest(make_registry(agent.agent.status)).decode()
     assert 'mcache_verdicts_total{verdict="hit"} 3.0' in text
+    assert 'mcache_path_verdicts_total{path="xdp_get_key",verdict="hit"} 1.0' in text
+    assert 'mcache_version_verdicts_total{verdict="pass",version="2"} 7.0' in text
+    assert "mcache_cache_fill_ratio 0.0039" in text
     assert "mcache_hit_ratio 0.75" in text
     assert "mcache_config_version 1.0" in text
     assert 'mcache_last_apply_info{result="ok",strategy="program_swap"} 1.0' in text
