@@ -86,6 +86,17 @@ _Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
 #define MC_ROLE_SERVE 1 /* answer GET hits and watch writes */
 #define MC_ROLE_WATCH 2 /* watch writes only (e.g. lo) */
 
+/*
+ * XDP to TC ingress: a hit whose reply cannot be built in XDP's frame (generic XDP on a veth
+ * or lo has ~256 bytes of room) is passed with this metadata in front of the frame, and
+ * tc_ingress answers it from the skb, which can grow to the interface's MTU.
+ */
+#define MC_META_MAGIC 0x6d634d31 /* "mcM1" */
+struct mc_meta {
+	__u32 magic;
+	__u32 slot;   /* the way that holds the key */
+};
+
 /* binary protocol */
 #define MC_BIN_REQ_MAGIC 0x80
 #define MC_BIN_RES_MAGIC 0x81
@@ -121,7 +132,8 @@ enum mc_verdict {
 	MC_V_GETS = 13,        /* gets (needs CAS): passed to memcached */
 	MC_V_PROBE_HIT = 14,   /* a hit for the health probe's key: the probe's own evidence */
 	MC_V_EVICT = 15,       /* a fill replaced another key's live entry (bucket full) */
-	MC_V_COUNT = 16,
+	MC_V_TO_TC = 16,       /* a hit whose reply does not fit the XDP frame: to tc_ingress */
+	MC_V_COUNT = 17,
 };
 
 /*
@@ -136,7 +148,8 @@ enum mc_path {
 	MC_P_XDP_SCAN = 4,      /* a write stream's commands */
 	MC_P_TC_MAIN = 5,       /* a reply from memcached, the common fill */
 	MC_P_TC_FILL_ITEM = 6,  /* one item of another reply filled */
-	MC_P_COUNT = 7,
+	MC_P_TC_INGRESS = 7,    /* a hit answered at TC ingress (the reply outgrew XDP's frame) */
+	MC_P_COUNT = 8,
 };
 
 /*

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * The stable roots: what is attached to the interfaces. Each tail-calls slot 0
- * of its pinned prog array, where the current program set's entry sits; a
- * program hot swap is one update of that slot. An empty slot passes.
+ * The stable roots: what is attached to the interfaces (XDP, TC ingress, TC egress). Each
+ * tail-calls slot 0 of its pinned prog array, where the current program set's entry sits; a
+ * program hot swap is one update of each slot. An empty slot passes.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -15,6 +15,7 @@
 
 BPF_TABLE_PINNED("prog", u32, u32, xdp_root_jmp, MC_PROG_SETS, MC_PIN_DIR "/xdp_root_jmp");
 BPF_TABLE_PINNED("prog", u32, u32, tc_root_jmp, MC_PROG_SETS, MC_PIN_DIR "/tc_root_jmp");
+BPF_TABLE_PINNED("prog", u32, u32, tc_in_root_jmp, MC_PROG_SETS, MC_PIN_DIR "/tc_in_root_jmp");
 
 int xdp_root(struct xdp_md *ctx)
 {
@@ -25,5 +26,11 @@ int xdp_root(struct xdp_md *ctx)
 int tc_root(struct __sk_buff *skb)
 {
 	tc_root_jmp.call(skb, 0);
+	return TC_ACT_OK;
+}
+
+int tc_in_root(struct __sk_buff *skb)
+{
+	tc_in_root_jmp.call(skb, 0);
 	return TC_ACT_OK;
 }

@@ -85,6 +85,8 @@ struct mc_xscratch {
 	__u32 one_tail;
 	/* The common GET's reply after its key: " <flags> <bytes>\r\n<value>\r\nEND\r\n". */
 	__u8 out[32 + MC_VAL_BUF + 16];
+	/* tc_ingress: the reply's UDP payload (read MC_BUF_PAD past a masked offset). */
+	__u8 reply[MC_BUF + MC_BUF_PAD];
 	/* Its verdicts, counters and capture record (mcache_verdict.h). */
 	struct mc_pkt pkt;
 };
@@ -376,6 +378,25 @@ static __always_inline void mark_unservable(__u32 idx, __u16 kl, __u16 vl)
 	bpf_spin_unlock(&slot->lock);
 }
 
+/*
+ * A hit whose reply the frame cannot hold: passed on with the way that holds it in the
+ * frame's metadata, for tc_ingress to answer from the skb. 0 when the metadata cannot be
+ * written (memcached then answers).
+ */
+static __always_inline int to_tc(struct xdp_md *ctx, __u32 idx)
+{
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct mc_meta)))
+		return 0;
+	void *data = (void *)(long)ctx->data;
+	struct mc_meta *m = (void *)(long)ctx->data_meta;
+	if ((void *)(m + 1) > data)
+		return 0;
+	m->magic = MC_META_MAGIC;
+	m->slot = idx;
+	mc_count(MC_V_TO_TC);
+	return 1;
+}
+
 /* ------------------------------------------------------------------ */
 /* The common GET: one key, answered without tail calls.              */
 /* ------------------------------------------------------------------ */
@@ -549,8 +570,9 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 		mc_level_add(gen, -1);
 	/* Noted this late on purpose: a branch early in a path doubles what the verifier walks. */
 	mc_pkt_key(&s->pkt, s->buf, ko, MC_LOAD(s->one_kl));
-	if (unservable) {
-		mc_count(MC_V_TOO_BIG); /* see xdp_get_key */
+	if (unservable) { /* its reply did not fit the frame last time: tc_ingress answers */
+		if (!to_tc(ctx, idx))
+			mc_count(MC_V_TOO_BIG);
 		return XDP_PASS;
 	}
 	__u32 tail = MC_LOAD(s->one_tail);
@@ -575,7 +597,8 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 	int have = (int)((long)ctx->data_end - (long)ctx->data);
 	if (!resize(ctx, (int)(sizeof(struct mc_l2l4) + body) - have)) {
 		mark_unservable(idx, kl, vl);
-		mc_count(MC_V_TOO_BIG); /* no room to grow the frame */
+		if (!to_tc(ctx, idx)) /* no room to grow the frame here; the skb has */
+			mc_count(MC_V_TOO_BIG);
 		return XDP_PASS;
 	}
 	struct mc_reply_hdr hdr = {};
@@ -1454,3 +1477,6 @@ int xdp_capture(struct xdp_md *ctx)
 	capture(ctx, s, s->pkt.exit_path, action == XDP_TX ? MC_CAP_TX : MC_CAP_IN, action);
 	return action <= XDP_TX ? action : XDP_PASS;
 }
+
+/* TC ingress, compiled with the programs above: it shares their cache lookup and replies. */
+#include "tc_ingress.c"

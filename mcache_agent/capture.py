@@ -37,7 +37,7 @@ HDR = struct.Struct("<QIIIIHHBBBB64s")
 LEASE_S = 3.0  # the kernel stops copying this long after the last renewal
 RENEW_S = 1.0
 XDP_ACTIONS = ("XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT")
-TC_ACTIONS = {0: "TC_ACT_OK", 2: "TC_ACT_SHOT"}
+TC_ACTIONS = {0: "TC_ACT_OK", 2: "TC_ACT_SHOT", 7: "TC_ACT_REDIRECT"}
 DEFAULT_SKIP = ("pass",)  # not memcached traffic: tcpdump's job, unless asked for
 
 
@@ -103,8 +103,13 @@ class Frame:
     def outbound(self) -> bool:
         return self.stage != "in"
 
+    @property
+    def tc(self) -> bool:
+        """Decided by a TC program (its action is a TC one), else by XDP."""
+        return self.path.startswith("tc_")
+
     def action_name(self) -> str:
-        if self.stage == "egress":
+        if self.tc:
             return TC_ACTIONS.get(self.action, str(self.action))
         return XDP_ACTIONS[self.action] if self.action < len(XDP_ACTIONS) else str(self.action)
 
@@ -278,7 +283,7 @@ def run(bpffs: Path, spec: Spec, out: BinaryIO, *,
                 summary.filtered_out += 1
                 return
             iface = writer.interface(frame.ifindex, _ifname(frame.ifindex), session.snaplen)
-            kind = VERDICT_TC if frame.stage == "egress" else VERDICT_XDP
+            kind = VERDICT_TC if frame.tc else VERDICT_XDP
             writer.packet(iface, frame.ts_ns + clock, frame.data, frame.frame_len,
                           comment=frame.comment(), outbound=frame.outbound,
                           verdict=(kind, frame.action))

@@ -35,7 +35,7 @@ HTAB_BUCKET_BYTES = 16
 # Every other map (state, config, fill level, prog arrays, the record) is small; the scratch
 # maps (both programs') and the counters are per CPU.
 SMALL_MAPS_BYTES = 256 << 10
-SCRATCH_BYTES_PER_CPU = 24 << 10
+SCRATCH_BYTES_PER_CPU = 32 << 10
 
 
 def limit(name: str) -> int:

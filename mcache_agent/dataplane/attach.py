@@ -1,6 +1,6 @@
-"""Attaching the stable roots to interfaces: XDP over netlink (libbpf) and a TC egress
-filter on a clsact qdisc (pyroute2). Both belong to the interface, not to a process: they
-stay when the agent exits."""
+"""Attaching the stable roots to interfaces: XDP over netlink (libbpf), and TC ingress and
+egress filters on a clsact qdisc (pyroute2). All belong to the interface, not to a process:
+they stay when the agent exits."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from mcache_agent.dataplane.pins import Attachment
 log = logging.getLogger(__name__)
 
 TC_EGRESS_PARENT = "ffff:fff3"
+TC_INGRESS_PARENT = "ffff:fff2"
 TC_PRIO = 0xC0DE & 0x7FFF
 ETH_P_ALL = 0x0003
 
@@ -62,8 +63,9 @@ def attach_xdp(name: str, requested: str, prog_fd: int) -> str:
     return "generic"
 
 
-def attach_tc(name: str, prog_fd: int) -> bool:
-    """The egress filter, on a clsact qdisc; True when this call created the qdisc."""
+def attach_tc(name: str, prog_fd: int, ingress_fd: int | None) -> bool:
+    """The egress filter (and the ingress one, when given), on a clsact qdisc; True when this
+    call created the qdisc."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -78,14 +80,19 @@ def attach_tc(name: str, prog_fd: int) -> bool:
             created = False
         ipr.tc("replace-filter", "bpf", idx, fd=prog_fd, name="mcache_tc_root",
                parent=TC_EGRESS_PARENT, prio=TC_PRIO, protocol=ETH_P_ALL, direct_action=True)
+        if ingress_fd is not None:
+            ipr.tc("replace-filter", "bpf", idx, fd=ingress_fd, name="mcache_tc_in_root",
+                   parent=TC_INGRESS_PARENT, prio=TC_PRIO, protocol=ETH_P_ALL,
+                   direct_action=True)
         return created
 
 
-def attach(name: str, requested: str, role: str, xdp_fd: int, tc_fd: int) -> Attachment:
+def attach(name: str, requested: str, role: str, xdp_fd: int, tc_fd: int,
+           tc_in_fd: int | None) -> Attachment:
     mode = attach_xdp(name, requested, xdp_fd)
-    created = attach_tc(name, tc_fd)
+    created = attach_tc(name, tc_fd, tc_in_fd)
     return Attachment(interface=name, requested=requested, mode=mode, role=role,
-                      clsact_created=created)
+                      clsact_created=created, tc_ingress=tc_in_fd is not None)
 
 
 def detach(entry: Attachment) -> None:
@@ -108,8 +115,13 @@ def detach(entry: Attachment) -> None:
             if entry.clsact_created:
                 ipr.tc("del", "clsact", idx)
             else:
-                ipr.tc("del-filter", "bpf", idx, parent=TC_EGRESS_PARENT, prio=TC_PRIO,
-                       protocol=ETH_P_ALL)
+                for parent in (TC_INGRESS_PARENT, TC_EGRESS_PARENT):
+                    try:
+                        ipr.tc("del-filter", "bpf", idx, parent=parent, prio=TC_PRIO,
+                               protocol=ETH_P_ALL)
+                    except NetlinkError as exc:  # an ingress filter an older agent never made
+                        if exc.code not in (errno.ENOENT, errno.EINVAL):
+                            raise
         except NetlinkError as exc:
             if exc.code not in (errno.ENOENT, errno.EINVAL):
                 raise

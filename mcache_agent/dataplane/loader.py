@@ -76,6 +76,7 @@ def load(kind: str, bpffs: Path, set_id: str, cflags: list[str]) -> dict[str, An
         b = bcc.BPF(text=inline_source(constants.source("root.c")), cflags=cflags)
         _pin(b.load_func("xdp_root", bcc.BPF.XDP).fd, bpffs / "xdp_root")
         _pin(b.load_func("tc_root", bcc.BPF.SCHED_CLS).fd, bpffs / "tc_root")
+        _pin(b.load_func("tc_in_root", bcc.BPF.SCHED_CLS).fd, bpffs / "tc_in_root")
         return {}
     src, progs, ptype, jmp = {
         "xdp": ("xdp_ingress.c", XDP_PROGS, bcc.BPF.XDP, "mc_xdp_jmp"),
@@ -93,6 +94,8 @@ def load(kind: str, bpffs: Path, set_id: str, cflags: list[str]) -> dict[str, An
     out: dict[str, Any] = {"entry": progs[0]}
     if kind == "xdp":  # the config's layout comes with it: no "layout" worker after the load
         out["config"] = ctype_layout(b["mc_cfg_tmpl"].Leaf)
+        # TC ingress is compiled with the XDP programs (it shares their lookup and replies)
+        _pin(b.load_func("tc_ingress", bcc.BPF.SCHED_CLS).fd, set_dir / "tc_ingress")
     return out
 
 

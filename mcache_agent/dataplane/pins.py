@@ -46,6 +46,7 @@ class Attachment:
     mode: str  # what the kernel took: native or generic
     role: str
     clsact_created: bool  # we made the clsact qdisc, so detaching removes it
+    tc_ingress: bool = False  # the TC ingress root is attached too (agents before it: not)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class Record:
             set=str(doc["set"]),
             interfaces=tuple(
                 Attachment(interface=i["interface"], requested=i["requested"], mode=i["mode"],
-                           role=i["role"], clsact_created=bool(i.get("clsact_created")))
+                           role=i["role"], clsact_created=bool(i.get("clsact_created")),
+                           tc_ingress=bool(i.get("tc_ingress")))
                 for i in doc.get("interfaces", [])
             ),
         )

@@ -23,7 +23,11 @@ from mcache_agent.dataplane.layout import Layout
 from mcache_agent.dataplane.pins import PinDir
 
 WORKER_TIMEOUT_S = 120
-ENTRIES = {"xdp_root_jmp": "xdp_main", "tc_root_jmp": "tc_main"}
+# Each root's dispatch slot and the set's entry it points at, in the order of a switch: the
+# ingress hooks first (see switch()).
+ENTRIES = {"xdp_root_jmp": "xdp_main", "tc_in_root_jmp": "tc_ingress", "tc_root_jmp": "tc_main"}
+ROOTS = ("xdp_root", "tc_in_root", "tc_root")
+REQUIRED = ("xdp_main", "tc_main")  # sets from before tc_ingress have only these
 
 
 class LoadError(Exception):
@@ -78,7 +82,7 @@ def load_set(pins: PinDir, cflags: list[str], shared_pinned: bool) -> LoadedSet:
     set_id = new_set_id()
     kinds = ["xdp", "tc"]
     first = [] if shared_pinned else ["maps"]
-    if not (pins.has("xdp_root") and pins.has("tc_root")):
+    if not all(pins.has(r) for r in ROOTS):
         (first or kinds).append("root")  # shares no state map: alongside the maps worker
     try:
         if first:
@@ -123,16 +127,26 @@ class HeldSet:
         except OSError as exc:
             self.close()
             raise LoadError(f"program set {set_id}: {exc}") from None
-        missing = [e for e in ENTRIES.values() if e not in self.fds]
+        missing = [e for e in REQUIRED if e not in self.fds]
         if missing:
             self.close()
             raise LoadError(f"program set {set_id} has no {', '.join(missing)}")
 
     def switch_to(self) -> float:
         t0 = time.perf_counter()
-        for jmp, entry in ENTRIES.items():
-            point_root(self.pins, jmp, self.fds[entry])
+        for jmp in ENTRIES:
+            self.point(jmp)
         return (time.perf_counter() - t0) * 1000
+
+    def point(self, jmp: str) -> None:
+        """One root's slot to this set's entry for it; a set loaded before that root existed
+        has none, and its slot is emptied (the root then passes)."""
+        entry = self.fds.get(ENTRIES[jmp])
+        if entry is not None:
+            point_root(self.pins, jmp, entry)
+        elif self.pins.has(jmp):
+            with self.pins.open(jmp) as fd:
+                libbpf.map_delete(fd, (0).to_bytes(4, "little"))
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -169,7 +183,7 @@ def set_programs(pins: PinDir, set_id: str) -> dict[str, libbpf.ProgInfo]:
 
 def root_programs(pins: PinDir) -> dict[str, libbpf.ProgInfo]:
     out = {}
-    for name in ("xdp_root", "tc_root"):
+    for name in ROOTS:
         if pins.has(name):
             with pins.open(name) as fd:
                 out[name] = libbpf.prog_info(fd)

@@ -307,10 +307,11 @@ class Dataplane:
             with HeldSet(self.pins, set_id) as held:
                 t0 = time.perf_counter()
                 # Ingress first (see sets.switch).
-                sets.point_root(self.pins, "xdp_root_jmp", held.fds["xdp_main"])
+                held.point("xdp_root_jmp")
                 switched = True
                 self.fault("ingress")
-                sets.point_root(self.pins, "tc_root_jmp", held.fds["tc_main"])
+                held.point("tc_in_root_jmp")
+                held.point("tc_root_jmp")
                 swap_ms = (time.perf_counter() - t0) * 1000
         except Exception:
             if switched and record is not None:
@@ -338,12 +339,16 @@ class Dataplane:
         for w in wanted:
             old = have.get(w.name)
             if old and old.requested == w.xdp_mode and attach_mod.xdp_attached(w.name):
-                out.append(dataclasses.replace(old, role=w.role))
+                if not old.tc_ingress:  # attached by an agent from before the TC responder
+                    with self.pins.open("tc_root") as tc, self.pins.open("tc_in_root") as tc_in:
+                        attach_mod.attach_tc(w.name, tc, tc_in)
+                out.append(dataclasses.replace(old, role=w.role, tc_ingress=True))
                 continue
             if old:
                 attach_mod.detach(old)
-            with self.pins.open("xdp_root") as xdp, self.pins.open("tc_root") as tc:
-                out.append(attach_mod.attach(w.name, w.xdp_mode, w.role, xdp, tc))
+            with self.pins.open("xdp_root") as xdp, self.pins.open("tc_root") as tc, \
+                    self.pins.open("tc_in_root") as tc_in:
+                out.append(attach_mod.attach(w.name, w.xdp_mode, w.role, xdp, tc, tc_in))
         return out
 
     def _back_to(self, previous: Config | None, record: Record | None) -> None:

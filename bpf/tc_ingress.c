@@ -1,0 +1,196 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * TC ingress: answer the GET hits whose reply XDP's frame cannot hold.
+ *
+ *   tc_ingress  a frame xdp_main passed with struct mc_meta in front (MC_V_TO_TC): the
+ *               common GET ("get <key>\r\n") of a key that is cached; the key is looked up
+ *               again under its slot's lock, the skb grown to the reply's size, the reply
+ *               written over the request, and sent back out of the interface it came in on
+ *               (bpf_redirect)
+ *
+ * Generic XDP (a veth, lo, a NIC whose driver has no XDP) runs on an skb with 256 bytes of
+ * headroom and little tailroom: a reply with a value over ~200 bytes does not fit there,
+ * while the skb grows to the MTU here. Native XDP keeps answering in XDP where the frame has
+ * room. Anything unexpected passes the request on to memcached, unchanged.
+ *
+ * Compiled with xdp_ingress.c (included at its end): it shares the cache lookup, the reply
+ * builder and the scratch map; loaded as a SCHED_CLS program.
+ */
+#include <uapi/linux/pkt_cls.h>
+
+#define MC_UDP_CSUM_OFF (sizeof(struct ethhdr) + sizeof(struct iphdr) + 6)
+#define MC_CSUM_CHUNK 512 /* bpf_csum_diff's limit */
+
+/* The one's complement sum of len bytes of buf (zero-padded to a multiple of 4). */
+static __always_inline __s64 csum_of(__u8 *buf, __u32 len, __s64 seed)
+{
+	for (__u32 i = 0; i < MC_BUF / MC_CSUM_CHUNK; i++) {
+		__u32 at = i * MC_CSUM_CHUNK;
+		if (at >= len)
+			break;
+		__u64 n = len - at < MC_CSUM_CHUNK ? len - at : MC_CSUM_CHUNK;
+		n = (n + 3) & ~3ULL;
+		if (!MC_SIZE_OK(n, MC_CSUM_CHUNK))
+			break;
+		seed = bpf_csum_diff(NULL, 0, (__be32 *)(buf + (at & MC_BUF_MASK)), n, seed);
+	}
+	return seed;
+}
+
+/*
+ * The UDP checksum of the reply in place, right whatever the skb's checksum state: the sum of
+ * the UDP header and payload goes in unless the checksum is left to offload (CHECKSUM_PARTIAL,
+ * where the field holds only the pseudo header's sum), then the pseudo header's in both cases.
+ */
+static __always_inline void udp_csum(struct __sk_buff *skb, struct mc_l2l4 *h, __u8 *payload,
+				     __u32 len)
+{
+	__s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)&h->udp, sizeof(h->udp), 0);
+	sum = csum_of(payload, len, sum);
+	__be32 pseudo[3] = {h->ip.saddr, h->ip.daddr, bpf_htonl(IPPROTO_UDP << 16 | (8 + len))};
+	__s64 ph = bpf_csum_diff(NULL, 0, pseudo, sizeof(pseudo), 0);
+	bpf_l4_csum_replace(skb, MC_UDP_CSUM_OFF, 0, sum, 0);
+	bpf_l4_csum_replace(skb, MC_UDP_CSUM_OFF, 0, ph, BPF_F_PSEUDO_HDR);
+}
+
+/* The reply, to a capture that wants it (xdp_main's exit had the request). */
+static __always_inline void capture_reply(struct __sk_buff *skb, struct mc_xscratch *s)
+{
+	if (!s->pkt.cap)
+		return;
+	int r = mc_capture_select(&s->pkt, skb->ifindex, MC_P_TC_INGRESS, MC_CAP_TX,
+				  TC_ACT_REDIRECT, skb->len);
+	if (r < 0)
+		return;
+	__u64 n = r;
+	if (MC_SIZE_OK(n, MC_CAP_SNAP) && bpf_skb_load_bytes(skb, 0, s->pkt.rec.data, n))
+		return;
+	mc_capture_emit(&s->pkt);
+}
+
+static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *s,
+				     struct mc_config *cfg)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct mc_meta *meta = (void *)(long)skb->data_meta;
+	if ((void *)(meta + 1) > data || meta->magic != MC_META_MAGIC)
+		return TC_ACT_OK; /* not handed over by xdp_main */
+	__u32 idx = meta->slot;
+	struct ethhdr *eth = data;
+	struct iphdr *iph = (void *)(eth + 1);
+	struct udphdr *uh = (void *)(iph + 1);
+	if ((void *)(uh + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || iph->ihl != 5 ||
+	    iph->protocol != IPPROTO_UDP || uh->dest != cfg->port)
+		return TC_ACT_OK;
+	const __u32 ko = MC_UDP_FRAME_HDR + 4; /* after "get " */
+	__u64 len = bpf_ntohs(uh->len);
+	if (len < sizeof(*uh) + ko + 3 || len > sizeof(*uh) + ko + MC_MAX_KEY + 2)
+		return TC_ACT_OK;
+	len -= sizeof(*uh);
+	if (!MC_SIZE_OK(len, MC_BUF) || bpf_skb_load_bytes(skb, sizeof(struct mc_l2l4), s->buf, len))
+		return TC_ACT_OK;
+	s->client_addr = iph->saddr;
+	s->server_addr = iph->daddr;
+	s->client_port = uh->source;
+	s->server_port = uh->dest;
+	__builtin_memcpy(s->client_mac, eth->h_source, 6);
+	__builtin_memcpy(s->server_mac, eth->h_dest, 6);
+	s->request_id = ((__u16)s->buf[0] << 8) | s->buf[1];
+	if (s->buf[8] != 'g' || s->buf[9] != 'e' || s->buf[10] != 't' || s->buf[11] != ' ' ||
+	    s->buf[(len - 2) & MC_BUF_MASK] != '\r' || s->buf[(len - 1) & MC_BUF_MASK] != '\n')
+		return TC_ACT_OK;
+	s->one_kl = len - ko - 2;
+	__u32 kl = MC_LOAD(s->one_kl);
+	if (kl == 0 || kl > MC_MAX_KEY)
+		return TC_ACT_OK;
+	__u32 hash = mc_hash(s->buf, ko, MC_LOAD(s->one_kl));
+	__u32 base = mc_bucket(hash);
+	if (idx < base || idx >= base + MC_WAYS)
+		return TC_ACT_OK;
+	struct mc_slot *slot = mc_cache.lookup(&idx);
+	u32 zero = 0;
+	struct mc_state *st = mc_state.lookup(&zero);
+	if (!slot || !st)
+		return TC_ACT_OK;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 gen = st->gen;
+	__u64 cut = mc_flush_cut(st, now);
+	__u64 ttl = cfg->ttl_ns;
+	kl = MC_LOAD(s->one_kl);
+	if (kl == 0 || kl > MC_MAX_KEY)
+		return TC_ACT_OK;
+	s->one_tail = 0;
+	/* Checked again under the lock, as at XDP: a write since then has invalidated it. */
+	bpf_spin_lock(&slot->lock);
+	if (slot->valid && slot->gen == gen && slot->hash == hash && slot->key_len == kl &&
+	    mc_key_equal(slot->key, s->buf, ko, MC_LOAD(s->one_kl)) &&
+	    !mc_entry_stale(slot, now, ttl, cut))
+		s->one_tail = reply_tail(slot, s->out);
+	bpf_spin_unlock(&slot->lock);
+	mc_pkt_key(&s->pkt, s->buf, ko, MC_LOAD(s->one_kl));
+	__u32 tail = MC_LOAD(s->one_tail);
+	kl = MC_LOAD(s->one_kl);
+	if (!tail || kl == 0 || kl > MC_MAX_KEY || tail > sizeof(s->out)) {
+		mc_count(MC_V_MISS); /* changed since XDP looked: memcached answers */
+		return TC_ACT_OK;
+	}
+	/* The reply's UDP payload in scratch: frame header, "VALUE ", the key, the rest. */
+	__u8 *r = s->reply;
+	__u64 w = MC_W6('V', 'A', 'L', 'U', 'E', ' ');
+	r[0] = s->request_id >> 8;
+	r[1] = s->request_id & 0xff;
+	*(__u32 *)&r[2] = 0;
+	r[5] = 1;
+	r[6] = r[7] = 0;
+	__builtin_memcpy(&r[8], &w, 6);
+	for (__u32 j = 0; j < MC_KEY_BUF / 8; j++) {
+		MC_OPAQUE(j);
+		if (j * 8 >= MC_LOAD(s->one_kl))
+			break;
+		*(__u64 *)&r[mc_mask(14 + j * 8)] = *(__u64 *)&s->buf[mc_mask(ko + j * 8)];
+	}
+	kl = MC_LOAD(s->one_kl);
+	tail = MC_LOAD(s->one_tail);
+	for (__u32 j = 0; j < sizeof(s->out) / 8; j++) {
+		MC_OPAQUE(j);
+		if (j * 8 >= MC_LOAD(s->one_tail))
+			break;
+		*(__u64 *)&r[mc_mask(14 + MC_LOAD(s->one_kl) + j * 8)] = *(__u64 *)&s->out[j * 8];
+	}
+	__u32 body = 14 + MC_LOAD(s->one_kl) + MC_LOAD(s->one_tail);
+	if (body > MC_BUF - 8)
+		return TC_ACT_OK;
+	*(__u32 *)&r[mc_mask(body)] = 0; /* the checksum's padding */
+	if (sizeof(struct iphdr) + sizeof(struct udphdr) + body > 1500) {
+		mc_count(MC_V_TOO_BIG);
+		return TC_ACT_OK;
+	}
+	if (bpf_skb_change_tail(skb, sizeof(struct mc_l2l4) + body, 0)) {
+		mc_count(MC_V_TOO_BIG);
+		return TC_ACT_OK;
+	}
+	struct mc_l2l4 h = {};
+	reply_l2l4(&h, s, body);
+	__u64 n = body;
+	if (!MC_SIZE_OK(n, MC_BUF - 8) ||
+	    bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0) ||
+	    bpf_skb_store_bytes(skb, sizeof(h), r, n, 0))
+		return TC_ACT_SHOT; /* the frame is already changed: never send half a reply */
+	udp_csum(skb, &h, r, body);
+	if (hash == cfg->probe_hash)
+		mc_count(MC_V_PROBE_HIT);
+	mc_count(MC_V_HIT);
+	capture_reply(skb, s);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+int tc_ingress(struct __sk_buff *skb)
+{
+	struct mc_config *cfg = mc_config();
+	struct mc_xscratch *s = scratch();
+	if (!cfg || !s)
+		return TC_ACT_OK;
+	mc_pkt_begin(&s->pkt, cfg, MC_P_TC_INGRESS);
+	return tc_answer(skb, s, cfg);
+}
