@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from mcache_agent import constants
 from mcache_agent.dataplane import libbpf
@@ -43,6 +43,27 @@ DEFAULT_SKIP = ("pass",)  # not memcached traffic: tcpdump's job, unless asked f
 
 class CaptureError(Exception):
     pass
+
+
+class Control(NamedTuple):
+    """struct mc_capture_ctl."""
+
+    on: int
+    ifindex: int
+    verdicts: int
+    snaplen: int
+    until_ns: int
+    owner: int
+    key_len: int
+    key: bytes
+
+    @classmethod
+    def unpack(cls, raw: bytes | None) -> Control:
+        return cls(*CTL.unpack(raw or bytes(CTL.size)))
+
+    def live(self) -> bool:
+        """A capture runs: on, its lease not run out, its process alive."""
+        return bool(self.on) and self.until_ns > time.monotonic_ns() and _alive(self.owner)
 
 
 def verdict_names() -> tuple[str, ...]:
@@ -204,14 +225,13 @@ class Session:
             os.close(fd)
         self._fds.clear()
 
-    def _read_ctl(self) -> tuple[int, ...]:
-        raw = libbpf.map_lookup(self._ctl, bytes(4), CTL.size) or bytes(CTL.size)
-        return CTL.unpack(raw)
+    def _read_ctl(self) -> Control:
+        return Control.unpack(libbpf.map_lookup(self._ctl, bytes(4), CTL.size))
 
     def start(self) -> None:
-        on, *_, until, owner, _kl, _key = self._read_ctl()
-        if on and owner != os.getpid() and until > time.monotonic_ns() and _alive(owner):
-            raise CaptureError(f"a capture is running already (pid {owner})")
+        ctl = self._read_ctl()
+        if ctl.live() and ctl.owner != os.getpid():
+            raise CaptureError(f"a capture is running already (pid {ctl.owner})")
         self.lost_before = self.lost()
         self.renew()
 
@@ -219,8 +239,8 @@ class Session:
         """(Re)writes the control with a fresh lease: bpf_ktime_get_ns is CLOCK_MONOTONIC."""
         f = self._fields
         until = time.monotonic_ns() + int(LEASE_S * 1e9)
-        value = CTL.pack(1, f["ifindex"], f["verdicts"], f["snaplen"], until, os.getpid(),
-                         len(f["key"]), f["key"])
+        value = CTL.pack(*Control(1, f["ifindex"], f["verdicts"], f["snaplen"], until,
+                                  os.getpid(), len(f["key"]), f["key"]))
         libbpf.map_update(self._ctl, bytes(4), value)
         self._on = True
 
@@ -235,8 +255,7 @@ class Session:
     def stop(self) -> None:
         """Capture off (unless another process has taken it over since)."""
         if self._on:
-            *_, owner, _kl, _key = self._read_ctl()
-            if owner == os.getpid():
+            if self._read_ctl().owner == os.getpid():
                 libbpf.map_update(self._ctl, bytes(4), bytes(CTL.size))
             self._on = False
 
@@ -249,9 +268,8 @@ def active(bpffs: Path) -> int | None:
     if ctl is None or not ctl.exists():
         return None
     with libbpf.opened(ctl) as fd:
-        raw = libbpf.map_lookup(fd, bytes(4), CTL.size) or bytes(CTL.size)
-    on, *_, until, owner, _kl, _key = CTL.unpack(raw)
-    return owner if on and until > time.monotonic_ns() and _alive(owner) else None
+        control = Control.unpack(libbpf.map_lookup(fd, bytes(4), CTL.size))
+    return control.owner if control.live() else None
 
 
 def _alive(pid: int) -> bool:

@@ -22,7 +22,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_rules_are_valid() -> None:
     r = promtool("check", "rules", str(RULES))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 14 rules found" in r.stdout
+    assert "SUCCESS: 16 rules found" in r.stdout
 
 
 def test_rule_unit_tests_pass() -> None:
@@ -46,6 +46,8 @@ def test_rules_read_only_metrics_the_agent_exports() -> None:
     from mcache_agent.metrics import make_registry
 
     status = {"version": 3, "running": True, "counters": {"hit": 1, "miss": 1},
+              "counters_by_path": {"xdp_main": {"hit": 1}},
+              "counters_by_version": {"3": {"hit": 1}},
               "hit_ratio": 0.5, "cache": {"entries": 16, "used": 1, "memory_bytes": 1},
               "last_apply": {"version": 3, "result": "ok", "strategy": "map_swap",
                              "duration_ms": 1.0, "swap_ms": 0.1,
