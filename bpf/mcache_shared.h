@@ -54,6 +54,8 @@ _Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
 #define MC_MAX_MULTIGET 8    /* keys in one ASCII multi-get answered by XDP */
 #define MC_MAX_TCP_CMDS 8    /* commands parsed in one TCP segment */
 #define MC_MAX_FILL_ITEMS 8  /* VALUE items filled from one reply */
+#define MC_META_RET 4        /* mg return flags answered from the cache: f, k, s, O */
+#define MC_META_OPAQUE 32    /* memcached's longest opaque (O) token */
 #define MC_MAX_LINE 320      /* bytes of an ASCII command line parsed */
 #define MC_UDP_FRAME_HDR 8   /* memcached UDP frame: id, seq, count, reserved */
 #define MC_BIN_HDR 24        /* memcached binary header */

@@ -76,6 +76,13 @@ struct mc_xscratch {
 	__u32 opaque;
 	__u32 nkeys;
 	__u32 done;
+	/* mg (meta get): v asked for, the return flags in request order, the O token */
+	__u32 meta;
+	__u32 meta_v;
+	__u32 meta_n;
+	__u8 meta_flag[MC_META_RET];
+	__u16 meta_o_off;
+	__u16 meta_o_len;
 	struct mc_tokens tok;
 	struct mc_pending pend;
 	struct mc_hit hits[MC_MAX_MULTIGET];
@@ -830,28 +837,38 @@ static __always_inline int main_path(struct xdp_md *ctx, struct mc_xscratch *s,
 	int is_gets = len > MC_UDP_FRAME_HDR + 5 && s->buf[8] == 'g' && s->buf[9] == 'e' &&
 		      s->buf[10] == 't' && s->buf[11] == 's' && s->buf[12] == ' ';
 	int is_binary = s->buf[8] == MC_BIN_REQ_MAGIC;
-	if (!is_get && !is_binary) {
+	int is_mg = len > MC_UDP_FRAME_HDR + 3 && s->buf[8] == 'm' && s->buf[9] == 'g' &&
+		    s->buf[10] == ' ';
+	s->meta = is_mg;
+	if (!is_get && !is_binary && !is_mg) {
 		if (is_gets)
 			mc_count(MC_V_GETS);
 		return start_scan(ctx, s, MC_UDP_FRAME_HDR);
 	}
+	/* A binary request or an mg may change a key (an mg with N or T): when they are not
+	 * served, the scanner decides. */
+	int may_write = is_binary || is_mg;
 	if (!cfg->enabled) {
 		mc_count(MC_V_DISABLED);
-		return is_binary ? start_scan(ctx, s, MC_UDP_FRAME_HDR) : XDP_PASS;
+		return may_write ? start_scan(ctx, s, MC_UDP_FRAME_HDR) : XDP_PASS;
 	}
 	if (!serves_on(cfg, ctx->ingress_ifindex) || !client_allowed(cfg, iph->saddr)) {
 		mc_count(MC_V_DENIED);
-		return is_binary ? start_scan(ctx, s, MC_UDP_FRAME_HDR) : XDP_PASS;
+		return may_write ? start_scan(ctx, s, MC_UDP_FRAME_HDR) : XDP_PASS;
 	}
 	if (ihl != sizeof(*iph)) {
 		mc_count(MC_V_PASS); /* replies are built for plain IPv4 headers only */
-		return XDP_PASS;
+		return may_write ? start_scan(ctx, s, MC_UDP_FRAME_HDR) : XDP_PASS;
 	}
 	if (is_binary)
 		return udp_binary(ctx, s, cfg, len);
 	if (!(cfg->protocols & MC_PROTO_ASCII)) {
 		mc_count(MC_V_PASS);
-		return XDP_PASS;
+		return may_write ? start_scan(ctx, s, MC_UDP_FRAME_HDR) : XDP_PASS;
+	}
+	if (is_mg) {
+		mc_xdp_jmp.call(ctx, TAIL_GET_PARSE);
+		return start_scan(ctx, s, MC_UDP_FRAME_HDR);
 	}
 	int r = get_one(ctx, s, cfg, len);
 	if (r != MC_SLOW)
@@ -874,6 +891,65 @@ int xdp_main(struct xdp_md *ctx)
  * ASCII get: buf holds frame header (8) + "get k1 k2...\r\n". Only a datagram
  * that is exactly one get line is answered.
  */
+/*
+ * mg <key> <flags>*: served from the cache when every flag is one the cache can answer for
+ * (v, f, k, s, O<opaque>, q), each once; such an mg changes nothing. Anything else (t and c
+ * need memcached's item, N and T change it, b hides the key, a repeated flag is memcached's
+ * error) goes to the scanner, which treats it as a write.
+ */
+static __always_inline int meta_parse(struct xdp_md *ctx, struct mc_xscratch *s,
+				      struct mc_config *cfg)
+{
+	struct mc_tokens *t = &s->tok;
+	__u32 n = MC_LOAD(t->n);
+	if (n < 2 || n > MC_MAX_TOK || t->overflow)
+		return start_scan(ctx, s, MC_UDP_FRAME_HDR);
+	__u32 seen = 0;
+	s->meta_v = 0;
+	s->meta_n = 0;
+	s->meta_o_len = 0;
+	for (int i = 2; i < MC_MAX_TOK; i++) {
+		MC_OPAQUE(i);
+		if (i >= n)
+			break;
+		__u32 off = MC_LOAD(t->off[i]);
+		__u32 l = MC_LOAD(t->len[i]);
+		__u8 c = MC_AT(s->buf, off);
+		if (c == 'O') {
+			if (l > 1 + MC_META_OPAQUE)
+				return start_scan(ctx, s, MC_UDP_FRAME_HDR);
+			s->meta_o_off = off;
+			s->meta_o_len = l;
+		} else if (l != 1 || (c != 'v' && c != 'q' && c != 'f' && c != 'k' && c != 's')) {
+			return start_scan(ctx, s, MC_UDP_FRAME_HDR);
+		}
+		__u32 bit = 1U << (c & 31);
+		if (seen & bit)
+			return start_scan(ctx, s, MC_UDP_FRAME_HDR);
+		seen |= bit;
+		if (c == 'v') {
+			s->meta_v = 1;
+		} else if (c != 'q') {
+			s->meta_flag[s->meta_n & (MC_META_RET - 1)] = c;
+			s->meta_n++;
+		}
+	}
+	__u32 off = MC_LOAD(t->off[1]);
+	__u32 kl = MC_LOAD(t->len[1]);
+	if (!key_cacheable(cfg, s->buf, off, kl)) {
+		mc_pkt_key(&s->pkt, s->buf, off, kl);
+		mc_count(kl > MC_MAX_KEY ? MC_V_TOO_BIG : MC_V_MISS);
+		return XDP_PASS;
+	}
+	s->hits[0].key_off = off;
+	s->hits[0].key_len = kl;
+	s->nkeys = 1;
+	s->done = 0;
+	s->binary = 0;
+	mc_xdp_jmp.call(ctx, TAIL_GET_KEY);
+	return XDP_PASS;
+}
+
 static __always_inline int get_parse(struct xdp_md *ctx, struct mc_xscratch *s,
 				     struct mc_config *cfg)
 {
@@ -892,11 +968,15 @@ static __always_inline int get_parse(struct xdp_md *ctx, struct mc_xscratch *s,
 	if ((__u32)eol + 2 != len)
 		return start_scan(ctx, s, MC_UDP_FRAME_HDR); /* more commands follow */
 	if (eol - MC_UDP_FRAME_HDR > MC_WIN) {
+		if (s->meta)
+			return start_scan(ctx, s, MC_UDP_FRAME_HDR);
 		remember_get(s, 0, 0);
 		mc_count(MC_V_MISS); /* a longer line than we read: memcached answers */
 		return XDP_PASS;
 	}
 	mc_tokenize(s->buf, MC_UDP_FRAME_HDR, eol, t);
+	if (s->meta)
+		return meta_parse(ctx, s, cfg);
 	__u32 n = MC_LOAD(t->n);
 	if (n > MC_MAX_TOK)
 		return XDP_PASS;
@@ -1028,7 +1108,8 @@ static __always_inline int get_key(struct xdp_md *ctx, struct mc_xscratch *s,
 		if (expired)
 			mc_count(MC_V_EXPIRED);
 		mc_count(MC_V_MISS);
-		remember_get(s, ko, s->binary ? kl : 0);
+		if (!s->meta) /* an mg's reply is not filled from (a later get's is) */
+			remember_get(s, ko, s->binary ? kl : 0);
 		return XDP_PASS;
 	}
 	if (hash == cfg->probe_hash)
@@ -1069,8 +1150,114 @@ static __always_inline __u32 ascii_reply_len(struct mc_xscratch *s)
 	return total;
 }
 
+/* One return flag of an mg's reply: its bytes after the space. */
+static __always_inline __u32 meta_flag_len(struct mc_xscratch *s, struct mc_hit *h, __u8 c)
+{
+	if (c == 'f')
+		return 1 + h->flags_str_len;
+	if (c == 'k')
+		return 1 + h->key_len;
+	if (c == 's')
+		return 1 + h->len_str_len;
+	return s->meta_o_len; /* 'O' and the opaque, as sent */
+}
+
+/*
+ * An mg hit, as memcached 1.6 answers it: "VA <bytes> <flags>\r\n<value>\r\n" (v asked for)
+ * or "HD <flags>\r\n", the return flags in the order asked: f<client flags>, k<key>,
+ * s<bytes>, O<opaque>.
+ */
+static __always_inline int meta_reply(struct xdp_md *ctx, struct mc_xscratch *s)
+{
+	struct mc_hit *h = &s->hits[0];
+	__u32 flags_len = 0;
+	for (int i = 0; i < MC_META_RET; i++) {
+		MC_OPAQUE(i);
+		if (i >= s->meta_n)
+			break;
+		flags_len += 1 + meta_flag_len(s, h, s->meta_flag[i]);
+	}
+	__u32 body = MC_UDP_FRAME_HDR + (s->meta_v ? 3 + h->len_str_len + flags_len + 2 +
+					 h->val_len + 2 : 2 + flags_len + 2);
+	__u32 hdrs = sizeof(struct mc_l2l4);
+	if (hdrs - sizeof(struct ethhdr) + body > 1500) {
+		mark_unservable(h->slot_idx, h->key_len, h->val_len);
+		mc_count(MC_V_TOO_BIG);
+		return XDP_PASS;
+	}
+	capture_hit_request(ctx, s, MC_P_XDP_REPLY, 0);
+	int have = (int)((long)ctx->data_end - (long)ctx->data);
+	if (!resize(ctx, (int)(hdrs + body) - have)) {
+		mark_unservable(h->slot_idx, h->key_len, h->val_len);
+		mc_count(MC_V_TOO_BIG); /* no room to grow the frame */
+		return XDP_PASS;
+	}
+	struct mc_l2l4 hdr = {};
+	reply_l2l4(&hdr, s, body);
+	if (bpf_xdp_store_bytes(ctx, 0, &hdr, sizeof(hdr)))
+		return XDP_DROP; /* the packet is already changed: never send half a reply */
+	__u32 off = hdrs;
+	__u8 frame[8] = {s->request_id >> 8, s->request_id & 0xff, 0, 0, 0, 1, 0, 0};
+	bpf_xdp_store_bytes(ctx, off, frame, sizeof(frame));
+	off += sizeof(frame);
+	__u64 ll = h->len_str_len, fl = h->flags_str_len, kl = h->key_len, vl = h->val_len;
+	__u64 ol = s->meta_o_len;
+	if (!MC_SIZE_OK(ll, 10) || !MC_SIZE_OK(kl, MC_KEY_LIMIT) || vl > MC_VAL_BUF ||
+	    fl > 10 || ol > 1 + MC_META_OPAQUE)
+		return XDP_DROP;
+	__u64 txt = s->meta_v ? MC_W3('V', 'A', ' ') : MC_W2('H', 'D');
+	bpf_xdp_store_bytes(ctx, off, &txt, s->meta_v ? 3 : 2);
+	off += s->meta_v ? 3 : 2;
+	if (s->meta_v) {
+		bpf_xdp_store_bytes(ctx, off, h->len_str, ll);
+		off += ll;
+	}
+	for (int i = 0; i < MC_META_RET; i++) {
+		MC_OPAQUE(i);
+		if (i >= s->meta_n)
+			break;
+		__u8 c = s->meta_flag[i];
+		__u8 lead[2] = {' ', c};
+		if (c == 'O') {
+			bpf_xdp_store_bytes(ctx, off, lead, 1);
+			off += 1;
+			if (MC_SIZE_OK(ol, 1 + MC_META_OPAQUE))
+				bpf_xdp_store_bytes(ctx, off, s->buf + (s->meta_o_off & MC_BUF_MASK), ol);
+			off += ol;
+			continue;
+		}
+		bpf_xdp_store_bytes(ctx, off, lead, 2);
+		off += 2;
+		if (c == 'f') {
+			if (MC_SIZE_OK(fl, 10))
+				bpf_xdp_store_bytes(ctx, off, h->flags_str, fl);
+			off += fl;
+		} else if (c == 'k') {
+			bpf_xdp_store_bytes(ctx, off, s->buf + (h->key_off & MC_BUF_MASK), kl);
+			off += kl;
+		} else {
+			bpf_xdp_store_bytes(ctx, off, h->len_str, ll);
+			off += ll;
+		}
+	}
+	__u64 crlf = MC_W2('\r', '\n');
+	bpf_xdp_store_bytes(ctx, off, &crlf, 2);
+	off += 2;
+	if (s->meta_v) {
+		if (MC_SIZE_OK(vl, MC_VAL_BUF)) {
+			bpf_xdp_store_bytes(ctx, off, h->val, vl);
+			off += vl;
+		}
+		bpf_xdp_store_bytes(ctx, off, &crlf, 2);
+	}
+	mc_count(MC_V_HIT);
+	return XDP_TX;
+}
+
 static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
 {
+	if (s->meta)
+		return meta_reply(ctx, s);
 	__u32 body;
 	if (s->binary) {
 		struct mc_hit *h = &s->hits[0];

@@ -48,6 +48,7 @@ from tests.correctness import lab as L
 now = time.monotonic_ns
 INF = 1 << 62
 TOKEN = re.compile(rb"w\d+\.\d+")
+MG_OPAQUE = b"Oq7"  # the opaque token the checker's mg readers send
 BIN = struct.Struct("!BBHBBHIIQ")
 
 
@@ -95,8 +96,9 @@ WRITE_WEIGHTS = [30, 16, 8, 4, 2, 1, 6, 1]
 
 class Writer(threading.Thread):
     def __init__(self, wid: int, hist: History, stop: threading.Event, mode: str, pace: float,
-                 ns: str, seed: int):
+                 ns: str, seed: int, pad: int = 0):
         super().__init__(daemon=True, name=f"writer{wid}")
+        self.pad = b"-" * pad  # after a stored value's token: values past XDP's frame room
         self.wid, self.h, self.stop, self.mode, self.pace, self.ns = wid, hist, stop, mode, pace, ns
         self.rng = random.Random(seed)
         self.seq = itertools.count(1)
@@ -197,7 +199,7 @@ class Writer(threading.Thread):
                 self.record(w)
                 self.acked(w.ack)
                 return
-        val = {"append": b"+" + tok, "prepend": tok + b"-"}.get(kind, tok)
+        val = {"append": b"+" + tok, "prepend": tok + b"-"}.get(kind, tok + self.pad)
         w.invoke = now()
         if kind == "delete":
             r = c.delete(key, noreply=noreply)
@@ -236,7 +238,8 @@ class Writer(threading.Thread):
                     if kind == "delete":
                         cmds.append(b"delete " + key + nr + b"\r\n")
                     else:
-                        val = {"append": b"+" + tok, "prepend": tok + b"-"}.get(kind, tok)
+                        val = {"append": b"+" + tok, "prepend": tok + b"-"}.get(
+                            kind, tok + self.pad)
                         cmds.append(b"%s %s 0 0 %d%s\r\n%s\r\n" % (kind.encode(), key, len(val),
                                                                     nr, val))
                     ws.append(w)
@@ -308,9 +311,12 @@ class Reader(threading.Thread):
 
     def request(self) -> tuple[str, list[bytes], bytes]:
         r = self.rng.random()
-        if r < 0.45:
+        if r < 0.35:
             k = self.rng.choice(self.keys)
             return "ascii", [k], b"get " + k + b"\r\n"
+        if r < 0.45:  # meta get: the cache answers it, memcached's replies fill nothing
+            k = self.rng.choice(self.keys)
+            return "mg", [k], b"mg " + k + b" s v k f " + MG_OPAQUE + b"\r\n"
         if r < 0.65:
             ks = self.rng.sample(self.keys, self.rng.randint(2, 4))
             return "multi", ks, b"get " + b" ".join(ks) + b"\r\n"
@@ -347,7 +353,8 @@ class Reader(threading.Thread):
                 self.bad(f"frame seq {seq} of {count} via {out[rid][0]}: {data[:48]!r}")
             via, keys, t0, acc = out[rid]
             acc += data[8:]
-            if via.startswith("bin") or acc.endswith(b"END\r\n") or b"ERROR" in acc:
+            if via.startswith("bin") or via == "mg" or acc.endswith(b"END\r\n") or \
+                    b"ERROR" in acc:
                 done[rid] = t
         with self.h.lock:
             self.h.lost += len(out) - len(done)
@@ -369,6 +376,18 @@ class Reader(threading.Thread):
 
     @staticmethod
     def parse(via: str, keys: list[bytes], reply: bytes) -> dict[bytes, bytes]:
+        if via == "mg":  # "VA <n> s<n> k<key> f<flags> O..\r\n<data>\r\n", or "EN ..."
+            if reply in (b"EN\r\n", b"EN k" + keys[0] + b" " + MG_OPAQUE + b"\r\n"):
+                return {}  # memcached echoes k and O on a miss too
+            eol = reply.index(b"\r\n")
+            p = reply[:eol].split(b" ")
+            n = int(p[1]) if len(p) > 1 and p[0] == b"VA" else -1
+            if n < 0 or p[2:4] != [b"s%d" % n, b"k" + keys[0]] or len(p) != 6 or \
+                    not p[4].startswith(b"f") or not p[4][1:].isdigit() or p[5] != MG_OPAQUE:
+                raise ValueError(f"mg reply line {reply[:eol]!r}")
+            if reply[eol + 2 + n:] != b"\r\n":
+                raise ValueError("mg value not CRLF-terminated")
+            return {keys[0]: reply[eol + 2:eol + 2 + n]}
         if via.startswith("bin"):
             magic, _op, klen, elen, _, status, body, opaque, _cas = BIN.unpack_from(reply)
             if magic != 0x81 or len(reply) != 24 + body:
@@ -476,9 +495,14 @@ def check(h: History) -> dict:
                                                             cw[j].number or cw[j].kind),
                 "newer_invoke": cw[j].invoke, "newer_ack": cw[j].ack,
                 "age_ms": (r.send - cw[j].ack) / 1e6})
+    by_via: dict[str, int] = {}
+    for r in h.reads:
+        if r.value is not None:
+            by_via[r.via] = by_via.get(r.via, 0) + 1
     return {
         "writes": len(h.writes), "reads": len(h.reads), "ops": len(h.writes) + len(h.reads),
         "values_read": values, "misses_read": misses, "unjudged": unjudged,
+        "values_by_via": dict(sorted(by_via.items())),
         "lost": h.lost, "malformed": len(h.malformed), "malformed_examples": h.malformed[:5],
         "stale": len(stale), "stale_examples": stale[:10], "bogus": len(bogus),
         "bogus_examples": bogus[:5],
@@ -489,7 +513,7 @@ def check(h: History) -> dict:
 
 def run(ops: int, *, lab: L.Lab | None = None, writers: int = 4, readers: int = 3,
         burst: int = 6, pace: float = 0.004, read_pace: float = 0.003,
-        max_seconds: float = 600, during=None) -> dict:
+        max_seconds: float = 600, during=None, pad: int = 0) -> dict:
     """Drive `ops` reads (key reads, counted per key) plus the writes made meanwhile.
     `during(stop_event)` runs in a thread alongside (fault injection)."""
     own = lab is None
@@ -499,7 +523,7 @@ def run(ops: int, *, lab: L.Lab | None = None, writers: int = 4, readers: int = 
         stop = threading.Event()
         budget = [ops * 10 // 13]  # ~ reads; the writes make up the rest
         modes = ["ack", "noreply", "pipeline", "ack", "noreply", "pipeline"]
-        ts = [Writer(i + 1, h, stop, modes[i % len(modes)], pace, lab.c, seed=i)
+        ts = [Writer(i + 1, h, stop, modes[i % len(modes)], pace, lab.c, seed=i, pad=pad)
               for i in range(writers)]
         ts += [Reader(i + 1, h, stop, lab.c, seed=100 + i, burst=burst, budget=budget,
                       pace=read_pace)

@@ -239,7 +239,46 @@ def check_xdp(env: Env, frame: bytes, rc: int, out: bytes) -> str | None:
     return check_ascii(body, rb)
 
 
+def check_meta(req: bytes, rb: bytes) -> str | None:
+    """An mg answered by the kernel: only flags it may answer (v f k s O q, each once), a
+    cached key, and memcached's reply for them, return flags in the order asked."""
+    if not req.endswith(b"\r\n") or req.count(b"\r\n") != 1:
+        return f"mg TX for a request that is not one line: {req[:60]!r}"
+    toks = [t for t in req[:-2].split(b" ") if t]
+    if len(toks) < 2:
+        return "mg TX without a key"
+    k, flags = toks[1], toks[2:]
+    if k in CACHED:
+        v, fl = CACHED[k]
+    elif k in BIN_CACHED:
+        v, fl, _ = BIN_CACHED[k]
+    else:
+        return f"mg TX answering an uncached key {k[:40]!r}"
+    if len({f[:1] for f in flags}) != len(flags):
+        return f"mg TX with a repeated flag: {req[:60]!r}"
+    ret = b""
+    for f in flags:
+        if f in (b"v", b"q"):
+            continue
+        if f == b"f":
+            ret += b" f%d" % fl
+        elif f == b"k":
+            ret += b" k" + k
+        elif f == b"s":
+            ret += b" s%d" % len(v)
+        elif f[:1] == b"O" and len(f) <= 33:
+            ret += b" " + f
+        else:
+            return f"mg TX with flag {f[:20]!r}"
+    want = b"VA %d%s\r\n%s\r\n" % (len(v), ret, v) if b"v" in flags else b"HD%s\r\n" % ret
+    if rb != want:
+        return f"mg reply differs: {rb[:80]!r} != {want[:80]!r}"
+    return None
+
+
 def check_ascii(req: bytes, rb: bytes) -> str | None:
+    if req.startswith(b"mg "):
+        return check_meta(req, rb)
     if not req.startswith(b"get ") or not req.endswith(b"\r\n") or req.count(b"\r\n") != 1:
         return f"ASCII TX for a request that is not one get line: {req[:60]!r}"
     keys = req[4:-2].split(b" ")
@@ -433,8 +472,16 @@ def mutate(rng: random.Random, f: bytes) -> bytes:
     return f
 
 
+MG_FLAGS = [b"v", b"f", b"k", b"s", b"q", b"Oop", b"O", b"t", b"c", b"N30", b"b", b"v",
+            b"O" + b"x" * 33, b"h", b"u"]
+
+
 def get_body(rng: random.Random) -> bytes:
     """A plain GET of cached keys (the frames that can be answered), maybe bent a little."""
+    if rng.random() < 0.15:  # a meta get, with flags the cache may answer for or not
+        flags = rng.sample(MG_FLAGS, rng.randint(0, 5))
+        k = rng.choice([*CACHED, *BIN_CACHED, b"fz:miss"])
+        return b"mg " + b" ".join([k, *flags]) + b"\r\n"
     if rng.random() < 0.3:
         k = rng.choice([*BIN_CACHED, *CACHED])
         return bin_req(rng.choice([0x00, 0x09, 0x0C, 0x0D]), k, opaque=rng.randrange(1 << 32))

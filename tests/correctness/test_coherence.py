@@ -37,6 +37,25 @@ def test_no_stale_reads(lab):
     # the check means something only if the kernel served and refused fills meanwhile
     assert rep["counters"].get("hit", 0) > 100, rep["counters"]
     assert rep["counters"].get("fill_rejected", 0) > 0, rep["counters"]
+    assert rep["values_by_via"].get("mg", 0) > 100, rep["values_by_via"]  # meta get readers
+
+
+def test_no_stale_reads_with_values_past_the_xdp_frame():
+    """Stored values of 850+ bytes (appends grow them): generic XDP hands their hits to
+    tc_ingress, which must be as coherent as XDP. A lab of its own: the checker judges the
+    values its run wrote."""
+    lb = L.Lab("v", hold_ms=50).up()
+    try:
+        rep = checker.run(CI_OPS // 2, lab=lb, pad=850, pace=0.1)
+    finally:
+        lb.down()
+    print(rep)
+    assert rep["stale"] == 0, rep["stale_examples"]
+    assert rep["bogus"] == 0, rep["bogus_examples"]
+    assert rep["malformed"] == 0, rep["malformed_examples"]
+    assert rep["lost"] == 0
+    assert rep["counters"].get("to_tc", 0) > 100, rep["counters"]
+    assert rep["counters"].get("hit", 0) > 100, rep["counters"]
 
 
 def test_checker_catches_a_missing_fill_guard():

@@ -78,7 +78,7 @@ class Pair:
 
     def config_text(self, **over) -> str:
         c = {"ttl_ms": self.ttl_ms, "fill_hold_ms": self.fill_hold_ms, "enabled": "true",
-             "entries": 4096, "strategy": "auto"}
+             "entries": 4096, "strategy": "auto", "max_value_bytes": 1024}
         c.update(over)
         return f"""
 apiVersion: mcache/v1
@@ -87,6 +87,7 @@ memcached: {{address: {self.saddr}, port: 11211}}
 interfaces: [{{name: {self.sif}, xdp_mode: {self.xdp_mode}}}]
 cache:
   entries: {c['entries']}
+  max_value_bytes: {c['max_value_bytes']}
   ttl_ms: {c['ttl_ms']}
   fill_hold_ms: {c['fill_hold_ms']}
   enabled: {c['enabled']}

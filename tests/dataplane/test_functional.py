@@ -10,7 +10,8 @@ import pytest
 from nsutil import NsClient, Pair, in_ns, same_bucket_keys
 from pymemcache.client.base import Client
 
-from mcache_agent import constants
+from harness.frames import csum
+from mcache_agent import capture, constants
 from mcache_agent import udp_client as uc
 
 
@@ -211,28 +212,93 @@ def test_value_within_generic_headroom_is_served(cli):
     cli.cached(b"mid", b"M" * 180)
 
 
-def test_value_too_large_for_the_frame_is_answered_by_memcached(cli):
-    """A 600-byte value (under max_value_bytes 1024) cannot be grown into a generic-mode frame:
-    the cache passes it, counts too_big, and the client gets memcached's correct answer."""
-    v = b"L" * 600
-    cli.mc.set(b"large", v)
-    assert cli.udp_get(b"large") == {b"large": v}  # miss, fills
-    before = cli.counters()
-    assert cli.udp_get(b"large") == {b"large": v}
-    after = cli.counters()
-    assert after["too_big"] == before["too_big"] + 1, (before, after)
-    assert after["hit"] == before["hit"], (before, after)
-    # From now on the slot is marked: passed at lookup, not filled again, still correct.
+def raw_udp_get(cli, key: bytes, rid: int = 4242) -> bytes:
+    """The reply's payload, as sent, to one "get <key>"."""
+    with in_ns(cli.ns):
+        return uc.exchange(cli.p.saddr, 11211, b"get " + key + b"\r\n", timeout=2,
+                           request_id=rid)
+
+
+def udp_checksum_ok(frame: bytes) -> bool:
+    """An Ethernet/IPv4/UDP frame's UDP checksum verifies, or holds the pseudo header's sum
+    for the offload to complete (CHECKSUM_PARTIAL: a request from a local socket over a veth
+    is such an skb, and so is the reply written over it)."""
+    ip = frame[14:34]
+    udp = frame[34:]
+    pseudo = ip[12:20] + struct.pack("!BBH", 0, 17, len(udp))
+    return csum(pseudo + udp) == 0 or udp[6:8] == struct.pack("!H", ~csum(pseudo) & 0xFFFF)
+
+
+@pytest.mark.parametrize("size", [600, 1000, 1024])
+def test_values_larger_than_the_xdp_frame_are_served_at_tc_ingress(pair, cli, size):
+    """Generic XDP cannot grow a frame past ~200 bytes of value: xdp_main hands the hit to
+    tc_ingress (to_tc), which answers it from the skb, byte for byte as memcached does, with
+    a valid UDP checksum; memcached's cmd_get does not move."""
+    key = b"large%d" % size
+    v = bytes((i * 7 + size) % 94 + 33 for i in range(size))
+    cli.mc.set(key, v, flags=size)
+    memcached_reply = raw_udp_get(cli, key)  # a miss: memcached's own reply, which fills
     before, gets = cli.counters(), cli.cmd_get()
-    assert cli.udp_get(b"large") == {b"large": v}
+    records: list[capture.Frame] = []
+    with in_ns(pair.s), capture.Session(pair.pin, capture.Spec(verdicts=["hit"])) as session:
+        session.start()
+        with session.ring(lambda raw: records.append(capture.decode(raw))) as ring:
+            assert raw_udp_get(cli, key) == memcached_reply
+            ring.drain()
+    replies = [r for r in records if r.path == "tc_ingress" and r.stage == "tx"]
+    assert len(replies) == 1 and udp_checksum_ok(replies[0].data), records
     after = cli.counters()
-    assert after["too_big"] == before["too_big"] + 1 and cli.cmd_get() == gets + 1
-    assert (after["miss"], after["fill"], after["hit"]) == (
-        before["miss"], before["fill"], before["hit"]), (before, after)
-    # A write and a fill that fits clear the mark.
-    cli.mc.set(b"large", b"small")
-    assert cli.udp_get(b"large") == {b"large": b"small"}
-    cli.cached(b"large", b"small")
+    assert cli.cmd_get() == gets, "memcached answered a GET the cache should have"
+    assert after["hit"] == before["hit"] + 1 and after["to_tc"] == before["to_tc"] + 1, after
+    by_path = pair.dp.stats().total().by_path
+    assert by_path["tc_ingress"]["hit"] >= 1
+    # Marked: from now on xdp_main hands it over at once; still the value memcached holds.
+    before = cli.counters()
+    assert cli.udp_get(key) == {key: v}
+    after = cli.counters()
+    assert (after["hit"], after["to_tc"], after["too_big"]) == (
+        before["hit"] + 1, before["to_tc"] + 1, before["too_big"]), (before, after)
+    # A write reaches XDP first: the next GET is memcached's, then served again.
+    cli.mc.set(key, v[::-1])
+    assert cli.udp_get(key) == {key: v[::-1]}
+    assert cli.udp_get(key) == {key: v[::-1]}
+
+
+def test_the_largest_value_of_one_datagram_is_served_at_tc_ingress(pair, cli):
+    """max_value_bytes 1400: memcached sends a reply in one datagram while its payload is at
+    most 1,400 bytes; the largest such value is served by tc_ingress, one byte more is
+    memcached's (two datagrams, never filled)."""
+    pair.apply(max_value_bytes=1400)
+    try:
+        key = b"k" * 20
+        head = b"VALUE %s 0 %d\r\n" % (key, 1400)
+        largest = 1400 - len(head) - len(b"\r\nEND\r\n") - 8  # 8: the frame header
+        for size, served in ((largest, True), (largest + 1, False)):
+            v = b"Z" * size
+            cli.mc.set(key, v)
+            assert cli.udp_get(key) == {key: v}
+            before, gets = cli.counters(), cli.cmd_get()
+            assert cli.udp_get(key) == {key: v}
+            after = cli.counters()
+            assert (after["hit"] == before["hit"] + 1) == served, (size, before, after)
+            assert (cli.cmd_get() == gets) == served
+    finally:
+        pair.apply()
+
+
+@pytest.mark.parametrize("size", [1100, 1400])
+def test_a_value_over_max_value_bytes_is_answered_by_memcached(cli, size):
+    """A value over max_value_bytes (1024) is never cached: memcached answers every GET (its
+    reply is refused as too_big at the fill, or comes in several datagrams, never filled)."""
+    key = b"huge%d" % size
+    v = b"H" * size
+    cli.mc.set(key, v)
+    assert cli.udp_get(key) == {key: v}
+    before, gets = cli.counters(), cli.cmd_get()
+    assert cli.udp_get(key) == {key: v}
+    after = cli.counters()
+    assert after["hit"] == before["hit"] and after["miss"] == before["miss"] + 1
+    assert cli.cmd_get() == gets + 1
 
 
 def test_attached_modes(pair):
@@ -245,3 +311,32 @@ def test_local_client_over_lo(pair):
     local.cached(b"lo_k", b"local")
     local.mc.set(b"lo_k", b"changed")
     assert local.udp_get(b"lo_k") == {b"lo_k": b"changed"}
+
+
+@pytest.mark.parametrize("flags", [b"v", b"", b"k", b"v f", b"s v f k Oab12 q", b"O v",
+                                   b"v k s", b"q"])
+def test_meta_get_hits_match_memcached_byte_for_byte(cli, flags):
+    """memcached (1.6.18) answers an mg first: an mg fills nothing, so the key is not cached
+    yet; a get fills it; then the kernel answers the same mg, and the two replies are the
+    same bytes."""
+    key = b"meta_" + (flags.replace(b" ", b"_") or b"none")
+    cli.mc.set(key, b"meta value", flags=77)
+    req = b"mg " + key + (b" " + flags if flags else b"") + b"\r\n"
+    before = cli.counters()
+    from_memcached = cli.udp_raw(req)
+    assert cli.counters()["hit"] == before["hit"]
+    assert cli.udp_get(key) == {key: b"meta value"}  # fills
+    before, gets = cli.counters(), cli.cmd_get()
+    from_kernel = cli.udp_raw(req)
+    assert cli.counters()["hit"] == before["hit"] + 1
+    assert cli.cmd_get() == gets
+    assert from_kernel == from_memcached
+
+
+def test_meta_writes_over_udp_and_tcp_invalidate(cli):
+    cli.cached(b"mw", b"old")
+    assert cli.udp_raw(b"ms mw 3\r\nnew\r\n") == b"HD\r\n"
+    assert cli.udp_raw(b"mg mw v\r\n") == b"VA 3\r\nnew\r\n"  # memcached's: not cached now
+    cli.cached(b"mw", b"new")
+    cli.mc.raw_command(b"md mw", b"HD")
+    assert cli.udp_raw(b"mg mw v\r\n") == b"EN\r\n"

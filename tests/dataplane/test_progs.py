@@ -724,3 +724,61 @@ def test_a_fill_that_replaces_another_key_counts_an_eviction(dp):
     for k in keys[:4]:
         assert "evict" not in dp.fill_ascii(k, b"v")
     assert dp.fill_ascii(keys[4], b"v").get("evict") == 1
+
+
+# --------------------------------------------------------------------------- meta get (mg)
+
+
+@pytest.mark.parametrize("req,body", [
+    (b"mg mk v", b"VA 5\r\nhello\r\n"),
+    (b"mg mk", b"HD\r\n"),
+    (b"mg mk k", b"HD kmk\r\n"),
+    (b"mg mk v f", b"VA 5 f42\r\nhello\r\n"),
+    (b"mg mk s v f k Oab12 q", b"VA 5 s5 f42 kmk Oab12\r\nhello\r\n"),
+    (b"mg mk O v", b"VA 5 O\r\nhello\r\n"),
+    (b"mg  mk  v  k", b"VA 5 kmk\r\nhello\r\n"),
+])
+def test_meta_get_hits_are_answered_as_memcached_does(dp, req, body):
+    """Byte for byte what memcached 1.6.18 answers (tests/dataplane/test_functional.py asks
+    the real one): the return flags in the order asked, v for the value, q changes nothing
+    on a hit."""
+    dp.fill_ascii(b"mk", b"hello", flags=42)
+    rid = dp.next_rid()
+    (rc, out), d = dp.delta(lambda: dp.x(mc_udp(rid, req + b"\r\n")))
+    assert rc == XDP_TX and d == {"hit": 1}, d
+    assert out == expected_reply(rid, body)
+
+
+@pytest.mark.parametrize("req", [b"mg mk t v", b"mg mk c v", b"mg mk v v", b"mg mk N30 v",
+                                 b"mg mk T30 v", b"mg bWs= b v", b"mg mk v x",
+                                 b"mg mk O" + b"o" * 33 + b" v"])
+def test_meta_gets_the_cache_cannot_answer_go_to_memcached_as_writes(dp, req):
+    """Flags that need memcached's item (t, c), change it (N, T), hide the key (b), or that
+    memcached refuses (a repeated flag): passed unchanged, and the scanner treats the mg as a
+    write (the key is invalidated), as it did before mg was served."""
+    dp.fill_ascii(b"mk", b"hello")
+    frame = mc_udp(dp.next_rid(), req + b"\r\n")
+    (rc, out), d = dp.delta(lambda: dp.x(frame))
+    assert rc == XDP_PASS and out == frame, d
+    assert "hit" not in d
+    assert d.get("invalidate", 0) + d.get("fallback_flush", 0) >= 1, d
+
+
+def test_a_meta_get_miss_passes_and_invalidates_nothing(dp):
+    dp.fill_ascii(b"other", b"kept")
+    frame = mc_udp(dp.next_rid(), b"mg absent v f\r\n")
+    (rc, out), d = dp.delta(lambda: dp.x(frame))
+    assert rc == XDP_PASS and out == frame and d == {"miss": 1}, d
+    # nothing remembered for a fill: memcached's "EN" or "VA" reply fills nothing
+    (_, _), d = dp.delta(lambda: dp.t(mc_reply(dp.rid, b"VA 4 f0\r\nkept\r\n")))
+    assert "fill" not in d
+    _, _, rc, _, d = dp.get(b"other")
+    assert rc == XDP_TX, d
+
+
+@pytest.mark.parametrize("cut", [3, 6, 9, 12])
+def test_truncated_meta_gets_pass_unchanged(dp, cut):
+    dp.fill_ascii(b"mk", b"hello")
+    frame = mc_udp(dp.next_rid(), b"mg mk v\r\n")[:-cut]
+    rc, out = dp.x(frame)
+    assert rc == XDP_PASS and out == frame
