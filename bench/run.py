@@ -523,7 +523,7 @@ class Bench:
             def snap():
                 progs = self.mc.dp.programs()
                 return {name: (progs[name].run_cnt, progs[name].run_time_ns)
-                        for name in ("xdp_root", "tc_root") if name in progs}
+                        for name in ("xdp_root", "tc_in_root", "tc_root") if name in progs}
             _, load = self.memaslap_load("get90_v32")
             load(warm=True)
             s0 = snap()

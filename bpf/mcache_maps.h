@@ -117,10 +117,10 @@ struct mc_pending {
 _Static_assert(sizeof(struct mc_pending_key) == MC_PENDING_KEY_BYTES, "mc_pending_key size");
 _Static_assert(sizeof(struct mc_pending) == MC_PENDING_VALUE_BYTES, "mc_pending size");
 
-/* TCP write-stream parser state, per connection. */
+/* TCP write-stream parser state, per connection: IPv6 addresses, IPv4 ones as ::ffff:a.b.c.d. */
 struct mc_conn_key {
-	__u32 saddr;
-	__u32 daddr;
+	__u32 saddr[4];
+	__u32 daddr[4];
 	__u16 sport;
 	__u16 dport;
 };

@@ -56,6 +56,7 @@ _Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
 #define MC_MAX_FILL_ITEMS 8  /* VALUE items filled from one reply */
 #define MC_META_RET 4        /* mg return flags answered from the cache: f, k, s, O */
 #define MC_META_OPAQUE 32    /* memcached's longest opaque (O) token */
+#define MC_MAX_EXT_HDRS 4    /* IPv6 extension headers walked to find TCP or UDP */
 #define MC_MAX_LINE 320      /* bytes of an ASCII command line parsed */
 #define MC_UDP_FRAME_HDR 8   /* memcached UDP frame: id, seq, count, reserved */
 #define MC_BIN_HDR 24        /* memcached binary header */
@@ -71,7 +72,7 @@ _Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
 #define MC_PENDING_KEY_BYTES 8
 #define MC_PENDING_VALUE_BYTES 280
 #define MC_CONN_ENTRIES 65536      /* TCP write streams followed */
-#define MC_CONN_KEY_BYTES 12
+#define MC_CONN_KEY_BYTES 36
 #define MC_CONN_VALUE_BYTES 8
 #define MC_MISS_WAIT_MS 1000 /* a miss record older than this (in MC_MS ticks) waits for nothing */
 

@@ -19,6 +19,7 @@
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
 
@@ -722,6 +723,118 @@ static __always_inline int udp_binary(struct xdp_md *ctx, struct mc_xscratch *s,
 	return XDP_PASS;
 }
 
+/* IPv6 extension headers that may come before TCP or UDP. */
+#define MC_NH_HOP 0
+#define MC_NH_ROUTING 43
+#define MC_NH_FRAGMENT 44
+#define MC_NH_DEST 60
+
+/*
+ * IPv6: GETs are not answered over IPv6 yet (they pass to memcached), but every write to
+ * memcached's port is seen, as over IPv4: the datagram or segment goes to the write scanner
+ * (a memcached that listens on an IPv6 address too, Debian's default ::1 for one, must not
+ * take writes the cache never hears of). Extension headers are walked, up to MC_MAX_EXT_HDRS;
+ * what may hold a write that cannot be read (a fragment, a longer chain) empties the cache.
+ */
+static __always_inline int ipv6_writes(struct xdp_md *ctx, struct mc_xscratch *s,
+				       struct mc_config *cfg)
+{
+	struct ipv6hdr ip6;
+	__u32 off = sizeof(struct ethhdr);
+	if (bpf_xdp_load_bytes(ctx, off, &ip6, sizeof(ip6)))
+		return XDP_PASS; /* shorter than an IPv6 header: not ours */
+	if (ip6.version != 6) {
+		mc_count(MC_V_MALFORMED);
+		return XDP_PASS;
+	}
+	__u32 end = off + sizeof(ip6) + bpf_ntohs(ip6.payload_len);
+	__u8 nh = ip6.nexthdr;
+	off += sizeof(ip6);
+	int fragment = 0;
+	for (int i = 0; i < MC_MAX_EXT_HDRS; i++) {
+		if (nh == IPPROTO_TCP || nh == IPPROTO_UDP)
+			break;
+		__u8 h[8];
+		if (nh == MC_NH_HOP || nh == MC_NH_ROUTING || nh == MC_NH_DEST) {
+			if (bpf_xdp_load_bytes(ctx, off & 0xffff, h, 2))
+				return XDP_PASS;
+			nh = h[0];
+			off += (h[1] + 1) * 8;
+		} else if (nh == MC_NH_FRAGMENT) {
+			if (bpf_xdp_load_bytes(ctx, off & 0xffff, h, 8))
+				return XDP_PASS;
+			nh = h[0];
+			off += 8;
+			if (((h[2] << 8 | h[3]) & 0xfff8) != 0) {
+				/* A later fragment: its port is unknown. A TCP write could hide in it. */
+				if (nh == IPPROTO_TCP)
+					mc_bump_gen(MC_V_FALLBACK_FLUSH);
+				mc_count(MC_V_PASS);
+				return XDP_PASS;
+			}
+			fragment = 1; /* the first fragment: its port is known */
+		} else {
+			mc_count(MC_V_PASS); /* ICMPv6, no next header, ESP, ...: not memcached's */
+			return XDP_PASS;
+		}
+	}
+	if (nh != IPPROTO_TCP && nh != IPPROTO_UDP) {
+		mc_bump_gen(MC_V_FALLBACK_FLUSH); /* a chain longer than we walk: it may hold one */
+		return XDP_PASS;
+	}
+	if (off > end || off > 0xffff) {
+		mc_count(MC_V_MALFORMED);
+		return XDP_PASS;
+	}
+	__builtin_memcpy(s->ck.saddr, &ip6.saddr, 16);
+	__builtin_memcpy(s->ck.daddr, &ip6.daddr, 16);
+	if (nh == IPPROTO_TCP) {
+		struct tcphdr th;
+		if (bpf_xdp_load_bytes(ctx, off, &th, sizeof(th)))
+			return XDP_PASS;
+		if (th.dest != cfg->port) {
+			mc_count(MC_V_PASS);
+			return XDP_PASS;
+		}
+		__u32 doff = th.doff * 4;
+		if (doff < sizeof(th) || off + doff > end) {
+			mc_count(MC_V_MALFORMED);
+			return XDP_PASS;
+		}
+		if (fragment) { /* the first fragment of a TCP segment to memcached */
+			mc_bump_gen(MC_V_FALLBACK_FLUSH);
+			return XDP_PASS;
+		}
+		s->tcp = 1;
+		s->seq = bpf_ntohl(th.seq);
+		s->payload_off = off + doff;
+		s->payload_len = end - off - doff;
+		s->ck.sport = th.source;
+		s->ck.dport = th.dest;
+		return tcp_segment(ctx, s, &th);
+	}
+	struct udphdr uh;
+	if (bpf_xdp_load_bytes(ctx, off, &uh, sizeof(uh)))
+		return XDP_PASS;
+	if (uh.dest != cfg->port) {
+		mc_count(MC_V_PASS);
+		return XDP_PASS;
+	}
+	if (fragment) { /* the head of a fragmented datagram: a write may be in it */
+		mc_bump_gen(MC_V_FALLBACK_FLUSH);
+		return XDP_PASS;
+	}
+	__u32 ulen = bpf_ntohs(uh.len);
+	if (ulen < sizeof(uh) + MC_UDP_FRAME_HDR || off + ulen > end) {
+		mc_count(MC_V_MALFORMED);
+		return XDP_PASS;
+	}
+	s->tcp = 0;
+	s->payload_off = off + sizeof(uh);
+	s->payload_len = ulen - sizeof(uh);
+	return start_scan(ctx, s, MC_UDP_FRAME_HDR);
+}
+
 static __always_inline int main_path(struct xdp_md *ctx, struct mc_xscratch *s,
 				     struct mc_config *cfg)
 {
@@ -730,6 +843,8 @@ static __always_inline int main_path(struct xdp_md *ctx, struct mc_xscratch *s,
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return XDP_PASS;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return ipv6_writes(ctx, s, cfg);
 	if (eth->h_proto != bpf_htons(ETH_P_IP)) {
 		mc_count(MC_V_PASS);
 		return XDP_PASS;
@@ -788,8 +903,10 @@ static __always_inline int main_path(struct xdp_md *ctx, struct mc_xscratch *s,
 		s->seq = bpf_ntohl(th->seq);
 		s->payload_off = sizeof(*eth) + ihl + doff;
 		s->payload_len = tot - ihl - doff;
-		s->ck.saddr = iph->saddr;
-		s->ck.daddr = iph->daddr;
+		s->ck.saddr[0] = s->ck.saddr[1] = s->ck.daddr[0] = s->ck.daddr[1] = 0;
+		s->ck.saddr[2] = s->ck.daddr[2] = bpf_htonl(0xffff); /* ::ffff:a.b.c.d */
+		s->ck.saddr[3] = iph->saddr;
+		s->ck.daddr[3] = iph->daddr;
 		s->ck.sport = th->source;
 		s->ck.dport = th->dest;
 		return tcp_segment(ctx, s, th);

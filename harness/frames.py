@@ -68,3 +68,37 @@ def bin_res(op: int, *, key=b"", value=b"", flags=0, opaque=0, cas=0, status=0) 
     ex = struct.pack("!I", flags)
     body = len(ex) + len(key) + len(value)
     return BIN.pack(0x81, op, len(key), 4, 0, status, body, opaque, cas) + ex + key + value
+
+
+CLIENT6, SERVER6 = "fd00:9::2", "fd00:9::1"
+
+
+def ipv6(src: str, dst: str, nh: int, l4: bytes, *, ext: list[tuple[int, bytes]] = (),
+         payload_len: int | None = None) -> bytes:
+    """An IPv6 header, extension headers (kind, body: padded to 8-byte units; a fragment
+    header's body is its 6 bytes after the next header and reserved byte), then l4."""
+    chain = b""
+    kinds = [k for k, _ in ext] + [nh]
+    for (kind, body), nxt in zip(ext, kinds[1:], strict=True):
+        if kind == 44:  # fragment: fixed 8 bytes
+            chain += struct.pack("!BB", nxt, 0) + body[:6].ljust(6, b"\0")
+        else:
+            raw = body.ljust(max(6, len(body) + (-(len(body) + 2) % 8)), b"\0")
+            chain += struct.pack("!BB", nxt, (len(raw) + 2) // 8 - 1) + raw
+    plen = payload_len if payload_len is not None else len(chain) + len(l4)
+    first = kinds[0]
+    return struct.pack("!IHBB16s16s", 6 << 28, plen, first, 64,
+                       socket.inet_pton(socket.AF_INET6, src),
+                       socket.inet_pton(socket.AF_INET6, dst)) + chain + l4
+
+
+def udp6_frame(payload: bytes, *, src=CLIENT6, dst=SERVER6, sport=40000, dport=11211,
+               ext: list[tuple[int, bytes]] = ()) -> bytes:
+    u = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    return eth(ipv6(src, dst, 17, u, ext=ext), etype=0x86DD)
+
+
+def tcp6_frame(payload: bytes, *, seq: int, sport=45000, src=CLIENT6, dst=SERVER6, dport=11211,
+               flags=0x18, ext: list[tuple[int, bytes]] = ()) -> bytes:
+    t = struct.pack("!HHIIBBHHH", sport, dport, seq, 1, 5 << 4, flags, 65535, 0, 0) + payload
+    return eth(ipv6(src, dst, 6, t, ext=ext), etype=0x86DD)

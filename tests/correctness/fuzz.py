@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.frames import csum
+from harness.frames import CLIENT6, SERVER6, csum, ipv6
 from harness.testrun import Prog, xdp_ctx
 from tests.correctness import lab as L
 
@@ -489,10 +489,33 @@ def get_body(rng: random.Random) -> bytes:
     return b"get " + b" ".join(keys) + b"\r\n"
 
 
+def ipv6_frame(rng: random.Random) -> bytes:
+    """IPv6 to memcached's port (or not): UDP or TCP, maybe behind extension headers or in a
+    fragment, with any body: never answered, passed unchanged, writes invalidated."""
+    kinds = [0, 43, 60, 44, 0, 60]
+    ext = [(k, os.urandom(rng.choice([0, 4, 6, 14])) if k != 44 else
+            struct.pack("!HI", rng.choice([0, 1, 8, 9]), 5))
+           for k in rng.sample(kinds, rng.choice([0, 0, 1, 2, 3, 5]))]
+    body = ascii_body(rng) if rng.random() < 0.7 else binary_body(rng)
+    port = L.PORT if rng.random() < 0.9 else rng.randrange(1, 65536)
+    if rng.random() < 0.5:
+        l4 = struct.pack("!HHHH", 40000, port, 16 + len(body), 0) + mframe(rng.randrange(65536),
+                                                                           body)
+        nh = 17
+    else:
+        l4 = struct.pack("!HHIIBBHHH", 45000, port, rng.randrange(1 << 32), 1, 5 << 4, 0x18,
+                         65535, 0, 0) + body
+        nh = 6
+    return eth(ipv6(CLIENT6, SERVER6, nh, l4, ext=ext), etype=0x86DD)
+
+
 def generate(rng: random.Random) -> list[bytes]:
     r = rng.random()
     if r < 0.4:
         return [mutate(rng, l2(rng, udp_frame(rng, get_body(rng))))]
+    if r < 0.5:
+        f = ipv6_frame(rng)
+        return [mutate(rng, f) if rng.random() < 0.3 else f]
     r = rng.random()
     if r < 0.15:
         return [mutate(rng, l2(rng, f)) if rng.random() < 0.3 else eth(f)

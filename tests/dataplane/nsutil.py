@@ -27,9 +27,11 @@ def make_config(text: str):
     return load_config(textwrap.dedent(text))
 
 
-def start_memcached(ns: str, addr: str, pidfile: Path) -> int:
+def start_memcached(ns: str, addr: str, pidfile: Path, *more: str) -> int:
+    """memcached on addr (and the more addresses, e.g. an IPv6 one) in namespace ns."""
     pidfile.unlink(missing_ok=True)
-    sh(f"nsenter --net=/var/run/netns/{ns} memcached -u nobody -l {addr} -p 11211 -U 11211 "
+    listen = " ".join(f"-l {a}" for a in (addr, *more))
+    sh(f"nsenter --net=/var/run/netns/{ns} memcached -u nobody {listen} -p 11211 -U 11211 "
        f"-d -P {pidfile}")
     for _ in range(50):
         if pidfile.exists() and pidfile.read_text().strip():
@@ -49,7 +51,7 @@ class Pair:
     """Server namespace (memcached + Dataplane on its veth) and client namespace."""
 
     def __init__(self, tag: str, net: int, *, fill_hold_ms: int = 0, ttl_ms: int = 60000,
-                 xdp_mode: str = "auto") -> None:
+                 xdp_mode: str = "auto", ipv6: bool = False) -> None:
         self.s, self.c = f"mct{tag}-s", f"mct{tag}-c"
         self.sif, self.cif = f"mct{tag}s0", f"mct{tag}c0"
         self.saddr, self.caddr = f"198.19.{net}.1", f"198.19.{net}.2"
@@ -60,6 +62,9 @@ class Pair:
         self.fill_hold_ms, self.ttl_ms, self.xdp_mode = fill_hold_ms, ttl_ms, xdp_mode
         self.pid = None
         self.dp = None
+        # dual stack: ULA addresses on the veths, memcached listening on both families
+        self.saddr6 = f"fd00:{net}::1" if ipv6 else None
+        self.caddr6 = f"fd00:{net}::2" if ipv6 else None
 
     def up(self) -> Pair:
         from mcache_agent.dataplane import Dataplane
@@ -71,7 +76,11 @@ class Pair:
            f"ip -n {self.c} addr add {self.caddr}/24 dev {self.cif} && "
            f"ip -n {self.s} link set {self.sif} up && ip -n {self.c} link set {self.cif} up && "
            f"ip -n {self.s} link set lo up && ip -n {self.c} link set lo up")
-        self.pid = start_memcached(self.s, self.saddr, self.pidfile)
+        if self.saddr6:
+            sh(f"ip -n {self.s} addr add {self.saddr6}/64 dev {self.sif} nodad && "
+               f"ip -n {self.c} addr add {self.caddr6}/64 dev {self.cif} nodad")
+        self.pid = start_memcached(self.s, self.saddr, self.pidfile,
+                                   *([self.saddr6] if self.saddr6 else []))
         self.dp = Dataplane(self.pin)
         self.apply()
         return self

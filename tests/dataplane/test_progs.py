@@ -12,14 +12,20 @@ import pytest
 from nsutil import in_ns, make_config, same_bucket_keys, sh
 
 from harness.frames import (
+    CLIENT6,
     CMAC,
+    SERVER6,
     SMAC,
     bin_req,
     bin_res,
     csum,
+    eth,
+    ipv6,
     mc_reply,
     mc_udp,
+    tcp6_frame,
     tcp_frame,
+    udp6_frame,
     udp_frame,
 )
 from harness.testrun import Prog, xdp_ctx
@@ -408,7 +414,8 @@ def test_not_answered_and_unchanged(dp, name):
     assert "hit" not in d
     expect = {"key_too_long": "too_big", "gets": "gets", "udp_len_past_end": "malformed",
               "ip_tot_len_past_end": "malformed", "no_crlf": "malformed",
-              "bad_frame_header": "malformed", "wrong_port": "pass", "ipv6": "pass",
+              "bad_frame_header": "malformed", "wrong_port": "pass",
+              "ipv6": "malformed",  # an IPv4 packet under the IPv6 ethertype
               "other_server": "pass", "ip_options": "pass"}.get(name)
     if expect:
         assert d.get(expect) == 1, d
@@ -782,3 +789,74 @@ def test_truncated_meta_gets_pass_unchanged(dp, cut):
     frame = mc_udp(dp.next_rid(), b"mg mk v\r\n")[:-cut]
     rc, out = dp.x(frame)
     assert rc == XDP_PASS and out == frame
+
+
+# --------------------------------------------------------------------------- IPv6 writes
+
+
+def _invalidated(dp, key: bytes, frames: list[bytes], *, verdict="invalidate"):
+    dp.fill_ascii(key, b"old")
+    for f in frames:
+        (rc, out), d = dp.delta(lambda f=f: dp.x(f))
+        assert rc == XDP_PASS and out == f, d  # passed to memcached, untouched
+    assert d.get(verdict, 0) >= 1, d
+    _, _, rc, _, d = dp.get(key)
+    assert rc == XDP_PASS and d.get("miss") == 1, d
+
+
+def test_ipv6_tcp_write_invalidates_a_key_read_over_ipv4(dp):
+    _invalidated(dp, b"v6t", [tcp6_frame(b"set v6t 0 0 3\r\nnew\r\n", seq=100)])
+
+
+def test_ipv6_udp_write_invalidates(dp):
+    _invalidated(dp, b"v6u", [udp6_frame(struct.pack("!HHHH", 9, 0, 1, 0) + b"delete v6u\r\n")])
+
+
+def test_ipv6_extension_headers_are_walked(dp):
+    ext = [(0, b"\x01\x04\0\0\0\0"), (60, b"\x01\x02\0\0"), (43, b"\0\0\0\0\0\0")]
+    _invalidated(dp, b"v6e", [tcp6_frame(b"delete v6e\r\n", seq=7, ext=ext)])
+
+
+def test_ipv6_tcp_stream_state_follows_the_ipv6_connection(dp):
+    """A set whose value spans two IPv6 segments, then a delete: the delete is seen (the
+    stream's state is kept under the IPv6 addresses)."""
+    seg1 = b"set big6 0 0 10\r\n01234"
+    seg2 = b"56789\r\ndelete v6s\r\n"
+    _invalidated(dp, b"v6s", [tcp6_frame(seg1, seq=1000, sport=45100),
+                              tcp6_frame(seg2, seq=1000 + len(seg1), sport=45100)])
+
+
+@pytest.mark.parametrize("frag_off,nh_tcp", [(0x0001, True), (0x0008, True), (0x0001, False)])
+def test_ipv6_fragments_to_memcached_empty_the_cache(dp, frag_off, nh_tcp):
+    """A first fragment (MF set) to memcached's port, or a later TCP fragment (port unknown):
+    a write may hide in it; the cache is emptied (fallback flush)."""
+    fh = struct.pack("!HI", frag_off, 77)
+    l4 = (tcp6_frame(b"set f6 0 0 1\r\nx\r\n", seq=5) if nh_tcp else
+          udp6_frame(struct.pack("!HHHH", 1, 0, 1, 0) + b"delete f6\r\n"))[54:]
+    frame = eth(ipv6(CLIENT6, SERVER6, 6 if nh_tcp else 17, l4, ext=[(44, fh)]), etype=0x86DD)
+    _invalidated(dp, b"f6", [frame], verdict="fallback_flush")
+
+
+def test_a_longer_ipv6_chain_than_walked_empties_the_cache(dp):
+    ext = [(60, b"")] * 5
+    _invalidated(dp, b"c6", [tcp6_frame(b"delete c6\r\n", seq=3, ext=ext)],
+                 verdict="fallback_flush")
+
+
+def test_ipv6_gets_and_other_traffic_pass_untouched(dp):
+    dp.fill_ascii(b"g6", b"kept")
+    for f in [udp6_frame(struct.pack("!HHHH", 3, 0, 1, 0) + b"get g6\r\n"),
+              udp6_frame(b"dns?", dport=53),
+              eth(ipv6(CLIENT6, SERVER6, 58, b"\x80\0\0\0\0\0\0\0"), etype=0x86DD)]:
+        (rc, out), d = dp.delta(lambda f=f: dp.x(f))
+        assert rc == XDP_PASS and out == f and "invalidate" not in d, d
+    _, _, rc, _, d = dp.get(b"g6")
+    assert rc == XDP_TX, d
+
+
+def test_truncated_ipv6_frames_pass_unchanged(dp):
+    full = tcp6_frame(b"set t6 0 0 1\r\nx\r\n", seq=9, ext=[(0, b"")])
+    for cut in range(14, len(full)):
+        frame = full[:cut]
+        rc, out = dp.x(frame)
+        assert rc == XDP_PASS and out == frame, cut
