@@ -45,11 +45,11 @@ static __always_inline void mc_pkt_begin(struct mc_pkt *p, struct mc_config *cfg
 {
 	struct mc_capture_ctl *c = mc_capture();
 	p->cap = c && c->on;
-	p->seen = 0;
 	p->slot = cfg->stats_slot;
-	p->version = cfg->version;
 	p->line = mc_stat_line(p->slot, path);
-	if (p->cap) {
+	if (p->cap) { /* what only a capture reads */
+		p->seen = 0;
+		p->version = cfg->version;
 		p->rec.hdr.key_len = 0;
 		p->rec.hdr.key_full = 0;
 	}
@@ -154,6 +154,34 @@ static __always_inline void mc_capture_emit(struct mc_pkt *p)
 		if (lost)
 			*lost += 1;
 	}
+}
+
+/* The frame of an XDP program as it is now (the request, or the reply written over it), to
+ * a capture that wants it. */
+static __always_inline void mc_capture_xdp(struct xdp_md *ctx, struct mc_pkt *p, __u32 path,
+					   __u32 stage, __u32 action)
+{
+	__u32 len = (__u32)((long)ctx->data_end - (long)ctx->data);
+	int r = mc_capture_select(p, ctx->ingress_ifindex, path, stage, action, len);
+	if (r < 0)
+		return;
+	__u64 n = r;
+	if (MC_SIZE_OK(n, MC_CAP_SNAP) && bpf_xdp_load_bytes(ctx, 0, p->rec.data, n))
+		return;
+	mc_capture_emit(p);
+}
+
+/* The same for a TC program's skb. */
+static __always_inline void mc_capture_skb(struct __sk_buff *skb, struct mc_pkt *p, __u32 path,
+					   __u32 stage, __u32 action)
+{
+	int r = mc_capture_select(p, skb->ifindex, path, stage, action, skb->len);
+	if (r < 0)
+		return;
+	__u64 n = r;
+	if (MC_SIZE_OK(n, MC_CAP_SNAP) && bpf_skb_load_bytes(skb, 0, p->rec.data, n))
+		return;
+	mc_capture_emit(p);
 }
 
 #endif /* MCACHE_VERDICT_H */

@@ -81,18 +81,6 @@ static __always_inline int finish(struct __sk_buff *skb, struct mc_tscratch *s, 
 	return TC_ACT_OK;
 }
 
-/* The frame (unchanged) to a capture that wants it. */
-static __always_inline void capture(struct __sk_buff *skb, struct mc_tscratch *s, __u32 path)
-{
-	int r = mc_capture_select(&s->pkt, skb->ifindex, path, MC_CAP_EGRESS, TC_ACT_OK, skb->len);
-	if (r < 0)
-		return;
-	__u64 n = r;
-	if (MC_SIZE_OK(n, MC_CAP_SNAP) && bpf_skb_load_bytes(skb, 0, s->pkt.rec.data, n))
-		return;
-	mc_capture_emit(&s->pkt);
-}
-
 static __always_inline int prefix_ok(struct mc_config *cfg, const __u8 *buf, __u32 off, __u32 len)
 {
 	__u32 pl = cfg->prefix_len;
@@ -525,7 +513,7 @@ int tc_fill_item(struct __sk_buff *skb)
 int tc_capture(struct __sk_buff *skb)
 {
 	struct mc_tscratch *s = scratch();
-	if (s)
-		capture(skb, s, s->pkt.exit_path);
+	if (s) /* the frame leaves unchanged */
+		mc_capture_skb(skb, &s->pkt, s->pkt.exit_path, MC_CAP_EGRESS, TC_ACT_OK);
 	return TC_ACT_OK;
 }

@@ -53,21 +53,6 @@ static __always_inline void udp_csum(struct __sk_buff *skb, struct mc_l2l4 *h, _
 	bpf_l4_csum_replace(skb, MC_UDP_CSUM_OFF, 0, ph, BPF_F_PSEUDO_HDR);
 }
 
-/* The reply, to a capture that wants it (xdp_main's exit had the request). */
-static __always_inline void capture_reply(struct __sk_buff *skb, struct mc_xscratch *s)
-{
-	if (!s->pkt.cap)
-		return;
-	int r = mc_capture_select(&s->pkt, skb->ifindex, MC_P_TC_INGRESS, MC_CAP_TX,
-				  TC_ACT_REDIRECT, skb->len);
-	if (r < 0)
-		return;
-	__u64 n = r;
-	if (MC_SIZE_OK(n, MC_CAP_SNAP) && bpf_skb_load_bytes(skb, 0, s->pkt.rec.data, n))
-		return;
-	mc_capture_emit(&s->pkt);
-}
-
 static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *s,
 				     struct mc_config *cfg)
 {
@@ -181,7 +166,8 @@ static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *
 	if (hash == cfg->probe_hash)
 		mc_count(MC_V_PROBE_HIT);
 	mc_count(MC_V_HIT);
-	capture_reply(skb, s);
+	if (s->pkt.cap) /* the reply (xdp_main's exit had the request) */
+		mc_capture_skb(skb, &s->pkt, MC_P_TC_INGRESS, MC_CAP_TX, TC_ACT_REDIRECT);
 	return bpf_redirect(skb->ifindex, 0);
 }
 

@@ -114,19 +114,6 @@ static __always_inline void mc_count(__u32 verdict)
 		mc_pkt_count(&s->pkt, verdict);
 }
 
-/* The frame as it is now (the request, or the reply written over it), to the capture. */
-static __always_inline void capture(struct xdp_md *ctx, struct mc_xscratch *s, __u32 path,
-				    __u32 stage, __u32 action)
-{
-	__u32 len = (__u32)((long)ctx->data_end - (long)ctx->data);
-	int r = mc_capture_select(&s->pkt, ctx->ingress_ifindex, path, stage, action, len);
-	if (r < 0)
-		return;
-	__u64 n = r;
-	if (MC_SIZE_OK(n, MC_CAP_SNAP) && bpf_xdp_load_bytes(ctx, 0, s->pkt.rec.data, n))
-		return;
-	mc_capture_emit(&s->pkt);
-}
 
 /* Every program's exit: the action, and the frame to xdp_capture when a capture runs (if
  * the tail call fails, at the limit of 33, the frame is simply not captured). */
@@ -149,7 +136,7 @@ static __always_inline void capture_hit_request(struct xdp_md *ctx, struct mc_xs
 		return;
 	__u32 seen = s->pkt.seen;
 	s->pkt.seen |= 1U << MC_V_HIT | (probe ? 1U << MC_V_PROBE_HIT : 0);
-	capture(ctx, s, path, MC_CAP_IN, XDP_TX);
+	mc_capture_xdp(ctx, &s->pkt, path, MC_CAP_IN, XDP_TX);
 	s->pkt.seen = seen;
 }
 
@@ -624,8 +611,8 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 	    bpf_xdp_store_bytes(ctx, sizeof(hdr) + k, s->out, t))
 		return XDP_DROP;
 	if (hash == cfg->probe_hash)
-		mc_count(MC_V_PROBE_HIT);
-	mc_count(MC_V_HIT);
+		mc_pkt_count(&s->pkt, MC_V_PROBE_HIT);
+	mc_pkt_count(&s->pkt, MC_V_HIT); /* s at hand: no second scratch lookup on the hit path */
 	return XDP_TX;
 }
 
@@ -1279,12 +1266,8 @@ static __always_inline __u32 meta_flag_len(struct mc_xscratch *s, struct mc_hit 
 	return s->meta_o_len; /* 'O' and the opaque, as sent */
 }
 
-/*
- * An mg hit, as memcached 1.6 answers it: "VA <bytes> <flags>\r\n<value>\r\n" (v asked for)
- * or "HD <flags>\r\n", the return flags in the order asked: f<client flags>, k<key>,
- * s<bytes>, O<opaque>.
- */
-static __always_inline int meta_reply(struct xdp_md *ctx, struct mc_xscratch *s)
+/* The UDP payload of an mg hit's reply (see meta_reply). */
+static __always_inline __u32 meta_reply_len(struct mc_xscratch *s)
 {
 	struct mc_hit *h = &s->hits[0];
 	__u32 flags_len = 0;
@@ -1294,29 +1277,18 @@ static __always_inline int meta_reply(struct xdp_md *ctx, struct mc_xscratch *s)
 			break;
 		flags_len += 1 + meta_flag_len(s, h, s->meta_flag[i]);
 	}
-	__u32 body = MC_UDP_FRAME_HDR + (s->meta_v ? 3 + h->len_str_len + flags_len + 2 +
-					 h->val_len + 2 : 2 + flags_len + 2);
-	__u32 hdrs = sizeof(struct mc_l2l4);
-	if (hdrs - sizeof(struct ethhdr) + body > 1500) {
-		mark_unservable(h->slot_idx, h->key_len, h->val_len);
-		mc_count(MC_V_TOO_BIG);
-		return XDP_PASS;
-	}
-	capture_hit_request(ctx, s, MC_P_XDP_REPLY, 0);
-	int have = (int)((long)ctx->data_end - (long)ctx->data);
-	if (!resize(ctx, (int)(hdrs + body) - have)) {
-		mark_unservable(h->slot_idx, h->key_len, h->val_len);
-		mc_count(MC_V_TOO_BIG); /* no room to grow the frame */
-		return XDP_PASS;
-	}
-	struct mc_l2l4 hdr = {};
-	reply_l2l4(&hdr, s, body);
-	if (bpf_xdp_store_bytes(ctx, 0, &hdr, sizeof(hdr)))
-		return XDP_DROP; /* the packet is already changed: never send half a reply */
-	__u32 off = hdrs;
-	__u8 frame[8] = {s->request_id >> 8, s->request_id & 0xff, 0, 0, 0, 1, 0, 0};
-	bpf_xdp_store_bytes(ctx, off, frame, sizeof(frame));
-	off += sizeof(frame);
+	return MC_UDP_FRAME_HDR + (s->meta_v ? 3 + h->len_str_len + flags_len + 2 + h->val_len + 2
+					     : 2 + flags_len + 2);
+}
+
+/*
+ * An mg hit, as memcached 1.6 answers it, from off (after the frame header): "VA <bytes>
+ * <flags>\r\n<value>\r\n" (v asked for) or "HD <flags>\r\n", the return flags in the order
+ * asked: f<client flags>, k<key>, s<bytes>, O<opaque>.
+ */
+static __always_inline int meta_reply(struct xdp_md *ctx, struct mc_xscratch *s, __u32 off)
+{
+	struct mc_hit *h = &s->hits[0];
 	__u64 ll = h->len_str_len, fl = h->flags_str_len, kl = h->key_len, vl = h->val_len;
 	__u64 ol = s->meta_o_len;
 	if (!MC_SIZE_OK(ll, 10) || !MC_SIZE_OK(kl, MC_KEY_LIMIT) || vl > MC_VAL_BUF ||
@@ -1373,10 +1345,10 @@ static __always_inline int meta_reply(struct xdp_md *ctx, struct mc_xscratch *s)
 
 static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
 {
-	if (s->meta)
-		return meta_reply(ctx, s);
 	__u32 body;
-	if (s->binary) {
+	if (s->meta) {
+		body = meta_reply_len(s);
+	} else if (s->binary) {
 		struct mc_hit *h = &s->hits[0];
 		int with_key = s->opcode == 0x0c || s->opcode == 0x0d;
 		body = MC_UDP_FRAME_HDR + MC_BIN_HDR + 4 + (with_key ? h->key_len : 0) + h->val_len;
@@ -1418,6 +1390,8 @@ static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
 	bpf_xdp_store_bytes(ctx, off, frame, sizeof(frame));
 	off += sizeof(frame);
 
+	if (s->meta)
+		return meta_reply(ctx, s, off);
 	if (s->binary) {
 		struct mc_hit *h = &s->hits[0];
 		int with_key = s->opcode == 0x0c || s->opcode == 0x0d;
@@ -1778,7 +1752,8 @@ int xdp_capture(struct xdp_md *ctx)
 	if (!s)
 		return XDP_PASS;
 	__u32 action = s->pkt.action;
-	capture(ctx, s, s->pkt.exit_path, action == XDP_TX ? MC_CAP_TX : MC_CAP_IN, action);
+	mc_capture_xdp(ctx, &s->pkt, s->pkt.exit_path, action == XDP_TX ? MC_CAP_TX : MC_CAP_IN,
+		       action);
 	return action <= XDP_TX ? action : XDP_PASS;
 }
 

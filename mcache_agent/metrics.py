@@ -33,20 +33,12 @@ class AgentCollector(Collector):
         for name, value in sorted((st.get("counters") or {}).items()):
             verdicts.add_metric([name], float(value))
         yield verdicts
-        by_path = CounterMetricFamily(
-            "mcache_path_verdicts", "Verdicts by the data-plane program (path) that decided.",
-            labels=["path", "verdict"])
-        for path, counts in sorted((st.get("counters_by_path") or {}).items()):
-            for name, value in sorted(counts.items()):
-                by_path.add_metric([path, name], float(value))
-        yield by_path
-        by_version = CounterMetricFamily(
-            "mcache_version_verdicts", "Verdicts by the config version that decided.",
-            labels=["version", "verdict"])
-        for version, counts in sorted((st.get("counters_by_version") or {}).items()):
-            for name, value in sorted(counts.items()):
-                by_version.add_metric([version, name], float(value))
-        yield by_version
+        yield _by_verdict("mcache_path_verdicts",
+                          "Verdicts by the data-plane program (path) that decided.", "path",
+                          st.get("counters_by_path"))
+        yield _by_verdict("mcache_version_verdicts",
+                          "Verdicts by the config version that decided.", "version",
+                          st.get("counters_by_version"))
         yield _gauge("mcache_hit_ratio", "hit / (hit + miss) since the counters were created.",
                      st.get("hit_ratio"))
         cache = st.get("cache") or {}
@@ -99,6 +91,16 @@ def _unix(stamp: Any) -> float | None:
 
 def _ms(v: Any) -> float | None:
     return None if v is None else float(v) / 1000
+
+
+def _by_verdict(name: str, doc: str, label: str,
+                counts: dict[str, dict[str, int]] | None) -> CounterMetricFamily:
+    """A counter of verdicts by one more label (its value: the keys of counts)."""
+    family = CounterMetricFamily(name, doc, labels=[label, "verdict"])
+    for key, by_verdict in sorted((counts or {}).items()):
+        for verdict, value in sorted(by_verdict.items()):
+            family.add_metric([key, verdict], float(value))
+    return family
 
 
 def _gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily:

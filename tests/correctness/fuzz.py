@@ -239,6 +239,15 @@ def check_xdp(env: Env, frame: bytes, rc: int, out: bytes) -> str | None:
     return check_ascii(body, rb)
 
 
+def model(key: bytes) -> tuple[bytes, int] | None:
+    """(value, flags) of a key the model caches, else None."""
+    if key in CACHED:
+        return CACHED[key]
+    if key in BIN_CACHED:
+        return BIN_CACHED[key][:2]
+    return None
+
+
 def check_meta(req: bytes, rb: bytes) -> str | None:
     """An mg answered by the kernel: only flags it may answer (v f k s O q, each once), a
     cached key, and memcached's reply for them, return flags in the order asked."""
@@ -248,12 +257,9 @@ def check_meta(req: bytes, rb: bytes) -> str | None:
     if len(toks) < 2:
         return "mg TX without a key"
     k, flags = toks[1], toks[2:]
-    if k in CACHED:
-        v, fl = CACHED[k]
-    elif k in BIN_CACHED:
-        v, fl, _ = BIN_CACHED[k]
-    else:
+    if (cached := model(k)) is None:
         return f"mg TX answering an uncached key {k[:40]!r}"
+    v, fl = cached
     if len({f[:1] for f in flags}) != len(flags):
         return f"mg TX with a repeated flag: {req[:60]!r}"
     ret = b""
@@ -285,12 +291,9 @@ def check_ascii(req: bytes, rb: bytes) -> str | None:
     keys = [k for k in keys if k]
     want = b""
     for k in keys:
-        if k in CACHED:
-            v, fl = CACHED[k]
-        elif k in BIN_CACHED:
-            v, fl, _ = BIN_CACHED[k]
-        else:
+        if (cached := model(k)) is None:
             return f"TX answering an uncached key {k[:40]!r}"
+        v, fl = cached
         want += b"VALUE %s %d %d\r\n%s\r\n" % (k, fl, len(v), v)
     want += b"END\r\n"
     if rb != want:
