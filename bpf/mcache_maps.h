@@ -195,11 +195,11 @@ static __always_inline __u32 mc_stat_line(__u32 slot, __u32 path)
 	return (slot & (MC_STAT_SLOTS - 1)) * MC_STAT_LINE + path * MC_V_COUNT;
 }
 
-static __always_inline void mc_count_at(__u32 index)
+static __always_inline void mc_count_at(__u32 index, __u64 n)
 {
 	u64 *c = mc_stats.lookup(&index);
 	if (c)
-		*c += 1;
+		*c += n;
 }
 
 /* Counts a verdict of the packet at hand: each program file defines it, in the line and

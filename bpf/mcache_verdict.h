@@ -64,17 +64,14 @@ static __always_inline void mc_pkt_path(struct mc_pkt *p, __u32 path)
 static __always_inline void mc_pkt_count(struct mc_pkt *p, __u32 verdict)
 {
 	p->seen |= 1U << (verdict & 31);
-	mc_count_at(p->line + verdict);
+	mc_count_at(p->line + verdict, 1);
 }
 
 /* Counts n (0 or 1) of a verdict, without a branch on n. */
 static __always_inline void mc_pkt_count_n(struct mc_pkt *p, __u32 verdict, __u32 n)
 {
 	p->seen |= (n & 1) << (verdict & 31);
-	__u32 index = p->line + verdict;
-	u64 *c = mc_stats.lookup(&index);
-	if (c)
-		*c += n & 1;
+	mc_count_at(p->line + verdict, n & 1);
 }
 
 /* The key the packet is about, for a capture's record and key filter: its first MC_CAP_KEY

@@ -224,10 +224,8 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 	if (ok && !was_live)
 		mc_level_add(gen, 1);
 	/* Without a branch: one here doubles the paths the verifier walks through the rest. */
-	struct mc_tscratch *sp = scratch();
-	if (sp)
-		mc_pkt_count_n(&sp->pkt, MC_V_EVICT, evicted);
-	mc_count(ok ? MC_V_FILL : MC_V_FILL_REJECTED);
+	mc_pkt_count_n(&s->pkt, MC_V_EVICT, evicted);
+	mc_pkt_count(&s->pkt, ok ? MC_V_FILL : MC_V_FILL_REJECTED);
 	/* Noted last on purpose: a branch early in a path doubles what the verifier walks. */
 	mc_pkt_key(&s->pkt, key_src, MC_LOAD(s->f_key_off), MC_LOAD(s->f_kl));
 }

@@ -992,10 +992,6 @@ int xdp_main(struct xdp_md *ctx)
 }
 
 /*
- * ASCII get: buf holds frame header (8) + "get k1 k2...\r\n". Only a datagram
- * that is exactly one get line is answered.
- */
-/*
  * mg <key> <flags>*: served from the cache when every flag is one the cache can answer for
  * (v, f, k, s, O<opaque>, q), each once; such an mg changes nothing. Anything else (t and c
  * need memcached's item, N and T change it, b hides the key, a repeated flag is memcached's
@@ -1054,6 +1050,10 @@ static __always_inline int meta_parse(struct xdp_md *ctx, struct mc_xscratch *s,
 	return XDP_PASS;
 }
 
+/*
+ * ASCII get: buf holds frame header (8) + "get k1 k2...\r\n". Only a datagram
+ * that is exactly one get line is answered; an mg line goes to meta_parse.
+ */
 static __always_inline int get_parse(struct xdp_md *ctx, struct mc_xscratch *s,
 				     struct mc_config *cfg)
 {

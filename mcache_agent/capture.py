@@ -204,8 +204,10 @@ class Session:
         if not 0 <= spec.snaplen <= snap:
             raise CaptureError(f"--snaplen: 0 to {snap}")
         self.snaplen = spec.snaplen or snap
-        self._fields = dict(ifindex=ifindex, verdicts=verdict_mask(spec.verdicts),
-                            snaplen=self.snaplen, key=spec.key_prefix)
+        # what this capture asks of the kernel; renew() adds the lease
+        self._want = Control(on=1, ifindex=ifindex, verdicts=verdict_mask(spec.verdicts),
+                             snaplen=self.snaplen, until_ns=0, owner=os.getpid(),
+                             key_len=len(spec.key_prefix), key=spec.key_prefix)
         self._fds: list[int] = []
         self._ctl = self._open("capture_ctl")
         self._on = False
@@ -237,10 +239,8 @@ class Session:
 
     def renew(self) -> None:
         """(Re)writes the control with a fresh lease: bpf_ktime_get_ns is CLOCK_MONOTONIC."""
-        f = self._fields
         until = time.monotonic_ns() + int(LEASE_S * 1e9)
-        value = CTL.pack(*Control(1, f["ifindex"], f["verdicts"], f["snaplen"], until,
-                                  os.getpid(), len(f["key"]), f["key"]))
+        value = CTL.pack(*self._want._replace(until_ns=until))
         libbpf.map_update(self._ctl, bytes(4), value)
         self._on = True
 

@@ -72,7 +72,8 @@ def status_document(
             return default
 
     stats = ask("stats", None)
-    counters: dict[str, int] = stats.total().by_verdict() if stats else {}
+    total = stats.total() if stats else None  # every version summed, once
+    counters: dict[str, int] = total.by_verdict() if total else {}
     usage = ask("cache_usage", None)
     memory = ask("memory", None) if version is not None else None
     hit, miss = counters.get("hit", 0), counters.get("miss", 0)
@@ -91,7 +92,7 @@ def status_document(
             str(v): _nonzero(c.by_verdict()) for v, c in (stats.by_version if stats else {}).items()
         },
         "counters_by_path": {
-            p: n for p, c in (stats.total().by_path if stats else {}).items() if (n := _nonzero(c))
+            p: n for p, c in (total.by_path if total else {}).items() if (n := _nonzero(c))
         },
         "hit_ratio": round(hit / (hit + miss), 4) if hit + miss else None,
         "cache": {

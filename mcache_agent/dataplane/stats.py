@@ -101,14 +101,22 @@ def _slot_versions(state_dir: Path) -> dict[int, int]:
     return out
 
 
+def _unpack_line(raw: bytes) -> Counts:
+    """A struct mc_stat_line (the archive's value)."""
+    return Counts.from_line([int.from_bytes(raw[i * U64 : (i + 1) * U64], "little")
+                             for i in range(_line_len())])
+
+
+def _pack_line(counts: Counts) -> bytes:
+    return b"".join(n.to_bytes(U64, "little") for n in counts.line())
+
+
 def _archive(state_dir: Path) -> dict[int, Counts]:
     out = {}
     with libbpf.opened(state_dir / "stats_archive") as fd:
         for key, value in libbpf.map_lookup_batch(fd, U32, U64 * _line_len(),
                                                   constants.const("MC_ARCHIVE_VERSIONS")):
-            out[int.from_bytes(key, "little")] = Counts.from_line(
-                [int.from_bytes(value[i * U64 : (i + 1) * U64], "little")
-                 for i in range(_line_len())])
+            out[int.from_bytes(key, "little")] = _unpack_line(value)
     return out
 
 
@@ -157,10 +165,8 @@ def _retire(state_dir: Path, slot: int, version: int) -> None:
     size = U64 * _line_len()
     with libbpf.opened(state_dir / "stats_archive") as fd:
         raw = libbpf.map_lookup(fd, key, size)
-        kept = Counts.zero() if raw is None else Counts.from_line(
-            [int.from_bytes(raw[i * U64 : (i + 1) * U64], "little") for i in range(_line_len())])
-        libbpf.map_update(fd, key, b"".join(n.to_bytes(U64, "little")
-                                            for n in kept.plus(line).line()))
+        kept = Counts.zero() if raw is None else _unpack_line(raw)
+        libbpf.map_update(fd, key, _pack_line(kept.plus(line)))
     zero = bytes(U64 * libbpf.num_possible_cpus())
     first = slot * _line_len()
     with libbpf.opened(state_dir / "stats") as fd:
