@@ -74,17 +74,16 @@ struct mc_slot {
 	__u64 miss_get_ns;    /* 0: no GET waits here */
 	__u64 miss_gen;
 	__u32 miss_hash;
-	__u32 miss_addr;      /* client address, port and request id, as in mc_pending_key */
-	__u16 miss_port;
+	__u16 miss_port;      /* client port and request id, as in mc_pending_key */
 	__u16 miss_rid;
 	__u8 unservable;      /* a reply did not fit the frame: pass GETs until refilled */
 	__u8 has_cas;         /* filled from a binary reply: cas is memcached's */
 	__u8 flags_str_len;   /* decimal text of flags, as memcached prints it */
 	__u8 len_str_len;     /* decimal text of val_len */
-	/* second line: the write guard, and what only a hit's reply reads */
-	__u64 write_ns;       /* last write seen for any key of this slot */
 	__u32 flags;          /* memcached client flags */
-	__u32 pad;
+	/* second line: the write guard, the miss record's client, what only a hit's reply reads */
+	__u64 write_ns;       /* last write seen for any key of this slot */
+	__u32 miss_addr[4];   /* the waiting GET's client (IPv4 as ::ffff:a.b.c.d) */
 	__u64 cas;
 	__u8 flags_str[16];
 	__u8 len_str[16];
@@ -97,9 +96,10 @@ _Static_assert(__builtin_offsetof(struct mc_slot, write_ns) == 128,
 _Static_assert(sizeof(struct mc_slot) == MC_SLOT_HEADER + MC_KEY_BUF + MC_VAL_BUF,
 	       "MC_SLOT_HEADER is the slot's size without its buffers");
 
-/* A GET that missed, remembered until its reply passes egress. */
+/* A GET that missed, remembered until its reply passes egress: the client (its IPv6
+ * address, an IPv4 one as ::ffff:a.b.c.d), its port and the request id. */
 struct mc_pending_key {
-	__u32 client_addr;
+	__u32 client_addr[4];
 	__u16 client_port;
 	__u16 request_id;
 };

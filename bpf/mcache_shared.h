@@ -67,9 +67,9 @@ _Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
  * The agent estimates a config's kernel memory from these before it loads anything (the
  * 1 GiB check), and reports the kernel's own account once loaded.
  */
-#define MC_SLOT_HEADER 184         /* struct mc_slot without its key and value buffers */
+#define MC_SLOT_HEADER 192         /* struct mc_slot without its key and value buffers */
 #define MC_PENDING_ENTRIES 65536   /* GETs that missed, awaiting their reply */
-#define MC_PENDING_KEY_BYTES 8
+#define MC_PENDING_KEY_BYTES 20
 #define MC_PENDING_VALUE_BYTES 280
 #define MC_CONN_ENTRIES 65536      /* TCP write streams followed */
 #define MC_CONN_KEY_BYTES 36
@@ -84,6 +84,10 @@ _Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
 /* cache.protocols bits */
 #define MC_PROTO_ASCII 1
 #define MC_PROTO_BINARY 2
+
+/* config families bits: the address families whose GETs are answered (memcached.address) */
+#define MC_FAMILY_IPV4 1
+#define MC_FAMILY_IPV6 2
 
 /* interface roles in the config map */
 #define MC_ROLE_SERVE 1 /* answer GET hits and watch writes */
@@ -226,6 +230,11 @@ struct mc_cidr {
 	__u32 mask;
 };
 
+struct mc_cidr6 {
+	__u32 addr[4];
+	__u32 mask[4];
+};
+
 struct mc_config {
 	__u32 version;       /* config version this map belongs to */
 	__u32 enabled;       /* kill switch: 0 = pass everything */
@@ -242,6 +251,11 @@ struct mc_config {
 	__u64 unix_offset_ns; /* wall clock - ktime at apply: flush_all with a unix time */
 	__u32 probe_hash;     /* mc_hash of the health probe's key */
 	__u32 stats_slot;     /* the line of mc_stats this version counts in */
+	/* IPv6 (writes are watched on every address of both families; these gate answers) */
+	__u32 families;       /* MC_FAMILY_* bits: GETs answered over IPv4, IPv6 */
+	__u32 server_addr6[4]; /* memcached IPv6; :: = any local address */
+	__u32 n_allowed6;     /* IPv6 networks that may read from the cache */
+	struct mc_cidr6 allowed6[MC_MAX_ALLOWED];
 };
 
 /* Global state (mc_state[0]): the cache generation. */

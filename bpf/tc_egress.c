@@ -17,6 +17,7 @@
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
 #include <uapi/linux/pkt_cls.h>
 #include <uapi/linux/udp.h>
 
@@ -151,15 +152,17 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 	__u64 gen = MC_LOAD(s->pend.gen);
 	__u64 hold = cfg->fill_hold_ns;
 	int ok = 0, was_live = 0, evicted = 0, mine = 1;
-	__u32 addr = s->pk.client_addr;
+	__u32 a0 = s->pk.client_addr[0], a1 = s->pk.client_addr[1], a2 = s->pk.client_addr[2],
+	      a3 = s->pk.client_addr[3];
 	__u16 port = s->pk.client_port, rid = s->pk.request_id;
 
 	bpf_spin_lock(&slot->lock);
 	if (claim) {
 		/* The record read before the lock was a hint: it must still be this GET's, and
 		 * its times under the lock are the ones the guard uses. */
-		mine = slot->miss_get_ns && slot->miss_hash == hash && slot->miss_addr == addr &&
-		       slot->miss_port == port && slot->miss_rid == rid;
+		mine = slot->miss_get_ns && slot->miss_hash == hash && slot->miss_addr[0] == a0 &&
+		       slot->miss_addr[1] == a1 && slot->miss_addr[2] == a2 &&
+		       slot->miss_addr[3] == a3 && slot->miss_port == port && slot->miss_rid == rid;
 		if (mine) {
 			get_ns = slot->miss_get_ns;
 			gen = slot->miss_gen;
@@ -279,6 +282,15 @@ static __always_inline int fill_binary(struct mc_tscratch *s, struct mc_config *
 	return TC_ACT_OK;
 }
 
+/* The slot's miss record is the GET of this hash from this client (port, request id). */
+static __always_inline int miss_is(struct mc_slot *rec, __u32 hash, struct mc_pending_key *pk)
+{
+	return rec->miss_hash == hash && rec->miss_addr[0] == pk->client_addr[0] &&
+	       rec->miss_addr[1] == pk->client_addr[1] && rec->miss_addr[2] == pk->client_addr[2] &&
+	       rec->miss_addr[3] == pk->client_addr[3] && rec->miss_port == pk->client_port &&
+	       rec->miss_rid == pk->request_id;
+}
+
 /*
  * The common reply: one item, "VALUE <key> <flags> <bytes>\r\n<data>\r\nEND\r\n", to a
  * single-key GET whose miss record waits in a way of the key's bucket (xdp_ingress.c,
@@ -322,8 +334,6 @@ static __always_inline int fill_one(struct mc_tscratch *s, struct mc_config *cfg
 		return 0;
 	s->hash = mc_hash(s->buf, ko, kl);
 	__u32 hash = MC_LOAD(s->hash);
-	__u32 addr = s->pk.client_addr;
-	__u16 port = s->pk.client_port, rid = s->pk.request_id;
 	/* The miss record, by the bucket's summary, then the slot's: both read without the
 	 * lock, a hint that fill checks again under it. */
 	__u32 base = mc_bucket(hash);
@@ -342,8 +352,7 @@ static __always_inline int fill_one(struct mc_tscratch *s, struct mc_config *cfg
 	if (!found)
 		return 0;
 	struct mc_slot *rec = mc_cache.lookup(&idx);
-	if (!rec || !rec->miss_get_ns || rec->miss_hash != hash || rec->miss_addr != addr ||
-	    rec->miss_port != port || rec->miss_rid != rid)
+	if (!rec || !rec->miss_get_ns || !miss_is(rec, hash, &s->pk))
 		return 0;
 	s->miss_way = idx;
 	s->pend.get_ns = rec->miss_get_ns;
@@ -357,8 +366,7 @@ static __always_inline int fill_one(struct mc_tscratch *s, struct mc_config *cfg
 		/* Answered all the same: the record is used up (a retry with the same request id
 		 * would otherwise inherit this GET's time, and be refused for the same reason). */
 		bpf_spin_lock(&rec->lock);
-		if (rec->miss_hash == hash && rec->miss_addr == addr && rec->miss_port == port &&
-		    rec->miss_rid == rid)
+		if (miss_is(rec, hash, &s->pk))
 			rec->miss_get_ns = 0;
 		bpf_spin_unlock(&rec->lock);
 		m->miss_hash[idx & (MC_WAYS - 1)] = 0;
@@ -367,10 +375,10 @@ static __always_inline int fill_one(struct mc_tscratch *s, struct mc_config *cfg
 	return 1;
 }
 
-/* A reply from memcached's port: fill from it if a GET that missed waits for it. */
+/* A reply from memcached's port: fill from it if a GET that missed waits for it (the
+ * client's address and port are in s->pk already). */
 static __always_inline int reply_path(struct __sk_buff *skb, struct mc_tscratch *s,
-				      struct mc_config *cfg, __u32 client_addr, __u16 client_port,
-				      __u64 len, __u32 off)
+				      struct mc_config *cfg, __u64 len, __u32 off)
 {
 	if (len < sizeof(struct udphdr) + MC_UDP_FRAME_HDR + 5)
 		return TC_ACT_OK;
@@ -385,12 +393,8 @@ static __always_inline int reply_path(struct __sk_buff *skb, struct mc_tscratch 
 		return TC_ACT_OK;
 	if (fh[2] != 0 || fh[3] != 0 || fh[4] != 0 || fh[5] != 1)
 		return TC_ACT_OK;
-	struct mc_pending_key pk = {
-		.client_addr = client_addr,
-		.client_port = client_port,
-		.request_id = ((__u16)fh[0] << 8) | fh[1],
-	};
-	s->pk = pk;
+	s->pk.request_id = ((__u16)fh[0] << 8) | fh[1];
+	struct mc_pending_key pk = s->pk;
 	if (bpf_skb_load_bytes(skb, off, s->buf, len))
 		return TC_ACT_OK;
 	s->len = len;
@@ -421,6 +425,39 @@ static __always_inline int reply_path(struct __sk_buff *skb, struct mc_tscratch 
 	return TC_ACT_OK;
 }
 
+/*
+ * An IPv6 frame: a reply from memcached's port without extension headers (memcached sends
+ * none; a reply too large for the path MTU comes fragmented and is not filled from).
+ */
+static __always_inline int reply6(struct __sk_buff *skb, struct ethhdr *eth)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+	struct udphdr *uh = (void *)(ip6 + 1);
+	if ((void *)(uh + 1) > data_end || ip6->version != 6 || ip6->nexthdr != IPPROTO_UDP)
+		return TC_ACT_OK;
+	struct mc_config *cfg = mc_config();
+	if (!cfg || !cfg->enabled || uh->source != cfg->port || !(cfg->families & MC_FAMILY_IPV6))
+		return TC_ACT_OK;
+	__u32 any6 = cfg->server_addr6[0] | cfg->server_addr6[1] | cfg->server_addr6[2] |
+		     cfg->server_addr6[3];
+	if (any6 && (ip6->saddr.in6_u.u6_addr32[0] != cfg->server_addr6[0] ||
+		     ip6->saddr.in6_u.u6_addr32[1] != cfg->server_addr6[1] ||
+		     ip6->saddr.in6_u.u6_addr32[2] != cfg->server_addr6[2] ||
+		     ip6->saddr.in6_u.u6_addr32[3] != cfg->server_addr6[3]))
+		return TC_ACT_OK;
+	struct mc_tscratch *s = scratch();
+	if (!s)
+		return TC_ACT_OK;
+	mc_pkt_begin(&s->pkt, cfg, MC_P_TC_MAIN);
+	__builtin_memcpy(s->pk.client_addr, &ip6->daddr, 16);
+	s->pk.client_port = uh->dest;
+	__u64 ulen = bpf_ntohs(uh->len);
+	if (ulen <= bpf_ntohs(ip6->payload_len))
+		reply_path(skb, s, cfg, ulen, sizeof(*eth) + sizeof(*ip6) + sizeof(*uh));
+	return finish(skb, s, MC_P_TC_MAIN);
+}
+
 int tc_main(struct __sk_buff *skb)
 {
 	/* Every packet the host sends on the interface comes here: the headers are read in
@@ -430,6 +467,10 @@ int tc_main(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_OK;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return reply6(skb, eth);
 	struct iphdr *iph = (void *)(eth + 1);
 	if ((void *)(iph + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
 	    iph->protocol != IPPROTO_UDP)
@@ -449,8 +490,11 @@ int tc_main(struct __sk_buff *skb)
 	if (!s)
 		return TC_ACT_OK;
 	mc_pkt_begin(&s->pkt, cfg, MC_P_TC_MAIN);
-	reply_path(skb, s, cfg, iph->daddr, uh->dest, bpf_ntohs(uh->len),
-		   sizeof(*eth) + ihl + sizeof(*uh));
+	s->pk.client_addr[0] = s->pk.client_addr[1] = 0;
+	s->pk.client_addr[2] = bpf_htonl(0xffff); /* ::ffff:a.b.c.d, as xdp_ingress.c keys it */
+	s->pk.client_addr[3] = iph->daddr;
+	s->pk.client_port = uh->dest;
+	reply_path(skb, s, cfg, bpf_ntohs(uh->len), sizeof(*eth) + ihl + sizeof(*uh));
 	return finish(skb, s, MC_P_TC_MAIN);
 }
 

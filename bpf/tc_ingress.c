@@ -18,69 +18,87 @@
  */
 #include <uapi/linux/pkt_cls.h>
 
-#define MC_UDP_CSUM_OFF (sizeof(struct ethhdr) + sizeof(struct iphdr) + 6)
-#define MC_CSUM_CHUNK 512 /* bpf_csum_diff's limit */
-
-/* The one's complement sum of len bytes of buf (zero-padded to a multiple of 4). */
-static __always_inline __s64 csum_of(__u8 *buf, __u32 len, __s64 seed)
+/*
+ * The UDP checksum of the reply in place (its field at off, 0), right whatever the skb's
+ * checksum state: the sum of the UDP header and payload (sum) goes in unless the checksum is
+ * left to offload (CHECKSUM_PARTIAL, where the field holds only the pseudo header's sum),
+ * then the pseudo header's (ph) in both cases.
+ */
+static __always_inline void udp_csum(struct __sk_buff *skb, __u32 off, __s64 sum, __s64 ph)
 {
-	for (__u32 i = 0; i < MC_BUF / MC_CSUM_CHUNK; i++) {
-		__u32 at = i * MC_CSUM_CHUNK;
-		if (at >= len)
-			break;
-		__u64 n = len - at < MC_CSUM_CHUNK ? len - at : MC_CSUM_CHUNK;
-		n = (n + 3) & ~3ULL;
-		if (!MC_SIZE_OK(n, MC_CSUM_CHUNK))
-			break;
-		seed = bpf_csum_diff(NULL, 0, (__be32 *)(buf + (at & MC_BUF_MASK)), n, seed);
-	}
-	return seed;
+	bpf_l4_csum_replace(skb, off, 0, sum, 0);
+	bpf_l4_csum_replace(skb, off, 0, ph, BPF_F_PSEUDO_HDR);
+}
+
+/* The sum of the IPv4 pseudo header of a reply with len bytes of UDP payload. */
+static __always_inline __s64 pseudo4_sum(struct mc_xscratch *s, __u32 len)
+{
+	__be32 pseudo[3] = {s->server_addr, s->client_addr,
+			    bpf_htonl(IPPROTO_UDP << 16 | (sizeof(struct udphdr) + len))};
+	return bpf_csum_diff(NULL, 0, pseudo, sizeof(pseudo), 0);
 }
 
 /*
- * The UDP checksum of the reply in place, right whatever the skb's checksum state: the sum of
- * the UDP header and payload goes in unless the checksum is left to offload (CHECKSUM_PARTIAL,
- * where the field holds only the pseudo header's sum), then the pseudo header's in both cases.
+ * The request's headers into scratch (either family, no IP options or extension headers).
+ * Returns the offset of the UDP payload, 0 when the frame is not a datagram to memcached's
+ * port XDP could have handed over.
  */
-static __always_inline void udp_csum(struct __sk_buff *skb, struct mc_l2l4 *h, __u8 *payload,
-				     __u32 len)
+static __always_inline __u32 tc_request(struct __sk_buff *skb, struct mc_xscratch *s,
+					struct mc_config *cfg)
 {
-	__s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)&h->udp, sizeof(h->udp), 0);
-	sum = csum_of(payload, len, sum);
-	__be32 pseudo[3] = {h->ip.saddr, h->ip.daddr, bpf_htonl(IPPROTO_UDP << 16 | (8 + len))};
-	__s64 ph = bpf_csum_diff(NULL, 0, pseudo, sizeof(pseudo), 0);
-	bpf_l4_csum_replace(skb, MC_UDP_CSUM_OFF, 0, sum, 0);
-	bpf_l4_csum_replace(skb, MC_UDP_CSUM_OFF, 0, ph, BPF_F_PSEUDO_HDR);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	__builtin_memcpy(s->client_mac, eth->h_source, 6);
+	__builtin_memcpy(s->server_mac, eth->h_dest, 6);
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		struct udphdr *uh = (void *)(ip6 + 1);
+		if ((void *)(uh + 1) > data_end || ip6->nexthdr != IPPROTO_UDP ||
+		    uh->dest != cfg->port)
+			return 0;
+		s->ipv6 = 1;
+		__builtin_memcpy(s->ck.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(s->ck.daddr, &ip6->daddr, 16);
+		s->client_port = uh->source;
+		s->server_port = uh->dest;
+		s->payload_len = bpf_ntohs(uh->len);
+		return sizeof(struct mc_l2l4_6);
+	}
+	struct iphdr *iph = (void *)(eth + 1);
+	struct udphdr *uh = (void *)(iph + 1);
+	if ((void *)(uh + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || iph->ihl != 5 ||
+	    iph->protocol != IPPROTO_UDP || uh->dest != cfg->port)
+		return 0;
+	s->ipv6 = 0;
+	s->client_addr = iph->saddr;
+	s->server_addr = iph->daddr;
+	s->client_port = uh->source;
+	s->server_port = uh->dest;
+	s->payload_len = bpf_ntohs(uh->len);
+	return sizeof(struct mc_l2l4);
 }
 
 static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *s,
 				     struct mc_config *cfg)
 {
 	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
 	struct mc_meta *meta = (void *)(long)skb->data_meta;
 	if ((void *)(meta + 1) > data || meta->magic != MC_META_MAGIC)
 		return TC_ACT_OK; /* not handed over by xdp_main */
 	__u32 idx = meta->slot;
-	struct ethhdr *eth = data;
-	struct iphdr *iph = (void *)(eth + 1);
-	struct udphdr *uh = (void *)(iph + 1);
-	if ((void *)(uh + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) || iph->ihl != 5 ||
-	    iph->protocol != IPPROTO_UDP || uh->dest != cfg->port)
+	__u32 hdrs = tc_request(skb, s, cfg);
+	if (!hdrs)
 		return TC_ACT_OK;
 	const __u32 ko = MC_UDP_FRAME_HDR + 4; /* after "get " */
-	__u64 len = bpf_ntohs(uh->len);
-	if (len < sizeof(*uh) + ko + 3 || len > sizeof(*uh) + ko + MC_MAX_KEY + 2)
+	__u64 len = s->payload_len;
+	if (len < sizeof(struct udphdr) + ko + 3 || len > sizeof(struct udphdr) + ko + MC_MAX_KEY + 2)
 		return TC_ACT_OK;
-	len -= sizeof(*uh);
-	if (!MC_SIZE_OK(len, MC_BUF) || bpf_skb_load_bytes(skb, sizeof(struct mc_l2l4), s->buf, len))
+	len -= sizeof(struct udphdr);
+	if (!MC_SIZE_OK(len, MC_BUF) || bpf_skb_load_bytes(skb, hdrs, s->buf, len))
 		return TC_ACT_OK;
-	s->client_addr = iph->saddr;
-	s->server_addr = iph->daddr;
-	s->client_port = uh->source;
-	s->server_port = uh->dest;
-	__builtin_memcpy(s->client_mac, eth->h_source, 6);
-	__builtin_memcpy(s->server_mac, eth->h_dest, 6);
 	s->request_id = ((__u16)s->buf[0] << 8) | s->buf[1];
 	if (s->buf[8] != 'g' || s->buf[9] != 'e' || s->buf[10] != 't' || s->buf[11] != ' ' ||
 	    s->buf[(len - 2) & MC_BUF_MASK] != '\r' || s->buf[(len - 1) & MC_BUF_MASK] != '\n')
@@ -147,22 +165,42 @@ static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *
 	if (body > MC_BUF - 8)
 		return TC_ACT_OK;
 	*(__u32 *)&r[mc_mask(body)] = 0; /* the checksum's padding */
-	if (sizeof(struct iphdr) + sizeof(struct udphdr) + body > 1500) {
+	hdrs = reply_hdrs(s);
+	if (hdrs - sizeof(struct ethhdr) + body > 1500) {
 		mc_count(MC_V_TOO_BIG);
 		return TC_ACT_OK;
 	}
-	if (bpf_skb_change_tail(skb, sizeof(struct mc_l2l4) + body, 0)) {
+	__s64 sum = udp_data_sum(s, r, body);
+	__s64 ph = s->ipv6 ? pseudo6_sum(s, body) : pseudo4_sum(s, body);
+	if (s->ipv6) {
+		/* An IPv6 UDP checksum may not be 0 (the kernel's fold would write 0 where 0xffff
+		 * is meant): that one reply in 65,536 is memcached's to send. */
+		__u64 t = (__u64)(__u32)sum + (__u32)ph;
+		if (csum_fold((t & 0xffffffff) + (t >> 32)) == 0xffff) {
+			mc_count(MC_V_MISS);
+			return TC_ACT_OK;
+		}
+	}
+	if (bpf_skb_change_tail(skb, hdrs + body, 0)) {
 		mc_count(MC_V_TOO_BIG);
 		return TC_ACT_OK;
 	}
-	struct mc_l2l4 h = {};
-	reply_l2l4(&h, s, body);
 	__u64 n = body;
-	if (!MC_SIZE_OK(n, MC_BUF - 8) ||
-	    bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0) ||
-	    bpf_skb_store_bytes(skb, sizeof(h), r, n, 0))
+	if (!MC_SIZE_OK(n, MC_BUF - 8))
+		return TC_ACT_SHOT;
+	int err;
+	if (s->ipv6) {
+		struct mc_l2l4_6 h6 = {};
+		reply_l2l4_6(&h6, s, body);
+		err = bpf_skb_store_bytes(skb, 0, &h6, sizeof(h6), 0);
+	} else {
+		struct mc_l2l4 h = {};
+		reply_l2l4(&h, s, body);
+		err = bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0);
+	}
+	if (err || bpf_skb_store_bytes(skb, reply_hdrs(s), r, n, 0))
 		return TC_ACT_SHOT; /* the frame is already changed: never send half a reply */
-	udp_csum(skb, &h, r, body);
+	udp_csum(skb, reply_hdrs(s) - 2, sum, ph);
 	if (hash == cfg->probe_hash)
 		mc_count(MC_V_PROBE_HIT);
 	mc_count(MC_V_HIT);

@@ -58,8 +58,14 @@ struct mc_xscratch {
 	__u32 payload_len;
 	__u32 tcp;
 	__u32 seq;
+	/* The client's and the server's addresses (IPv4 ones as ::ffff:a.b.c.d): the TCP stream
+	 * key, a GET's client identity, an IPv6 reply's addresses. */
 	struct mc_conn_key ck;
-	__u32 client_addr;
+	__u32 ipv6;
+	__u32 plain;  /* headers a reply can be built for: IPv4 without options, IPv6 without
+		       * extension headers */
+	__u32 served; /* memcached answers GETs at this address: the cache may (config) */
+	__u32 client_addr; /* IPv4 */
 	__u32 server_addr;
 	__u16 client_port;
 	__u16 server_port;
@@ -91,6 +97,7 @@ struct mc_xscratch {
 	 * re-read after every loop (MC_LOAD). */
 	__u32 one_kl;
 	__u32 one_tail;
+	__u32 reply_body; /* xdp_reply: the reply's UDP payload bytes */
 	/* The common GET's reply after its key: " <flags> <bytes>\r\n<value>\r\nEND\r\n". */
 	__u8 out[32 + MC_VAL_BUF + 16];
 	/* tc_ingress: the reply's UDP payload (read MC_BUF_PAD past a masked offset). */
@@ -140,8 +147,23 @@ static __always_inline void capture_hit_request(struct xdp_md *ctx, struct mc_xs
 	s->pkt.seen = seen;
 }
 
-static __always_inline int client_allowed(struct mc_config *cfg, __u32 addr)
+/* The client of the request in scratch may read from the cache (cache.allowed_clients). */
+static __always_inline int client_allowed(struct mc_config *cfg, struct mc_xscratch *s)
 {
+	if (s->ipv6) {
+		const __u32 *a = s->ck.saddr;
+		for (int i = 0; i < MC_MAX_ALLOWED; i++) {
+			MC_OPAQUE(i);
+			if (i >= cfg->n_allowed6)
+				break;
+			struct mc_cidr6 *n = &cfg->allowed6[i];
+			if ((a[0] & n->mask[0]) == n->addr[0] && (a[1] & n->mask[1]) == n->addr[1] &&
+			    (a[2] & n->mask[2]) == n->addr[2] && (a[3] & n->mask[3]) == n->addr[3])
+				return 1;
+		}
+		return 0;
+	}
+	__u32 addr = s->client_addr;
 	for (int i = 0; i < MC_MAX_ALLOWED; i++) {
 		MC_OPAQUE(i);
 		if (i >= cfg->n_allowed)
@@ -258,10 +280,10 @@ static __always_inline void flush_all(__u32 delay_s)
 static __always_inline void remember_get(struct mc_xscratch *s, __u32 key_off, __u32 key_len)
 {
 	struct mc_pending_key pk = {
-		.client_addr = s->client_addr,
 		.client_port = s->client_port,
 		.request_id = s->request_id,
 	};
+	__builtin_memcpy(pk.client_addr, s->ck.saddr, 16);
 	struct mc_pending *p = &s->pend;
 	p->get_ns = bpf_ktime_get_ns();
 	p->gen = mc_gen();
@@ -300,6 +322,78 @@ struct mc_l2l4 {
 	struct udphdr udp;
 } __attribute__((packed));
 
+struct mc_l2l4_6 {
+	struct ethhdr eth;
+	struct ipv6hdr ip6;
+	struct udphdr udp;
+} __attribute__((packed));
+
+/* Bytes of the reply's Ethernet, IP and UDP headers. */
+static __always_inline __u32 reply_hdrs(struct mc_xscratch *s)
+{
+	return s->ipv6 ? sizeof(struct mc_l2l4_6) : sizeof(struct mc_l2l4);
+}
+
+#define MC_CSUM_CHUNK 512 /* bpf_csum_diff's limit */
+
+/* The one's complement sum of len bytes of buf (zero-padded to a multiple of 4). */
+static __always_inline __s64 csum_of(__u8 *buf, __u32 len, __s64 seed)
+{
+	for (__u32 i = 0; i < MC_BUF / MC_CSUM_CHUNK; i++) {
+		__u32 at = i * MC_CSUM_CHUNK;
+		if (at >= len)
+			break;
+		__u64 n = len - at < MC_CSUM_CHUNK ? len - at : MC_CSUM_CHUNK;
+		n = (n + 3) & ~3ULL;
+		if (!MC_SIZE_OK(n, MC_CSUM_CHUNK))
+			break;
+		seed = bpf_csum_diff(NULL, 0, (__be32 *)(buf + (at & MC_BUF_MASK)), n, seed);
+	}
+	return seed;
+}
+
+static __always_inline __u16 csum_fold(__s64 sum)
+{
+	__u32 x = (__u32)sum;
+	x = (x & 0xffff) + (x >> 16);
+	x = (x & 0xffff) + (x >> 16);
+	return (__u16)x;
+}
+
+/* The sum of the IPv6 pseudo header of a reply with len bytes of UDP payload, server to
+ * client (the addresses in scratch). */
+static __always_inline __s64 pseudo6_sum(struct mc_xscratch *s, __u32 len)
+{
+	__be32 ph[10];
+	__builtin_memcpy(&ph[0], s->ck.daddr, 16);
+	__builtin_memcpy(&ph[4], s->ck.saddr, 16);
+	ph[8] = bpf_htonl(sizeof(struct udphdr) + len);
+	ph[9] = bpf_htonl(IPPROTO_UDP);
+	return bpf_csum_diff(NULL, 0, ph, sizeof(ph), 0);
+}
+
+/* The sum of the reply's UDP header (its checksum field 0) and of its payload (len bytes in
+ * buf, zero-padded to a multiple of 4). */
+static __always_inline __s64 udp_data_sum(struct mc_xscratch *s, __u8 *buf, __u32 len)
+{
+	struct udphdr uh = {
+		.source = s->server_port,
+		.dest = s->client_port,
+		.len = bpf_htons(sizeof(struct udphdr) + len),
+	};
+	return csum_of(buf, len, bpf_csum_diff(NULL, 0, (__be32 *)&uh, sizeof(uh), 0));
+}
+
+/* An IPv6 reply's UDP checksum (mandatory over IPv6; 0 is sent as 0xffff, RFC 8200). */
+static __always_inline __u16 udp6_check(struct mc_xscratch *s, __u8 *buf, __u32 len)
+{
+	__u32 sum = (__u32)udp_data_sum(s, buf, len);
+	__u32 ph = (__u32)pseudo6_sum(s, len);
+	__u64 t = (__u64)sum + ph;
+	__u16 c = ~csum_fold((t & 0xffffffff) + (t >> 32));
+	return c ? c : 0xffff;
+}
+
 static __always_inline __u16 ip_csum(const struct iphdr *ip)
 {
 	const __u16 *w = (const __u16 *)ip;
@@ -332,6 +426,49 @@ static __always_inline void reply_l2l4(struct mc_l2l4 *h, struct mc_xscratch *s,
 	h->udp.source = s->server_port;
 	h->udp.dest = s->client_port;
 	h->udp.len = bpf_htons(sizeof(struct udphdr) + body);
+}
+
+/* The same over IPv6: hop limit 64 as memcached's replies, the checksum left 0 (the payload
+ * is summed once it is written: reply6_csum, or tc_ingress's). */
+static __always_inline void reply_l2l4_6(struct mc_l2l4_6 *h, struct mc_xscratch *s, __u32 body)
+{
+	__builtin_memcpy(h->eth.h_dest, s->client_mac, 6);
+	__builtin_memcpy(h->eth.h_source, s->server_mac, 6);
+	h->eth.h_proto = bpf_htons(ETH_P_IPV6);
+	h->ip6.version = 6;
+	h->ip6.payload_len = bpf_htons(sizeof(struct udphdr) + body);
+	h->ip6.nexthdr = IPPROTO_UDP;
+	h->ip6.hop_limit = 64;
+	__builtin_memcpy(&h->ip6.saddr, s->ck.daddr, 16);
+	__builtin_memcpy(&h->ip6.daddr, s->ck.saddr, 16);
+	h->udp.source = s->server_port;
+	h->udp.dest = s->client_port;
+	h->udp.len = bpf_htons(sizeof(struct udphdr) + body);
+}
+
+/* Ethernet, IP and UDP headers of the reply at the frame's start, for either family. */
+static __always_inline int store_l2l4(struct xdp_md *ctx, struct mc_xscratch *s, __u32 body)
+{
+	if (s->ipv6) {
+		struct mc_l2l4_6 h6 = {};
+		reply_l2l4_6(&h6, s, body);
+		return bpf_xdp_store_bytes(ctx, 0, &h6, sizeof(h6));
+	}
+	struct mc_l2l4 h = {};
+	reply_l2l4(&h, s, body);
+	return bpf_xdp_store_bytes(ctx, 0, &h, sizeof(h));
+}
+
+/* An IPv6 reply, written: its UDP payload (body bytes) read back and summed. 0 on failure. */
+static __always_inline int reply6_csum(struct xdp_md *ctx, struct mc_xscratch *s, __u32 body)
+{
+	__u64 n = body;
+	if (!MC_SIZE_OK(n, MC_BUF - 8) ||
+	    bpf_xdp_load_bytes(ctx, sizeof(struct mc_l2l4_6), s->reply, n))
+		return 0;
+	*(__u32 *)&s->reply[mc_mask(n)] = 0; /* the sum's padding */
+	__u16 c = udp6_check(s, s->reply, body);
+	return bpf_xdp_store_bytes(ctx, sizeof(struct mc_l2l4_6) - 2, &c, 2) == 0;
 }
 
 /*
@@ -442,12 +579,43 @@ static __always_inline __u32 reply_tail(struct mc_slot *slot, __u8 *out)
 	return p + vl + 7;
 }
 
-/* Reply headers up to the key: Ethernet, IPv4, UDP, memcached's frame header, "VALUE ". */
+/* Reply headers up to the key: Ethernet, IP, UDP, memcached's frame header, "VALUE ". */
 struct mc_reply_hdr {
 	struct mc_l2l4 l;
 	__u8 frame[MC_UDP_FRAME_HDR];
 	__u8 value[6];
 } __attribute__((packed));
+
+struct mc_reply_hdr6 {
+	struct mc_l2l4_6 l;
+	__u8 frame[MC_UDP_FRAME_HDR];
+	__u8 value[6];
+} __attribute__((packed));
+
+/* memcached's frame header (request id, datagram 0 of 1) and "VALUE ". */
+static __always_inline void reply_frame(__u8 *frame, __u8 *value, __u16 request_id)
+{
+	frame[0] = request_id >> 8;
+	frame[1] = request_id & 0xff;
+	frame[5] = 1;
+	__u64 txt_value = MC_W6('V', 'A', 'L', 'U', 'E', ' '); /* no string literals: .rodata */
+	__builtin_memcpy(value, &txt_value, 6);
+}
+
+/* The common GET's reply up to its key, for either family; the bytes stored, 0 on failure. */
+static __always_inline __u32 store_get_hdr(struct xdp_md *ctx, struct mc_xscratch *s, __u32 body)
+{
+	if (s->ipv6) {
+		struct mc_reply_hdr6 h6 = {};
+		reply_l2l4_6(&h6.l, s, body);
+		reply_frame(h6.frame, h6.value, s->request_id);
+		return bpf_xdp_store_bytes(ctx, 0, &h6, sizeof(h6)) ? 0 : sizeof(h6);
+	}
+	struct mc_reply_hdr hdr = {};
+	reply_l2l4(&hdr.l, s, body);
+	reply_frame(hdr.frame, hdr.value, s->request_id);
+	return bpf_xdp_store_bytes(ctx, 0, &hdr, sizeof(hdr)) ? 0 : sizeof(hdr);
+}
 
 /*
  * The common GET missed: remember it in a way of its bucket, which its fill will then use,
@@ -483,16 +651,20 @@ static __always_inline void remember_in_way(struct mc_xscratch *s, __u32 hash, _
 	struct mc_slot *slot = mc_cache.lookup(&idx);
 	if (!slot)
 		return;
-	__u32 addr = s->client_addr;
+	__u32 a0 = s->ck.saddr[0], a1 = s->ck.saddr[1], a2 = s->ck.saddr[2], a3 = s->ck.saddr[3];
 	__u16 port = s->client_port, rid = s->request_id;
 	bpf_spin_lock(&slot->lock);
-	if (slot->miss_get_ns && slot->miss_hash == hash && slot->miss_addr == addr &&
+	if (slot->miss_get_ns && slot->miss_hash == hash && slot->miss_addr[0] == a0 &&
+	    slot->miss_addr[1] == a1 && slot->miss_addr[2] == a2 && slot->miss_addr[3] == a3 &&
 	    slot->miss_port == port && slot->miss_rid == rid) {
 		if (slot->miss_gen > gen)
 			slot->miss_gen = gen;
 	} else {
 		slot->miss_hash = hash;
-		slot->miss_addr = addr;
+		slot->miss_addr[0] = a0;
+		slot->miss_addr[1] = a1;
+		slot->miss_addr[2] = a2;
+		slot->miss_addr[3] = a3;
 		slot->miss_port = port;
 		slot->miss_rid = rid;
 		slot->miss_get_ns = now;
@@ -583,32 +755,28 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 	}
 
 	__u32 body = MC_UDP_FRAME_HDR + 6 + kl + tail;
-	if (sizeof(struct iphdr) + sizeof(struct udphdr) + body > 1500) {
+	__u32 hdrs = reply_hdrs(s);
+	if (hdrs - sizeof(struct ethhdr) + body > 1500) {
 		mark_unservable(idx, kl, vl);
 		mc_count(MC_V_TOO_BIG);
 		return XDP_PASS;
 	}
 	capture_hit_request(ctx, s, MC_P_XDP_MAIN, hash == cfg->probe_hash);
 	int have = (int)((long)ctx->data_end - (long)ctx->data);
-	if (!resize(ctx, (int)(sizeof(struct mc_l2l4) + body) - have)) {
+	if (!resize(ctx, (int)(hdrs + body) - have)) {
 		mark_unservable(idx, kl, vl);
 		if (!to_tc(ctx, idx)) /* no room to grow the frame here; the skb has */
 			mc_count(MC_V_TOO_BIG);
 		return XDP_PASS;
 	}
-	struct mc_reply_hdr hdr = {};
-	reply_l2l4(&hdr.l, s, body);
-	hdr.frame[0] = s->request_id >> 8;
-	hdr.frame[1] = s->request_id & 0xff;
-	hdr.frame[5] = 1;
-	__u64 txt_value = MC_W6('V', 'A', 'L', 'U', 'E', ' '); /* no string literals: .rodata */
-	__builtin_memcpy(hdr.value, &txt_value, 6);
 	__u64 k = kl, t = tail;
 	if (!MC_SIZE_OK(k, MC_MAX_KEY) || !MC_SIZE_OK(t, sizeof(s->out)))
 		return XDP_DROP; /* the packet is already changed: never send half a reply */
-	if (bpf_xdp_store_bytes(ctx, 0, &hdr, sizeof(hdr)) ||
-	    bpf_xdp_store_bytes(ctx, sizeof(hdr), s->buf + ko, k) ||
-	    bpf_xdp_store_bytes(ctx, sizeof(hdr) + k, s->out, t))
+	__u32 at = store_get_hdr(ctx, s, body);
+	if (!at || bpf_xdp_store_bytes(ctx, at, s->buf + ko, k) ||
+	    bpf_xdp_store_bytes(ctx, at + k, s->out, t))
+		return XDP_DROP;
+	if (s->ipv6 && !reply6_csum(ctx, s, body))
 		return XDP_DROP;
 	if (hash == cfg->probe_hash)
 		mc_pkt_count(&s->pkt, MC_V_PROBE_HIT);
@@ -716,15 +884,23 @@ static __always_inline int udp_binary(struct xdp_md *ctx, struct mc_xscratch *s,
 #define MC_NH_FRAGMENT 44
 #define MC_NH_DEST 60
 
+#define MC_UDP_REQUEST 0x7fff /* an L3/L4 step's result: a UDP datagram to memcached's port */
+
+static __always_inline int same6(const __u32 *a, const __u32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
 /*
- * IPv6: GETs are not answered over IPv6 yet (they pass to memcached), but every write to
- * memcached's port is seen, as over IPv4: the datagram or segment goes to the write scanner
- * (a memcached that listens on an IPv6 address too, Debian's default ::1 for one, must not
- * take writes the cache never hears of). Extension headers are walked, up to MC_MAX_EXT_HDRS;
- * what may hold a write that cannot be read (a fragment, a longer chain) empties the cache.
+ * IPv6: every write to memcached's port, on any address, goes to the write scanner as over
+ * IPv4 (a memcached that listens on an IPv6 address too, Debian's default ::1 for one, must
+ * not take writes the cache never hears of). Extension headers are walked, up to
+ * MC_MAX_EXT_HDRS; what may hold a write that cannot be read (a fragment, a longer chain)
+ * empties the cache. A UDP datagram goes on to udp_request (GETs are answered when it has no
+ * extension headers and memcached.address serves IPv6 at its destination).
  */
-static __always_inline int ipv6_writes(struct xdp_md *ctx, struct mc_xscratch *s,
-				       struct mc_config *cfg)
+static __always_inline int ipv6_l3(struct xdp_md *ctx, struct mc_xscratch *s,
+				   struct mc_config *cfg, struct ethhdr *eth)
 {
 	struct ipv6hdr ip6;
 	__u32 off = sizeof(struct ethhdr);
@@ -773,6 +949,7 @@ static __always_inline int ipv6_writes(struct xdp_md *ctx, struct mc_xscratch *s
 		mc_count(MC_V_MALFORMED);
 		return XDP_PASS;
 	}
+	s->ipv6 = 1;
 	__builtin_memcpy(s->ck.saddr, &ip6.saddr, 16);
 	__builtin_memcpy(s->ck.daddr, &ip6.daddr, 16);
 	if (nh == IPPROTO_TCP) {
@@ -812,30 +989,35 @@ static __always_inline int ipv6_writes(struct xdp_md *ctx, struct mc_xscratch *s
 		return XDP_PASS;
 	}
 	__u32 ulen = bpf_ntohs(uh.len);
-	if (ulen < sizeof(uh) + MC_UDP_FRAME_HDR || off + ulen > end) {
+	if (ulen < sizeof(uh) + MC_UDP_FRAME_HDR + 1 || off + ulen > end) {
 		mc_count(MC_V_MALFORMED);
 		return XDP_PASS;
 	}
 	s->tcp = 0;
 	s->payload_off = off + sizeof(uh);
 	s->payload_len = ulen - sizeof(uh);
-	return start_scan(ctx, s, MC_UDP_FRAME_HDR);
+	s->client_port = uh.source;
+	s->server_port = uh.dest;
+	__builtin_memcpy(s->client_mac, eth->h_source, 6);
+	__builtin_memcpy(s->server_mac, eth->h_dest, 6);
+	/* Sent to an Ethernet group address (a broadcast or multicast): never ours to answer. */
+	s->plain = off == sizeof(struct ethhdr) + sizeof(ip6) && !(eth->h_dest[0] & 1);
+	/* An all-zero server_addr6 is ::, every local address; a link-local or multicast
+	 * destination is never answered (the config cannot name one either). */
+	__u32 any6 = cfg->server_addr6[0] | cfg->server_addr6[1] | cfg->server_addr6[2] |
+		     cfg->server_addr6[3];
+	s->served = (cfg->families & MC_FAMILY_IPV6) &&
+		    (!any6 || same6(s->ck.daddr, cfg->server_addr6)) &&
+		    ip6.daddr.in6_u.u6_addr8[0] != 0xff &&
+		    (bpf_ntohs(ip6.daddr.in6_u.u6_addr16[0]) & 0xffc0) != 0xfe80;
+	return MC_UDP_REQUEST;
 }
 
-static __always_inline int main_path(struct xdp_md *ctx, struct mc_xscratch *s,
-				     struct mc_config *cfg)
+/* IPv4: as IPv6, for IPv4 headers (read in place). */
+static __always_inline int ipv4_l3(struct xdp_md *ctx, struct mc_xscratch *s,
+				   struct mc_config *cfg, struct ethhdr *eth)
 {
-	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return XDP_PASS;
-	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		return ipv6_writes(ctx, s, cfg);
-	if (eth->h_proto != bpf_htons(ETH_P_IP)) {
-		mc_count(MC_V_PASS);
-		return XDP_PASS;
-	}
 	struct iphdr *iph = (void *)(eth + 1);
 	if ((void *)(iph + 1) > data_end)
 		return XDP_PASS;
@@ -866,10 +1048,13 @@ static __always_inline int main_path(struct xdp_md *ctx, struct mc_xscratch *s,
 		mc_count(MC_V_MALFORMED);
 		return XDP_PASS;
 	}
+	s->ipv6 = 0;
 	s->client_addr = iph->saddr;
 	s->server_addr = iph->daddr;
-	__builtin_memcpy(s->client_mac, eth->h_source, 6);
-	__builtin_memcpy(s->server_mac, eth->h_dest, 6);
+	s->ck.saddr[0] = s->ck.saddr[1] = s->ck.daddr[0] = s->ck.daddr[1] = 0;
+	s->ck.saddr[2] = s->ck.daddr[2] = bpf_htonl(0xffff); /* ::ffff:a.b.c.d */
+	s->ck.saddr[3] = iph->saddr;
+	s->ck.daddr[3] = iph->daddr;
 
 	if (iph->protocol == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
@@ -890,10 +1075,6 @@ static __always_inline int main_path(struct xdp_md *ctx, struct mc_xscratch *s,
 		s->seq = bpf_ntohl(th->seq);
 		s->payload_off = sizeof(*eth) + ihl + doff;
 		s->payload_len = tot - ihl - doff;
-		s->ck.saddr[0] = s->ck.saddr[1] = s->ck.daddr[0] = s->ck.daddr[1] = 0;
-		s->ck.saddr[2] = s->ck.daddr[2] = bpf_htonl(0xffff); /* ::ffff:a.b.c.d */
-		s->ck.saddr[3] = iph->saddr;
-		s->ck.daddr[3] = iph->daddr;
 		s->ck.sport = th->source;
 		s->ck.dport = th->dest;
 		return tcp_segment(ctx, s, th);
@@ -921,7 +1102,23 @@ static __always_inline int main_path(struct xdp_md *ctx, struct mc_xscratch *s,
 	s->payload_len = ulen - sizeof(*uh);
 	s->client_port = uh->source;
 	s->server_port = uh->dest;
+	__builtin_memcpy(s->client_mac, eth->h_source, 6);
+	__builtin_memcpy(s->server_mac, eth->h_dest, 6);
+	/* Replies are built for plain IPv4 headers only, and never to a frame sent to an
+	 * Ethernet group address (a broadcast or multicast: with a wildcard address, memcached
+	 * would answer from its unicast address). */
+	s->plain = ihl == sizeof(*iph) && !(eth->h_dest[0] & 1);
+	s->served = cfg->families & MC_FAMILY_IPV4;
+	return MC_UDP_REQUEST;
+}
 
+/*
+ * A UDP datagram to memcached's port, either family (its addresses, ports and payload place
+ * in scratch): a GET the cache may answer, or anything else for the write scanner.
+ */
+static __always_inline int udp_request(struct xdp_md *ctx, struct mc_xscratch *s,
+				       struct mc_config *cfg)
+{
 	__u64 len = s->payload_len;
 	if (len > MC_BUF)
 		return start_scan(ctx, s, MC_UDP_FRAME_HDR);
@@ -956,12 +1153,12 @@ static __always_inline int main_path(struct xdp_md *ctx, struct mc_xscratch *s,
 		mc_count(MC_V_DISABLED);
 		return may_write ? start_scan(ctx, s, MC_UDP_FRAME_HDR) : XDP_PASS;
 	}
-	if (!serves_on(cfg, ctx->ingress_ifindex) || !client_allowed(cfg, iph->saddr)) {
+	if (!serves_on(cfg, ctx->ingress_ifindex) || !client_allowed(cfg, s)) {
 		mc_count(MC_V_DENIED);
 		return may_write ? start_scan(ctx, s, MC_UDP_FRAME_HDR) : XDP_PASS;
 	}
-	if (ihl != sizeof(*iph)) {
-		mc_count(MC_V_PASS); /* replies are built for plain IPv4 headers only */
+	if (!s->plain || !s->served) {
+		mc_count(MC_V_PASS); /* IP options or extension headers; not memcached's address */
 		return may_write ? start_scan(ctx, s, MC_UDP_FRAME_HDR) : XDP_PASS;
 	}
 	if (is_binary)
@@ -979,6 +1176,28 @@ static __always_inline int main_path(struct xdp_md *ctx, struct mc_xscratch *s,
 		return r;
 	mc_xdp_jmp.call(ctx, TAIL_GET_PARSE);
 	return XDP_PASS;
+}
+
+static __always_inline int main_path(struct xdp_md *ctx, struct mc_xscratch *s,
+				     struct mc_config *cfg)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	int r;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		r = ipv4_l3(ctx, s, cfg, eth);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		r = ipv6_l3(ctx, s, cfg, eth);
+	} else {
+		mc_count(MC_V_PASS);
+		return XDP_PASS;
+	}
+	if (r != MC_UDP_REQUEST)
+		return r;
+	return udp_request(ctx, s, cfg);
 }
 
 int xdp_main(struct xdp_md *ctx)
@@ -1355,7 +1574,8 @@ static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
 	} else {
 		body = ascii_reply_len(s);
 	}
-	__u32 hdrs = sizeof(struct mc_l2l4);
+	s->reply_body = body;
+	__u32 hdrs = reply_hdrs(s);
 	/* Too big for one datagram, or for the frame below: memcached answers. Every key was a
 	 * hit, so there is nothing to fill from its reply (no remember_get): a refill would
 	 * copy the same value into the same slot on every such GET. */
@@ -1375,15 +1595,8 @@ static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
 		mc_count(MC_V_TOO_BIG); /* no room to grow the frame */
 		return XDP_PASS;
 	}
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	if (data + hdrs > data_end)
+	if (store_l2l4(ctx, s, body))
 		return XDP_DROP; /* the packet is already changed: never send half a reply */
-
-	struct mc_l2l4 hdr = {};
-	reply_l2l4(&hdr, s, body);
-	if (bpf_xdp_store_bytes(ctx, 0, &hdr, sizeof(hdr)))
-		return XDP_DROP;
 
 	__u32 off = hdrs;
 	__u8 frame[8] = {s->request_id >> 8, s->request_id & 0xff, 0, 0, 0, 1, 0, 0};
@@ -1478,7 +1691,10 @@ int xdp_reply(struct xdp_md *ctx)
 	if (!s)
 		return XDP_PASS;
 	mc_pkt_path(&s->pkt, MC_P_XDP_REPLY);
-	return finish(ctx, s, MC_P_XDP_REPLY, reply(ctx, s));
+	int action = reply(ctx, s);
+	if (action == XDP_TX && s->ipv6 && !reply6_csum(ctx, s, s->reply_body))
+		action = XDP_DROP; /* the packet is already changed: never send half a reply */
+	return finish(ctx, s, MC_P_XDP_REPLY, action);
 }
 
 /* ------------------------------------------------------------------ */

@@ -102,3 +102,31 @@ def tcp6_frame(payload: bytes, *, seq: int, sport=45000, src=CLIENT6, dst=SERVER
                flags=0x18, ext: list[tuple[int, bytes]] = ()) -> bytes:
     t = struct.pack("!HHIIBBHHH", sport, dport, seq, 1, 5 << 4, flags, 65535, 0, 0) + payload
     return eth(ipv6(src, dst, 6, t, ext=ext), etype=0x86DD)
+
+
+def udp6_checksum(src: str, dst: str, udp: bytes) -> int:
+    """The UDP checksum of an IPv6 datagram (udp: its header with the checksum field 0, and
+    its payload); 0 is sent as 0xffff."""
+    pseudo = (socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst)
+              + struct.pack("!I3xB", len(udp), 17))
+    return csum(pseudo + udp) or 0xFFFF
+
+
+def udp6_checksum_ok(frame: bytes) -> bool:
+    """An Ethernet/IPv6/UDP frame (no extension headers) whose UDP checksum verifies."""
+    ip, udp = frame[14:54], frame[54:]
+    pseudo = ip[8:40] + struct.pack("!I3xB", len(udp), 17)
+    return udp[6:8] != b"\0\0" and csum(pseudo + udp) == 0
+
+
+def mc_udp6(rid: int, body: bytes, **kw) -> bytes:
+    """A client's memcached UDP request over IPv6."""
+    return udp6_frame(struct.pack("!HHHH", rid, 0, 1, 0) + body, **kw)
+
+
+def mc_reply6(rid: int, body: bytes, *, client=CLIENT6, cport=40000, server=SERVER6) -> bytes:
+    """memcached's UDP reply over IPv6, as the kernel sends it: hop limit 64, the checksum."""
+    payload = struct.pack("!HHHH", rid, 0, 1, 0) + body
+    u = struct.pack("!HHHH", 11211, cport, 8 + len(payload), 0) + payload
+    u = u[:6] + struct.pack("!H", udp6_checksum(server, client, u)) + u[8:]
+    return eth(ipv6(server, client, 17, u), dst=CMAC, src=SMAC, etype=0x86DD)

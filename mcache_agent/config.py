@@ -37,6 +37,8 @@ HTAB_BUCKET_BYTES = 16
 SMALL_MAPS_BYTES = 256 << 10
 SCRATCH_BYTES_PER_CPU = 32 << 10
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 
 def limit(name: str) -> int:
     """A data-plane limit from bpf/mcache_shared.h (the one place it is defined)."""
@@ -69,8 +71,17 @@ class InterfaceSpec:
 
 @dataclass(frozen=True)
 class MemcachedSpec:
-    address: str
+    address: str  # as ipaddress writes it: "FD00:0::1" in a config is "fd00::1" here
     port: int
+
+    def ip(self) -> IPAddress:
+        return ipaddress.ip_address(self.address)
+
+    def versions(self) -> tuple[int, ...]:
+        """The IP versions whose GETs are answered: 0.0.0.0 is every IPv4 address, :: every
+        address of both families (a dual-stack memcached), a specific address its own."""
+        ip = self.ip()
+        return (4, 6) if ip.is_unspecified and ip.version == 6 else (ip.version,)
 
 
 @dataclass(frozen=True)
@@ -301,14 +312,12 @@ def _faults_from_error(err: jsonschema.ValidationError) -> list[Fault]:
             for k in extras
         ]
     schema = err.schema if isinstance(err.schema, dict) else {}
-    if err.validator == "enum" and "x-fault" in schema:
+    if err.validator in ("enum", "anyOf") and "x-fault" in schema:
         return [Fault(json_path(path), f"{err.instance!r} {schema['x-fault']}")]
     if err.validator == "pattern":
         expected = schema.get("description", err.message)
         return [Fault(json_path(path),
                       f"{err.instance!r} is not in the expected form ({expected})")]
-    if err.validator == "format" and err.validator_value == "ipv4":
-        return [Fault(json_path(path), f"{err.instance!r} is not an IPv4 address")]
     return [Fault(json_path(path), err.message)]
 
 
@@ -348,7 +357,10 @@ def _build(doc: dict[str, Any], text: str) -> Config:
     return Config(
         api_version=doc["apiVersion"],
         version=doc["version"],
-        memcached=MemcachedSpec(address=mc["address"], port=mc["port"]),
+        # The schema checked the address: one spelling of it, so that equal configs compare
+        # equal and the host checks compare addresses, not text.
+        memcached=MemcachedSpec(address=str(ipaddress.ip_address(mc["address"])),
+                                port=mc["port"]),
         interfaces=tuple(
             InterfaceSpec(name=i["name"], xdp_mode=i.get("xdp_mode", "auto"))
             for i in doc["interfaces"]
@@ -409,23 +421,65 @@ def check_semantics(
 
 def _address_faults(cfg: Config) -> list[Fault]:
     faults: list[Fault] = []
+    address = cfg.memcached.address
     try:
-        ipaddress.IPv4Address(cfg.memcached.address)
+        why = _unservable(ipaddress.ip_address(address))
     except ValueError:
-        faults.append(Fault("$.memcached.address",
-                            f"{cfg.memcached.address!r} is not an IPv4 address"))
+        why = "is not an IPv4 or IPv6 address"
+    if why:
+        faults.append(Fault("$.memcached.address", f"{address!r} {why}"))
     for i, cidr in enumerate(cfg.cache.allowed_clients):
-        try:
-            ipaddress.IPv4Network(cidr, strict=True)
-        except ValueError as e:
-            hint = ""
-            try:
-                hint = f"; did you mean {ipaddress.IPv4Network(cidr, strict=False)}?"
-            except ValueError:
-                pass
-            faults.append(Fault(f"$.cache.allowed_clients[{i}]",
-                                f"{cidr!r} is not an IPv4 CIDR ({e}){hint}"))
+        why = _cidr_fault(cidr)
+        if why:
+            faults.append(Fault(f"$.cache.allowed_clients[{i}]", f"{cidr!r} {why}"))
     return faults
+
+
+def _unservable(ip: IPAddress) -> str:
+    """Why the cache cannot stand in front of a memcached on ip ("" when it can)."""
+    if ip.is_multicast:
+        return ("is a multicast address: no TCP connection can reach it, and no reply may "
+                "come from it")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        v4 = ip.ipv4_mapped
+        return (f"is IPv4-mapped (::ffff:{v4}): clients reach {v4} in IPv4 packets, which "
+                f"never carry this address, so no GET would be answered; write {v4}")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local:
+        return ("is a link-local address: it means something only with an interface "
+                "(fe80::1%eth0), which an address here cannot carry, so neither the agent nor "
+                "the cache's replies could tell which link it is on; use a global or unique "
+                "local (fd00::/8) address")
+    return ""
+
+
+def _cidr_fault(cidr: str) -> str:
+    """What is wrong with an allowed_clients item ("" when nothing is)."""
+    family, net_type = _network_family(cidr)
+    try:
+        net = net_type(cidr, strict=True)
+    except ValueError as e:
+        hint = ""
+        try:
+            hint = f"; did you mean {net_type(cidr, strict=False)}?"
+        except ValueError:
+            pass
+        return f"is not an {family} CIDR ({e}){hint}"
+    mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) else None
+    if mapped is not None and net.prefixlen >= 96:
+        # IPv4 clients arrive in IPv4 packets and are matched by the IPv4 networks.
+        ipv4 = ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
+        return (f"is an IPv4-mapped IPv6 network, which no packet comes from: IPv4 clients "
+                f"are matched by IPv4 networks; did you mean {ipv4}?")
+    return ""
+
+
+def _network_family(
+    cidr: str,
+) -> tuple[str, type[ipaddress.IPv4Network] | type[ipaddress.IPv6Network]]:
+    # Only an IPv6 network has a colon; the family a text is meant to be picks the message.
+    if ":" in cidr:
+        return "IPv6", ipaddress.IPv6Network
+    return "IPv4", ipaddress.IPv4Network
 
 
 def _version_faults(cfg: Config, running: Config, *, allow_rollback: bool) -> list[Fault]:
@@ -444,7 +498,10 @@ def _version_faults(cfg: Config, running: Config, *, allow_rollback: bool) -> li
 
 
 def host_interfaces() -> dict[str, dict[str, Any]]:
-    """name -> {"up": bool, "ipv4": [(addr, prefixlen), ...]} for every interface on the host."""
+    """name -> {"up": bool, "ipv4": [(addr, prefixlen), ...], "ipv6": [...], "link_local": bool}
+    for every interface on the host. IPv6 link-local addresses (fe80::/10) are left out of
+    "ipv6" (an address there cannot say which link it is on) and only noted in "link_local":
+    memcached listening on :: takes writes through them too."""
     try:
         out = subprocess.run(
             ["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=5, check=True
@@ -452,16 +509,32 @@ def host_interfaces() -> dict[str, dict[str, Any]]:
         links = json.loads(out)
     except (OSError, subprocess.SubprocessError, ValueError):
         # Without iproute2 we still know the names, not the addresses.
-        return {n: {"up": True, "ipv4": []} for _index, n in socket.if_nameindex()}
+        return {n: {"up": True, "ipv4": [], "ipv6": [], "link_local": False}
+                for _index, n in socket.if_nameindex()}
     result: dict[str, dict[str, Any]] = {}
     for link in links:
-        addrs = [
-            (a["local"], int(a["prefixlen"]))
-            for a in link.get("addr_info", [])
-            if a.get("family") == "inet" and "local" in a
-        ]
-        result[link["ifname"]] = {"up": "UP" in link.get("flags", []), "ipv4": addrs}
+        addrs: dict[str, list[tuple[str, int]]] = {"inet": [], "inet6": []}
+        link_local = False
+        for a in link.get("addr_info", []):
+            if a.get("family") not in addrs or "local" not in a:
+                continue
+            if a["family"] == "inet6" and ipaddress.IPv6Address(a["local"]).is_link_local:
+                link_local = True
+                continue
+            addrs[a["family"]].append((a["local"], int(a["prefixlen"])))
+        result[link["ifname"]] = {"up": "UP" in link.get("flags", []), "ipv4": addrs["inet"],
+                                  "ipv6": addrs["inet6"], "link_local": link_local}
     return result
+
+
+def _addresses(info: dict[str, Any], version: int) -> list[tuple[str, int]]:
+    """An interface's (address, prefixlen) of one IP version (an entry may lack "ipv6")."""
+    addrs: list[tuple[str, int]] = info.get(f"ipv{version}", [])
+    return addrs
+
+
+def _family_names(versions: tuple[int, ...]) -> str:
+    return " or ".join(f"IPv{v}" for v in versions)
 
 
 def interface_exists(name: str) -> bool:
@@ -481,54 +554,87 @@ def host_faults(cfg: Config, interfaces: dict[str, dict[str, Any]] | None = None
     if faults:
         return faults
     host = interfaces if interfaces is not None else host_interfaces()
-    listed = set(cfg.interface_names())
-    if cfg.memcached.address == "0.0.0.0":
-        # XDP only sees what arrives on the interfaces it is attached to; a write through an
-        # unlisted interface would never invalidate the cache.
-        unwatched = sorted(
-            n for n, info in host.items()
-            if n != "lo" and info["up"] and info["ipv4"] and n not in listed
-        )
-        if unwatched:
-            faults.append(Fault("$.memcached.address",
-                                "memcached listens on every address (0.0.0.0) but interface(s) "
-                                f"{', '.join(unwatched)} are up with IPv4 and not listed: writes "
-                                "through them would leave the cache stale; list them or bind "
-                                "memcached to one address"))
-    else:
-        local = {a for info in host.values() for a, _plen in info["ipv4"]}
-        if local and cfg.memcached.address not in local:
-            faults.append(Fault("$.memcached.address",
-                                f"{cfg.memcached.address} is not an address of this host"))
+    ip = cfg.memcached.ip()
+    if ip.is_unspecified:
+        faults += _wildcard_faults(cfg, host)
+    elif not _unservable(ip):  # else the address is refused already, wherever it is
+        faults += _local_faults(ip, host)
     if not cfg.cache.allowed_clients:
-        nets = _interface_networks(cfg, host)
-        room = limit("MC_MAX_CLIENT_NETS")
-        if not nets:
+        faults += _interface_network_faults(cfg, host)
+    return faults
+
+
+def _wildcard_faults(cfg: Config, host: dict[str, dict[str, Any]]) -> list[Fault]:
+    # XDP only sees what arrives on the interfaces it is attached to; a write through an
+    # unlisted interface would never invalidate the cache.
+    versions = cfg.memcached.versions()
+    listed = set(cfg.interface_names())
+    # memcached on :: takes writes to an interface's link-local address as well
+    unwatched = sorted(
+        n for n, info in host.items()
+        if n != "lo" and info["up"] and n not in listed
+        and (any(_addresses(info, v) for v in versions)
+             or (6 in versions and info.get("link_local", False)))
+    )
+    if not unwatched:
+        return []
+    return [Fault("$.memcached.address",
+                  f"memcached listens on every {_family_names(versions)} address "
+                  f"({cfg.memcached.address}) but interface(s) {', '.join(unwatched)} are up "
+                  f"with {_family_names(versions)} addresses and not listed: writes through "
+                  "them would leave the cache stale; list them or bind memcached to one "
+                  "address")]
+
+
+def _local_faults(ip: IPAddress, host: dict[str, dict[str, Any]]) -> list[Fault]:
+    local = {ipaddress.ip_address(a)
+             for info in host.values() for v in (4, 6) for a, _plen in _addresses(info, v)}
+    # No address known at all (no iproute2): nothing to compare with. A host that has no
+    # address of ip's family is compared, and refused.
+    if local and ip not in local:
+        return [Fault("$.memcached.address", f"{ip} is not an address of this host")]
+    return []
+
+
+def _interface_network_faults(cfg: Config, host: dict[str, dict[str, Any]]) -> list[Fault]:
+    """allowed_clients is empty: the networks come from the interfaces. Some must be of a
+    family whose GETs are answered, and each family's must fit the data plane."""
+    nets = [ipaddress.ip_network(n) for n in _interface_networks(cfg, host)]
+    versions = cfg.memcached.versions()
+    faults: list[Fault] = []
+    if not any(n.version in versions for n in nets):
+        faults.append(Fault("$.cache.allowed_clients",
+                            f"empty, and the listed interfaces have no {_family_names(versions)} "
+                            "address to take the networks from: no client could read from the "
+                            "cache"))
+    room = limit("MC_MAX_CLIENT_NETS")
+    for version in (4, 6):
+        count = sum(1 for n in nets if n.version == version)
+        if count > room:
             faults.append(Fault("$.cache.allowed_clients",
-                                "empty, and the listed interfaces have no IPv4 address to take "
-                                "the networks from: no client could read from the cache"))
-        elif len(nets) > room:
-            faults.append(Fault("$.cache.allowed_clients",
-                                f"empty, and the listed interfaces are on {len(nets)} IPv4 "
-                                f"networks; the data plane holds {room}: list the client "
-                                "networks"))
+                                f"empty, and the listed interfaces are on {count} IPv{version} "
+                                f"networks; the data plane holds {room} of each family: list "
+                                "the client networks"))
     return faults
 
 
 def _interface_networks(cfg: Config, host: dict[str, dict[str, Any]]) -> tuple[str, ...]:
     nets: list[str] = []
     for name in cfg.interface_names():
-        for addr, plen in host.get(name, {}).get("ipv4", []):
-            net = str(ipaddress.IPv4Network(f"{addr}/{plen}", strict=False))
-            if net not in nets:
-                nets.append(net)
+        info = host.get(name, {})
+        for version in (4, 6):
+            for addr, plen in _addresses(info, version):
+                net = str(ipaddress.ip_network(f"{addr}/{plen}", strict=False))
+                if net not in nets:
+                    nets.append(net)
     return tuple(nets)
 
 
 def resolve_allowed_clients(
     cfg: Config, interfaces: dict[str, dict[str, Any]] | None = None
 ) -> tuple[str, ...]:
-    """The configured CIDRs, or when none are given the IPv4 networks of the listed interfaces."""
+    """The configured CIDRs, or when none are given the IPv4 and IPv6 networks of the listed
+    interfaces (link-local ones left out)."""
     if cfg.cache.allowed_clients:
         return cfg.cache.allowed_clients
     return _interface_networks(cfg, interfaces if interfaces is not None else host_interfaces())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,13 @@ class StatsError(Exception):
 
 
 def connect_host(address: str) -> str:
-    # memcached bound to every address is reachable on loopback.
-    return "127.0.0.1" if address == "0.0.0.0" else address
+    """Where to reach memcached at address: bound to every address (0.0.0.0, or :: for both
+    families), it is reachable on IPv4 loopback."""
+    try:
+        wildcard = ipaddress.ip_address(address).is_unspecified
+    except ValueError:
+        wildcard = False  # a host name
+    return "127.0.0.1" if wildcard else address
 
 
 def fetch_stats(host: str, port: int, timeout: float = STATS_TIMEOUT_S) -> dict[str, Any]:

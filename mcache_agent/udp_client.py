@@ -35,6 +35,12 @@ def next_request_id() -> int:
     return next(_ids) & 0xFFFF
 
 
+def family(host: str) -> socket.AddressFamily:
+    """The socket family for host: an IPv6 address is the only form with a colon (a name or
+    an IPv4 address has none)."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def frame(request_id: int, payload: bytes) -> bytes:
     return FRAME.pack(request_id, 0, 1, 0) + payload
 
@@ -56,7 +62,7 @@ def exchange(
     """
     rid = next_request_id() if request_id is None else request_id
     own = sock is None
-    s = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = sock or socket.socket(family(host), socket.SOCK_DGRAM)
     try:
         s.settimeout(timeout)
         s.sendto(frame(rid, payload), (host, port))

@@ -14,29 +14,42 @@ from pathlib import Path
 from mcache_agent import constants
 from mcache_agent.config import Config, resolve_allowed_clients
 from mcache_agent.dataplane import libbpf
-from mcache_agent.dataplane.layout import Layout, key_hash, net_u16, net_u32, pack
+from mcache_agent.dataplane.layout import Layout, key_hash, net_u16, net_u32, net_u32x4, pack
 from mcache_agent.dataplane.plan import wanted_interfaces
 
 ZERO = (0).to_bytes(4, "little")
 RCU_EXPEDITED = Path("/sys/kernel/rcu_expedited")
-LOOPBACK = "127.0.0.0/8"
+# The host's own clients (the probe among them) always may read, over either family.
+LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
 
 
 class ConfigMapError(Exception):
     pass
 
 
-def allow_list(cfg: Config) -> list[str]:
-    """The client networks that may read from the cache. The host itself (the probe, clients
-    over lo) always may: its own address and loopback come first, so that nothing can push
-    them out; config validation keeps the rest within the data plane's room."""
-    own = [] if cfg.memcached.address == "0.0.0.0" else [f"{cfg.memcached.address}/32"]
-    nets = list(dict.fromkeys([*own, LOOPBACK, *resolve_allowed_clients(cfg)]))
+def allow_list(cfg: Config, version: int) -> list[str]:
+    """The client networks of one IP version (4 or 6) that may read from the cache. The host
+    itself (the probe, clients over lo) always may: memcached's own address (when it is one
+    of this version, not a wildcard) and loopback come first, so that nothing can push them
+    out; config validation keeps the rest within the data plane's room."""
+    ip = cfg.memcached.ip()
+    own = [] if ip.is_unspecified or ip.version != version else [ipaddress.ip_network(ip)]
+    clients = [ipaddress.ip_network(n, strict=False) for n in resolve_allowed_clients(cfg)]
+    nets = list(dict.fromkeys([*own, ipaddress.ip_network(LOOPBACK[version]),
+                               *(n for n in clients if n.version == version)]))
     room = constants.const("MC_MAX_ALLOWED")
     if len(nets) > room:
-        raise ConfigMapError(f"{len(nets)} client networks (with the host's own), the data "
-                             f"plane holds {room}: config validation should have refused it")
-    return nets
+        raise ConfigMapError(f"{len(nets)} IPv{version} client networks (with the host's own), "
+                             f"the data plane holds {room}: config validation should have "
+                             "refused it")
+    return [str(n) for n in nets]
+
+
+def families(cfg: Config) -> int:
+    """MC_FAMILY_* bits: the families whose GETs the data plane answers (writes are watched
+    over both whatever this says)."""
+    bit = {4: constants.const("MC_FAMILY_IPV4"), 6: constants.const("MC_FAMILY_IPV6")}
+    return sum(bit[v] for v in cfg.memcached.versions())
 
 
 def config_value(cfg: Config, layout: Layout, *, stats_slot: int) -> bytes:
@@ -44,10 +57,9 @@ def config_value(cfg: Config, layout: Layout, *, stats_slot: int) -> bytes:
     line stats_slot of the counters (dataplane.stats)."""
     c = cfg.cache
     prefix = c.key_prefix.encode()
-    allowed = []
-    for net in allow_list(cfg):
-        n = ipaddress.IPv4Network(net, strict=False)
-        allowed.append({"addr": net_u32(str(n.network_address)), "mask": net_u32(str(n.netmask))})
+    ip = cfg.memcached.ip()
+    allowed = [_cidr(ipaddress.IPv4Network(n)) for n in allow_list(cfg, 4)]
+    allowed6 = [_cidr6(ipaddress.IPv6Network(n)) for n in allow_list(cfg, 6)]
     serve = [socket.if_nametoindex(w.name) for w in wanted_interfaces(cfg) if w.role == "serve"]
     proto = (constants.const("MC_PROTO_ASCII") if "ascii" in c.protocols else 0) | (
         constants.const("MC_PROTO_BINARY") if "binary" in c.protocols else 0
@@ -57,19 +69,35 @@ def config_value(cfg: Config, layout: Layout, *, stats_slot: int) -> bytes:
         "enabled": 1 if c.enabled else 0,
         "ttl_ns": c.ttl_ms * 1_000_000,
         "fill_hold_ns": c.fill_hold_ms * 1_000_000,
-        "server_addr": net_u32(cfg.memcached.address),
+        # 0 (0.0.0.0) and :: are "any local address"; the other family's field stays zero,
+        # families says whether its GETs are answered at all
+        "server_addr": net_u32(str(ip)) if ip.version == 4 else 0,
+        "server_addr6": net_u32x4(str(ip)) if ip.version == 6 else [0, 0, 0, 0],
+        "families": families(cfg),
         "port": net_u16(cfg.memcached.port),
         "protocols": proto,
         "prefix_len": len(prefix),
         "prefix": list(prefix),
         "n_allowed": len(allowed),
         "allowed": allowed,
+        "n_allowed6": len(allowed6),
+        "allowed6": allowed6,
         "serve_ifindex": serve,
         # bpf_ktime_get_ns() is CLOCK_MONOTONIC
         "unix_offset_ns": time.time_ns() - time.monotonic_ns(),
         "probe_hash": key_hash(cfg.probe_key.encode()),
         "stats_slot": stats_slot,
     })
+
+
+def _cidr(net: ipaddress.IPv4Network) -> dict[str, int]:
+    """struct mc_cidr."""
+    return {"addr": net_u32(str(net.network_address)), "mask": net_u32(str(net.netmask))}
+
+
+def _cidr6(net: ipaddress.IPv6Network) -> dict[str, list[int]]:
+    """struct mc_cidr6."""
+    return {"addr": net_u32x4(str(net.network_address)), "mask": net_u32x4(str(net.netmask))}
 
 
 def swap_in(outer: Path, value: bytes) -> float:

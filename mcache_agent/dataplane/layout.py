@@ -67,6 +67,13 @@ def net_u32(addr: str) -> int:
     return int.from_bytes(socket.inet_aton(addr), "little")
 
 
+def net_u32x4(addr: str) -> list[int]:
+    """An IPv6 address as the kernel reads it from a packet into a __u32[4] on this host:
+    four words, each as net_u32 reads its four bytes."""
+    raw = socket.inet_pton(socket.AF_INET6, addr)
+    return [int.from_bytes(raw[i : i + 4], "little") for i in range(0, 16, 4)]
+
+
 def net_u16(port: int) -> int:
     return int.from_bytes(port.to_bytes(2, "big"), "little")
 

@@ -96,8 +96,9 @@ WRITE_WEIGHTS = [30, 16, 8, 4, 2, 1, 6, 1]
 
 class Writer(threading.Thread):
     def __init__(self, wid: int, hist: History, stop: threading.Event, mode: str, pace: float,
-                 ns: str, seed: int, pad: int = 0):
+                 ns: str, seed: int, pad: int = 0, server: str | None = None):
         super().__init__(daemon=True, name=f"writer{wid}")
+        self.server = server or L.SADDR  # memcached's address: IPv4, or IPv6 in a dual lab
         self.pad = b"-" * pad  # after a stored value's token: values past XDP's frame room
         self.wid, self.h, self.stop, self.mode, self.pace, self.ns = wid, hist, stop, mode, pace, ns
         self.rng = random.Random(seed)
@@ -140,7 +141,7 @@ class Writer(threading.Thread):
     def run_pymemcache(self) -> None:
         from pymemcache.client.base import Client
 
-        c = Client((L.SADDR, L.PORT), timeout=2, connect_timeout=2)
+        c = Client((self.server, L.PORT), timeout=2, connect_timeout=2)
         self.conn += 1
         try:
             while not self.stop.is_set():
@@ -220,7 +221,7 @@ class Writer(threading.Thread):
 
     # -------- raw pipelined socket
     def run_pipeline(self) -> None:
-        s = socket.create_connection((L.SADDR, L.PORT), timeout=2)
+        s = socket.create_connection((self.server, L.PORT), timeout=2)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.conn += 1
         buf = b""
@@ -282,9 +283,10 @@ class Writer(threading.Thread):
 class Reader(threading.Thread):
     def __init__(self, rid: int, hist: History, stop: threading.Event, ns: str, seed: int,
                  burst: int, src: str = L.CADDR, keys=ALL_KEYS, budget: list | None = None,
-                 pace: float = 0.0):
+                 pace: float = 0.0, server: str | None = None):
         super().__init__(daemon=True, name=f"reader{rid}")
         self.h, self.stop, self.ns, self.burst, self.src = hist, stop, ns, burst, src
+        self.server = server or L.SADDR
         self.rng = random.Random(seed)
         self.keys = keys
         self.budget = budget
@@ -293,7 +295,8 @@ class Reader(threading.Thread):
 
     def run(self) -> None:
         L.enter_ns(self.ns)
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(socket.AF_INET6 if ":" in self.src else socket.AF_INET,
+                          socket.SOCK_DGRAM)
         s.bind((self.src, 0))
         try:
             while not self.stop.is_set():
@@ -331,7 +334,7 @@ class Reader(threading.Thread):
             via, keys, payload = self.request()
             rid = next(self.ids) & 0xFFFF
             t = now()
-            s.sendto(struct.pack("!HHHH", rid, 0, 1, 0) + payload, (L.SADDR, L.PORT))
+            s.sendto(struct.pack("!HHHH", rid, 0, 1, 0) + payload, (self.server, L.PORT))
             out[rid] = (via, keys, t, bytearray())
         done: dict[int, int] = {}
         deadline = time.monotonic() + 1.0
@@ -513,9 +516,10 @@ def check(h: History) -> dict:
 
 def run(ops: int, *, lab: L.Lab | None = None, writers: int = 4, readers: int = 3,
         burst: int = 6, pace: float = 0.004, read_pace: float = 0.003,
-        max_seconds: float = 600, during=None, pad: int = 0) -> dict:
+        max_seconds: float = 600, during=None, pad: int = 0, ipv6: bool = False) -> dict:
     """Drive `ops` reads (key reads, counted per key) plus the writes made meanwhile.
-    `during(stop_event)` runs in a thread alongside (fault injection)."""
+    `during(stop_event)` runs in a thread alongside (fault injection). ipv6 (a dual-stack lab):
+    every reader over IPv6, writers over both families in turn."""
     own = lab is None
     lab = lab or L.Lab("k").up()
     try:
@@ -523,10 +527,12 @@ def run(ops: int, *, lab: L.Lab | None = None, writers: int = 4, readers: int = 
         stop = threading.Event()
         budget = [ops * 10 // 13]  # ~ reads; the writes make up the rest
         modes = ["ack", "noreply", "pipeline", "ack", "noreply", "pipeline"]
-        ts = [Writer(i + 1, h, stop, modes[i % len(modes)], pace, lab.c, seed=i, pad=pad)
+        ts = [Writer(i + 1, h, stop, modes[i % len(modes)], pace, lab.c, seed=i, pad=pad,
+                     server=L.SADDR6 if ipv6 and i % 2 else L.SADDR)
               for i in range(writers)]
         ts += [Reader(i + 1, h, stop, lab.c, seed=100 + i, burst=burst, budget=budget,
-                      pace=read_pace)
+                      pace=read_pace, src=L.CADDR6 if ipv6 else L.CADDR,
+                      server=L.SADDR6 if ipv6 else L.SADDR)
                for i in range(readers)]
         before = lab.counters()
         t0 = time.monotonic()
@@ -567,12 +573,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pace", type=float, default=0.004, help="mean seconds between a writer's ops")
     ap.add_argument("--read-pace", type=float, default=0.003)
     ap.add_argument("--max-seconds", type=float, default=900)
+    ap.add_argument("--ipv6", action="store_true",
+                    help="a dual-stack lab: readers over IPv6, writers over both families")
     a = ap.parse_args(argv)
-    lab = L.Lab("k", hold_ms=a.hold_ms,
+    lab = L.Lab("k", hold_ms=a.hold_ms, ipv6=a.ipv6,
                 extra_cflags="-DMC_TEST_NO_FILL_GUARD" if a.no_guard else "").up()
     try:
         rep = run(a.ops, lab=lab, writers=a.writers, readers=a.readers, burst=a.burst,
-                  pace=a.pace, read_pace=a.read_pace, max_seconds=a.max_seconds)
+                  pace=a.pace, read_pace=a.read_pace, max_seconds=a.max_seconds, ipv6=a.ipv6)
     finally:
         lab.down()
     rep["no_guard"] = a.no_guard

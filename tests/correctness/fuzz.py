@@ -29,14 +29,12 @@ import sys
 import time
 from pathlib import Path
 
-from harness.frames import CLIENT6, SERVER6, csum, ipv6
+from harness.frames import CLIENT6, SERVER6, csum, ipv6, udp6_checksum_ok
 from harness.testrun import Prog, xdp_ctx
 from tests.correctness import lab as L
 
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
 TC_ACT_OK = 0
-NS = "mccf-fuzz"
-PIN = Path("/sys/fs/bpf/mcache-corr-fuzz")
 CMAC = bytes.fromhex("02000000c0de")
 SMAC = bytes.fromhex("02000000beef")
 BIN = struct.Struct("!BBHBBHIIQ")
@@ -99,28 +97,36 @@ CACHED = {  # key -> (value, flags); filled through the real miss + reply path
 }
 BIN_CACHED = {b"fz:e": (b"echo-binary", 99, 0x1122334455667788)}  # filled from a binary reply
 KEYS = [*CACHED, *BIN_CACHED, b"fz:miss", b"other"]
+ALLOWED6 = "fd00:9::/64"  # CLIENT6's network; l2()'s fd00::2 is outside it
 
 
 class Env:
-    def __init__(self, *, tag: str = "fuzz", hold_ms: int = 0) -> None:
+    def __init__(self, *, tag: str = "fuzz", hold_ms: int = 0, dual: bool = False) -> None:
+        """dual: memcached.address '::' (GETs answered over both families, to any unicast
+        address), else memcached's IPv4 address (IPv6 GETs never answered)."""
         from mcache_agent.dataplane import Dataplane
 
-        self.ns = NS
+        self.ns = f"mccf-{tag}"
+        self.pin = Path(f"/sys/fs/bpf/mcache-corr-{tag}")
+        self.dual = dual
         L.sh(f"ip netns del {self.ns}", check=False)
         L.sh(f"ip netns add {self.ns}")
         L.sh(f"ip -n {self.ns} link add d0 type veth peer name d1 && "
              f"ip -n {self.ns} link set d1 up && ip -n {self.ns} addr add "
              f"{L.SADDR}/24 dev d0 && ip -n {self.ns} link set d0 up && "
              f"ip -n {self.ns} link set lo up")
-        self.dp = Dataplane(PIN)
-        text = L.config_text(1, "d0", hold_ms=hold_ms, ttl_ms=3_600_000)
+        self.dp = Dataplane(self.pin)
+        # dual: GETs over IPv6 are answered too, from CLIENT6's network only
+        text = L.config_text(1, "d0", hold_ms=hold_ms, ttl_ms=3_600_000, ipv6=dual,
+                             allowed6=ALLOWED6)
         with L.in_ns(self.ns):
             self.dp.apply(L.load(text), None)
             self.ifindex = socket.if_nametoindex("d0")
-        self.xdp = Prog(f"{PIN}/xdp_root")
-        self.tc = Prog(f"{PIN}/tc_root")
+        self.xdp = Prog(f"{self.pin}/xdp_root")
+        self.tc = Prog(f"{self.pin}/tc_root")
         self.rid = 0
         self.allowed = ipaddress.IPv4Network(L.ALLOWED)
+        self.allowed6 = ipaddress.IPv6Network(ALLOWED6)
 
     def close(self) -> None:
         self.xdp.close()
@@ -191,9 +197,38 @@ def check_xdp(env: Env, frame: bytes, rc: int, out: bytes) -> str | None:
         return None if out == frame else "XDP_PASS with a changed frame"
     if rc != XDP_TX:
         return f"verdict {rc}"
-    # A TX must answer a well-formed, allowed, plain IPv4/UDP GET to memcached.
+    # A TX must answer a well-formed, allowed, plain IPv4 or IPv6 UDP GET to memcached, sent
+    # to this host (not to an Ethernet group address).
+    if len(frame) < 14 or frame[0] & 1:
+        return "TX of a frame sent to an Ethernet group address"
+    ipv6 = frame[12:14] == b"\x86\xdd"
+    if ipv6 and not env.dual:
+        return "TX over IPv6 while memcached.address is IPv4"
+    req = request6(env, frame) if ipv6 else request4(env, frame)
+    if isinstance(req, str):
+        return req
+    payload, rid = req
+    if len(out) > 14 + 1500:
+        return f"reply of {len(out)} bytes: over 1500 on the wire"
+    if out[0:6] != frame[6:12] or out[6:12] != frame[0:6] or out[12:14] != frame[12:14]:
+        return "reply L2 not mirrored"
+    err = reply6(frame, out) if ipv6 else reply4(frame, out)
+    if err:
+        return err
+    rp = out[62:] if ipv6 else out[42:]
+    rrid, rseq, rcnt, rres = struct.unpack_from("!HHHH", rp)
+    if rrid != rid or rseq != 0 or rcnt != 1 or rres != 0:
+        return "reply frame header"
+    body, rb = payload[8:], rp[8:]
+    if body[:1] == b"\x80":
+        return check_binary(body, rb)
+    return check_ascii(body, rb)
+
+
+def request4(env: Env, frame: bytes) -> tuple[bytes, int] | str:
+    """An answered IPv4 request's UDP payload and request id, or what is wrong with it."""
     if len(frame) < 14 + 20 + 8 + 8 or frame[12:14] != b"\x08\x00":
-        return "TX of a non-IPv4 frame"
+        return "TX of a frame that is neither IPv4 nor IPv6"
     ip = frame[14:34]
     if ip[0] != 0x45 or ip[9] != 17:
         return "TX of a frame with IP options or not UDP"
@@ -203,22 +238,45 @@ def check_xdp(env: Env, frame: bytes, rc: int, out: bytes) -> str | None:
     src, dst = socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])
     if ipaddress.IPv4Address(src) not in env.allowed and not src.startswith("127."):
         return f"TX to a client outside the allow-list ({src})"
-    if dst != L.SADDR:
-        return f"TX for a request to {dst}"
-    sport, dport, ulen = struct.unpack_from("!HHH", frame, 34)
+    if dst != L.SADDR and (not env.dual or ipaddress.IPv4Address(dst).is_multicast
+                           or dst == "255.255.255.255"):
+        return f"TX for a request to {dst}"  # (a wildcard address: any unicast one)
+    _sport, dport, ulen = struct.unpack_from("!HHH", frame, 34)
     if dport != L.PORT or 14 + tot > len(frame) or 20 + ulen > tot:
         return "TX of a request with bad ports/lengths"
-    payload = frame[42:42 + ulen - 8]
+    return request_payload(frame[42:42 + ulen - 8])
+
+
+def request6(env: Env, frame: bytes) -> tuple[bytes, int] | str:
+    """The same for IPv6: no extension headers, an allowed client, a unicast destination."""
+    if len(frame) < 14 + 40 + 8 + 8:
+        return "TX of a short IPv6 frame"
+    ip = frame[14:54]
+    plen = struct.unpack_from("!H", ip, 4)[0]
+    if ip[0] >> 4 != 6 or ip[6] != 17:
+        return "TX of an IPv6 frame with extension headers or not UDP"
+    src = ipaddress.IPv6Address(ip[8:24])
+    dst = ipaddress.IPv6Address(ip[24:40])
+    if src not in env.allowed6 and src != ipaddress.IPv6Address("::1"):
+        return f"TX to an IPv6 client outside the allow-list ({src})"
+    if dst.is_multicast or dst.is_link_local:
+        return f"TX for a request to {dst}"
+    _sport, dport, ulen = struct.unpack_from("!HHH", frame, 54)
+    if dport != L.PORT or 54 + plen > len(frame) or ulen > plen:
+        return "TX of an IPv6 request with bad ports/lengths"
+    return request_payload(frame[62:62 + ulen - 8])
+
+
+def request_payload(payload: bytes) -> tuple[bytes, int] | str:
     rid, seq, cnt, _ = struct.unpack_from("!HHHH", payload)
     if seq != 0 or cnt != 1:
         return "TX of a request that is not datagram 0 of 1"
-    body = payload[8:]
-    # the reply's headers
-    if len(out) > 14 + 1500:
-        return f"reply of {len(out)} bytes: over 1500 on the wire"
-    if out[0:6] != frame[6:12] or out[6:12] != frame[0:6] or out[12:14] != b"\x08\x00":
-        return "reply L2 not mirrored"
-    rip = out[14:34]
+    return payload, rid
+
+
+def reply4(frame: bytes, out: bytes) -> str | None:
+    """What is wrong with an IPv4 reply's headers (None: nothing)."""
+    ip, rip = frame[14:34], out[14:34]
     if rip[0] != 0x45 or csum(rip) != 0 or rip[9] != 17:
         return "reply IPv4 header bad (version/ihl/checksum/proto)"
     rtot = struct.unpack_from("!H", rip, 2)[0]
@@ -226,17 +284,28 @@ def check_xdp(env: Env, frame: bytes, rc: int, out: bytes) -> str | None:
         return f"reply tot_len {rtot} vs frame {len(out)}"
     if rip[12:16] != ip[16:20] or rip[16:20] != ip[12:16]:
         return "reply addresses not mirrored"
+    sport, dport = struct.unpack_from("!HH", frame, 34)
     rs, rd, rl, _ = struct.unpack_from("!HHHH", out, 34)
     if rs != dport or rd != sport or rl != rtot - 20:
         return "reply UDP ports/length"
-    rp = out[42:]
-    rrid, rseq, rcnt, rres = struct.unpack_from("!HHHH", rp)
-    if rrid != rid or rseq != 0 or rcnt != 1 or rres != 0:
-        return "reply frame header"
-    rb = rp[8:]
-    if body[:1] == b"\x80":
-        return check_binary(body, rb)
-    return check_ascii(body, rb)
+    return None
+
+
+def reply6(frame: bytes, out: bytes) -> str | None:
+    """What is wrong with an IPv6 reply's headers, its mandatory UDP checksum among them."""
+    ip, rip = frame[14:54], out[14:54]
+    plen = struct.unpack_from("!H", rip, 4)[0]
+    if rip[0] >> 4 != 6 or rip[6] != 17 or rip[7] != 64 or 54 + plen != len(out):
+        return "reply IPv6 header bad (version/next header/hop limit/payload length)"
+    if rip[8:24] != ip[24:40] or rip[24:40] != ip[8:24]:
+        return "reply IPv6 addresses not mirrored"
+    sport, dport = struct.unpack_from("!HH", frame, 54)
+    rs, rd, rl, _ = struct.unpack_from("!HHHH", out, 54)
+    if rs != dport or rd != sport or rl != plen:
+        return "reply UDP ports/length"
+    if not udp6_checksum_ok(out):
+        return "reply UDP checksum wrong"
+    return None
 
 
 def model(key: bytes) -> tuple[bytes, int] | None:
@@ -450,12 +519,12 @@ def l2(rng: random.Random, ip: bytes) -> bytes:
     r = rng.random()
     if r < 0.04:
         return eth(ip, vlan=rng.randrange(4096))
-    if r < 0.07:  # IPv6 carrying the same UDP payload
+    if r < 0.12:  # IPv6 carrying the same UDP payload, from an allowed client or not
         ip6 = struct.pack("!IHBB16s16s", 0x60000000, len(ip) - 20, 17, 64,
-                          socket.inet_pton(socket.AF_INET6, "fd00::2"),
-                          socket.inet_pton(socket.AF_INET6, "fd00::1")) + ip[20:]
+                          socket.inet_pton(socket.AF_INET6, rng.choice(["fd00::2", CLIENT6])),
+                          socket.inet_pton(socket.AF_INET6, SERVER6)) + ip[20:]
         return eth(ip6, etype=0x86DD)
-    if r < 0.09:
+    if r < 0.14:
         return eth(ip, etype=rng.choice([0x0806, 0x88A8, 0x0000]))
     return eth(ip)
 
@@ -494,12 +563,14 @@ def get_body(rng: random.Random) -> bytes:
 
 def ipv6_frame(rng: random.Random) -> bytes:
     """IPv6 to memcached's port (or not): UDP or TCP, maybe behind extension headers or in a
-    fragment, with any body: never answered, passed unchanged, writes invalidated."""
+    fragment, with any body, or a GET of cached keys: answered only when plain (no extension
+    headers), else passed unchanged, writes invalidated."""
     kinds = [0, 43, 60, 44, 0, 60]
     ext = [(k, os.urandom(rng.choice([0, 4, 6, 14])) if k != 44 else
             struct.pack("!HI", rng.choice([0, 1, 8, 9]), 5))
            for k in rng.sample(kinds, rng.choice([0, 0, 1, 2, 3, 5]))]
-    body = ascii_body(rng) if rng.random() < 0.7 else binary_body(rng)
+    r = rng.random()
+    body = get_body(rng) if r < 0.4 else ascii_body(rng) if r < 0.8 else binary_body(rng)
     port = L.PORT if rng.random() < 0.9 else rng.randrange(1, 65536)
     if rng.random() < 0.5:
         l4 = struct.pack("!HHHH", 40000, port, 16 + len(body), 0) + mframe(rng.randrange(65536),
@@ -534,8 +605,8 @@ def run(frames: int, seed: int = 1, env: Env | None = None, regressions: Path | 
     own = env is None
     env = env or Env()
     rng = random.Random(seed)
-    stats = {"frames": 0, "tx": 0, "pass": 0, "tx_spoofed": 0, "spoofed": 0, "rejected": 0,
-             "tc_frames": 0, "failures": 0, "failure_examples": []}
+    stats = {"frames": 0, "tx": 0, "tx6": 0, "pass": 0, "tx_spoofed": 0, "spoofed": 0,
+             "rejected": 0, "tc_frames": 0, "failures": 0, "failure_examples": []}
     found: list[str] = []
     before = env.dp.counters()
     t0 = time.monotonic()
@@ -548,6 +619,7 @@ def run(frames: int, seed: int = 1, env: Env | None = None, regressions: Path | 
             return
         stats["frames"] += 1
         stats["tx" if rc == XDP_TX else "pass"] += rc in (XDP_TX, XDP_PASS)
+        stats["tx6"] += rc == XDP_TX and f[12:14] == b"\x86\xdd"
         if len(f) >= 34 and f[12:14] == b"\x08\x00":
             src = ipaddress.IPv4Address(f[26:30])
             if src not in env.allowed and not src.is_loopback:

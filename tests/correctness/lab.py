@@ -26,16 +26,24 @@ CADDR = f"{NET}.2"      # an allowed client
 OUTSIDER = f"{NET}.200"  # same link, outside the allow-list (allowed_clients: .0/25)
 ALLOWED = f"{NET}.0/25"
 PORT = 11211
+# A dual-stack lab (Lab(ipv6=True)): ULA addresses besides, memcached.address '::'
+SADDR6 = "fd00:100::1"
+CADDR6 = "fd00:100::2"
+ALLOWED6 = "fd00:100::/64"
 
 
 def config_text(version: int, iface: str, *, ttl_ms: int = 60000, hold_ms: int = 50,
                 entries: int = 4096, enabled: bool = True, protocols=("ascii", "binary"),
-                prefix: str = "", allowed: str | None = ALLOWED, extra_ifaces=()) -> str:
+                prefix: str = "", allowed: str | None = ALLOWED, extra_ifaces=(),
+                ipv6: bool = False, allowed6: str = ALLOWED6) -> str:
     ifs = ", ".join(f"{{name: {n}, xdp_mode: auto}}" for n in (iface, *extra_ifaces))
+    address = "'::'" if ipv6 else SADDR
+    if ipv6 and allowed:
+        allowed += f", '{allowed6}'"
     lines = [
         "apiVersion: mcache/v1",
         f"version: {version}",
-        f"memcached: {{address: {SADDR}, port: {PORT}}}",
+        f"memcached: {{address: {address}, port: {PORT}}}",
         f"interfaces: [{ifs}]",
         "cache:",
         f"  entries: {entries}",
@@ -59,8 +67,9 @@ def load(text: str):
 
 class Lab:
     def __init__(self, tag: str = "a", *, hold_ms: int = 50, ttl_ms: int = 60000,
-                 extra_cflags: str = "", dataplane: bool = True) -> None:
+                 extra_cflags: str = "", dataplane: bool = True, ipv6: bool = False) -> None:
         self.tag = tag
+        self.ipv6 = ipv6
         self.s, self.c = f"mcc{tag}-s", f"mcc{tag}-c"
         self.sif, self.cif = f"mcc{tag}s0", f"mcc{tag}c0"
         self.pin = Path(f"/sys/fs/bpf/mcache-corr-{tag}")
@@ -82,6 +91,9 @@ class Lab:
            f"ip -n {self.c} addr add {OUTSIDER}/24 dev {self.cif} && "
            f"ip -n {self.s} link set {self.sif} up && ip -n {self.c} link set {self.cif} up && "
            f"ip -n {self.s} link set lo up && ip -n {self.c} link set lo up")
+        if self.ipv6:
+            sh(f"ip -n {self.s} addr add {SADDR6}/64 dev {self.sif} nodad && "
+               f"ip -n {self.c} addr add {CADDR6}/64 dev {self.cif} nodad")
         self.start_memcached()
         if self.want_dp:
             from mcache_agent.dataplane import Dataplane
@@ -93,6 +105,7 @@ class Lab:
     def config(self, **kw) -> str:
         kw.setdefault("ttl_ms", self.ttl_ms)
         kw.setdefault("hold_ms", self.hold_ms)
+        kw.setdefault("ipv6", self.ipv6)
         return config_text(self.version, self.sif, **kw)
 
     def apply(self, **kw):
@@ -103,7 +116,8 @@ class Lab:
 
     def start_memcached(self) -> int:
         self.pidfile.unlink(missing_ok=True)
-        sh(f"nsenter --net=/var/run/netns/{self.s} memcached -u nobody -l {SADDR} -p {PORT} "
+        listen = f"-l {SADDR}" + (f" -l {SADDR6}" if self.ipv6 else "")
+        sh(f"nsenter --net=/var/run/netns/{self.s} memcached -u nobody {listen} -p {PORT} "
            f"-U {PORT} -t 2 -d -P {self.pidfile}")
         for _ in range(100):
             if self.pidfile.exists() and self.pidfile.read_text().strip():

@@ -60,6 +60,21 @@ def test_no_stale_reads_with_values_past_the_xdp_frame():
     assert rep["counters"].get("hit", 0) > 100, rep["counters"]
 
 
+def test_no_stale_reads_over_ipv6():
+    """A dual-stack lab (memcached.address '::'): every reader over IPv6 (get, multi-get, mg,
+    binary), writers over IPv6 and IPv4 in turn; the hits counted are all IPv6 ones."""
+    lb = L.Lab("6", hold_ms=50, ipv6=True).up()
+    try:
+        rep = checker.run(CI_OPS // 2, lab=lb, ipv6=True)
+    finally:
+        lb.down()
+    print(rep)
+    assert_coherent(rep)
+    assert rep["counters"].get("hit", 0) > 100, rep["counters"]
+    assert rep["counters"].get("fill", 0) > 10, rep["counters"]
+    assert rep["values_by_via"].get("mg", 0) > 50, rep["values_by_via"]
+
+
 def test_checker_catches_a_missing_fill_guard():
     lb = L.Lab("g", hold_ms=50, extra_cflags="-DMC_TEST_NO_FILL_GUARD").up()
     try:

@@ -25,6 +25,20 @@ def env():
     e.close()
 
 
+def test_fuzz_invariant_dual_stack():
+    """memcached.address '::': GETs answered over IPv6 too (their replies' headers and UDP
+    checksums checked), IPv4 ones to any unicast address; the same oracle otherwise."""
+    e = F.Env(tag="fuzz6", dual=True)
+    try:
+        rep = F.run(CI_FRAMES // 2, seed=random.randrange(1 << 30), env=e)
+    finally:
+        e.close()
+    found = rep.pop("found")
+    print(rep)
+    assert rep["failures"] == 0, (rep["seed"], found[:5])
+    assert rep["tx"] > 20 and rep["tx6"] > 20, rep
+
+
 def test_regression_frames(env):
     env.fill()
     for line in F.REGRESSIONS.read_text().splitlines():
@@ -84,12 +98,10 @@ def test_fuzz_invariant_with_a_capture_running(env):
     """The same oracle while a capture of every verdict runs: copying frames out never
     changes an answer, and every record the kernel wrote decodes (its frame as long as it
     says, its verdicts, path and stage known)."""
-    from pathlib import Path
-
     from mcache_agent import capture, constants
 
     records: list[capture.Frame] = []
-    with L.in_ns(env.ns), capture.Session(Path(F.PIN), capture.Spec(verdicts=["all"])) as s:
+    with L.in_ns(env.ns), capture.Session(env.pin, capture.Spec(verdicts=["all"])) as s:
         s.start()
         with s.ring(lambda raw: records.append(capture.decode(raw))) as ring:
             rep = F.run(CI_FRAMES // 4, seed=random.randrange(1 << 30), env=env)

@@ -79,8 +79,9 @@ class Pair:
         if self.saddr6:
             sh(f"ip -n {self.s} addr add {self.saddr6}/64 dev {self.sif} nodad && "
                f"ip -n {self.c} addr add {self.caddr6}/64 dev {self.cif} nodad")
+        # dual stack: the loopback addresses too, for clients on the host itself
         self.pid = start_memcached(self.s, self.saddr, self.pidfile,
-                                   *([self.saddr6] if self.saddr6 else []))
+                                   *(["::1", "127.0.0.1", self.saddr6] if self.saddr6 else []))
         self.dp = Dataplane(self.pin)
         self.apply()
         return self
@@ -89,10 +90,13 @@ class Pair:
         c = {"ttl_ms": self.ttl_ms, "fill_hold_ms": self.fill_hold_ms, "enabled": "true",
              "entries": 4096, "strategy": "auto", "max_value_bytes": 1024}
         c.update(over)
+        # dual stack: memcached.address '::' answers GETs over both families
+        address = "'::'" if self.saddr6 else self.saddr
+        allowed = f"198.19.{self.net}.0/24" + (f", 'fd00:{self.net}::/64'" if self.saddr6 else "")
         return f"""
 apiVersion: mcache/v1
 version: {self.version}
-memcached: {{address: {self.saddr}, port: 11211}}
+memcached: {{address: {address}, port: 11211}}
 interfaces: [{{name: {self.sif}, xdp_mode: {self.xdp_mode}}}]
 cache:
   entries: {c['entries']}
@@ -100,7 +104,7 @@ cache:
   ttl_ms: {c['ttl_ms']}
   fill_hold_ms: {c['fill_hold_ms']}
   enabled: {c['enabled']}
-  allowed_clients: [198.19.{self.net}.0/24]
+  allowed_clients: [{allowed}]
 rollout: {{strategy: {c['strategy']}}}
 """
 
@@ -125,24 +129,26 @@ rollout: {{strategy: {c['strategy']}}}
 class NsClient:
     """A client of the pair's memcached from inside a namespace: TCP (pymemcache) and UDP."""
 
-    def __init__(self, pair: Pair, ns: str):
+    def __init__(self, pair: Pair, ns: str, addr: str | None = None):
+        """addr: memcached's address to use, over IPv6 or IPv4 (default: the pair's IPv4)."""
         self.p, self.ns = pair, ns
+        self.addr = addr or pair.saddr
         with in_ns(ns):
-            self.mc = Client((pair.saddr, 11211), timeout=2, connect_timeout=2,
+            self.mc = Client((self.addr, 11211), timeout=2, connect_timeout=2,
                              default_noreply=False)
             self.mc.version()  # connect now: the socket lives in this namespace
 
     def udp_get(self, *keys: bytes) -> dict[bytes, bytes]:
         with in_ns(self.ns):
-            return uc.udp_get_ascii(self.p.saddr, 11211, list(keys), timeout=2)
+            return uc.udp_get_ascii(self.addr, 11211, list(keys), timeout=2)
 
     def udp_bin(self, key: bytes, opcode=uc.OP_GET) -> uc.BinaryReply:
         with in_ns(self.ns):
-            return uc.udp_get_binary(self.p.saddr, 11211, key, opcode=opcode, timeout=2)
+            return uc.udp_get_binary(self.addr, 11211, key, opcode=opcode, timeout=2)
 
-    def udp_raw(self, payload: bytes) -> bytes:
+    def udp_raw(self, payload: bytes, request_id: int | None = None) -> bytes:
         with in_ns(self.ns):
-            return uc.exchange(self.p.saddr, 11211, payload, timeout=2)
+            return uc.exchange(self.addr, 11211, payload, timeout=2, request_id=request_id)
 
     def cmd_get(self) -> int:
         return int(self.mc.stats()[b"cmd_get"])

@@ -22,9 +22,12 @@ from harness.frames import (
     eth,
     ipv6,
     mc_reply,
+    mc_reply6,
     mc_udp,
+    mc_udp6,
     tcp6_frame,
     tcp_frame,
+    udp6_checksum_ok,
     udp6_frame,
     udp_frame,
 )
@@ -40,7 +43,7 @@ TC_ACT_OK = 0
 BASE = """
 apiVersion: mcache/v1
 version: {version}
-memcached: {{address: 198.19.9.1, port: 11211}}
+memcached: {{address: '{address}', port: 11211}}
 interfaces: [{{name: d0, xdp_mode: auto}}]
 cache:
   entries: 4096
@@ -53,8 +56,9 @@ cache:
 """
 
 
-def cfg(version=1, ttl=60000, enabled="true", allowed="198.19.9.0/24"):
-    return make_config(BASE.format(version=version, ttl=ttl, enabled=enabled, allowed=allowed))
+def cfg(version=1, ttl=60000, enabled="true", allowed="198.19.9.0/24", address="198.19.9.1"):
+    return make_config(BASE.format(version=version, ttl=ttl, enabled=enabled, allowed=allowed,
+                                   address=address))
 
 
 class Env:
@@ -843,7 +847,7 @@ def test_a_longer_ipv6_chain_than_walked_empties_the_cache(dp):
                  verdict="fallback_flush")
 
 
-def test_ipv6_gets_and_other_traffic_pass_untouched(dp):
+def test_ipv6_gets_pass_untouched_while_memcached_address_is_ipv4(dp):
     dp.fill_ascii(b"g6", b"kept")
     for f in [udp6_frame(struct.pack("!HHHH", 3, 0, 1, 0) + b"get g6\r\n"),
               udp6_frame(b"dns?", dport=53),
@@ -859,4 +863,142 @@ def test_truncated_ipv6_frames_pass_unchanged(dp):
     for cut in range(14, len(full)):
         frame = full[:cut]
         rc, out = dp.x(frame)
+        assert rc == XDP_PASS and out == frame, cut
+
+
+# --------------------------------------------------------------------------- IPv6 GETs
+
+DUAL = {"address": "::", "allowed": "198.19.9.0/24, 'fd00:9::/64'"}
+
+
+@pytest.fixture
+def dp6(dp):
+    """memcached.address '::': GETs answered over both families."""
+    dp.reconfigure(**DUAL)
+    return dp
+
+
+def exchange6(dp, req: bytes, reply_body: bytes, *, cport=40000, client="fd00:9::2"):
+    """A GET over IPv6 that misses, then memcached's reply to it through TC egress."""
+    (rc, out), d = dp.delta(lambda: dp.x(req))
+    assert rc == XDP_PASS and out == req and d.get("miss", 0) >= 1, d
+    rid = struct.unpack_from("!H", req, 62)[0]
+    (rc, _), d = dp.delta(lambda: dp.t(mc_reply6(rid, reply_body, cport=cport, client=client)))
+    assert rc == TC_ACT_OK
+    return d
+
+
+def test_ipv6_miss_fill_hit_byte_exact(dp6):
+    """A GET over IPv6 misses, memcached's IPv6 reply fills, the next GET is answered with
+    XDP_TX: memcached's reply frame byte for byte, its mandatory UDP checksum right."""
+    body = b"VALUE k6 5 6\r\nvalue6\r\nEND\r\n"
+    d = exchange6(dp6, mc_udp6(dp6.next_rid(), b"get k6\r\n"), body)
+    assert d.get("fill") == 1, d
+    rid = dp6.next_rid()
+    (rc, out), d = dp6.delta(lambda: dp6.x(mc_udp6(rid, b"get k6\r\n")))
+    assert rc == XDP_TX and d.get("hit") == 1, d
+    assert out == mc_reply6(rid, body)
+    assert udp6_checksum_ok(out)
+    rid, _req, rc, out, d = dp6.get(b"k6")  # one cache for both families
+    assert rc == XDP_TX and out == expected_reply(rid, body), d
+
+
+@pytest.mark.parametrize("klen,vlen", [(1, 0), (3, 1), (7, 8), (13, 255), (64, 256)])
+def test_ipv6_hits_for_every_length(dp6, klen, vlen):
+    """The checksum covers an odd or even payload, a value up to max_value_bytes."""
+    key = bytes(97 + i % 26 for i in range(klen))
+    value = bytes(33 + i % 90 for i in range(vlen))
+    dp6.fill_ascii(key, value, flags=vlen)
+    rid = dp6.next_rid()
+    (rc, out), d = dp6.delta(lambda: dp6.x(mc_udp6(rid, b"get " + key + b"\r\n")))
+    body = b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, vlen, vlen, value)
+    assert rc == XDP_TX and out == mc_reply6(rid, body) and udp6_checksum_ok(out), d
+
+
+@pytest.mark.parametrize("req,body", [
+    (b"get m6a m6b\r\n", b"VALUE m6a 1 2\r\naa\r\nVALUE m6b 2 2\r\nbb\r\nEND\r\n"),
+    (b"get  m6a\r\n", b"VALUE m6a 1 2\r\naa\r\nEND\r\n"),
+    (b"mg m6b v f k O9\r\n", b"VA 2 f2 km6b O9\r\nbb\r\n"),
+    (b"mg m6a s\r\n", b"HD s2\r\n"),
+])
+def test_ipv6_multiget_and_meta_get_hits(dp6, req, body):
+    dp6.fill_ascii(b"m6a", b"aa", flags=1)
+    dp6.fill_ascii(b"m6b", b"bb", flags=2)
+    rid = dp6.next_rid()
+    (rc, out), d = dp6.delta(lambda: dp6.x(mc_udp6(rid, req)))
+    assert rc == XDP_TX and d.get("hit") == 1, d
+    assert out == mc_reply6(rid, body) and udp6_checksum_ok(out)
+
+
+def test_ipv6_multiget_miss_fills_from_the_ipv6_reply(dp6):
+    """The general path: the miss is kept in mc_pending under the client's IPv6 address."""
+    d = exchange6(dp6, mc_udp6(dp6.next_rid(), b"get p6a p6b\r\n"),
+                  b"VALUE p6a 0 1\r\nA\r\nVALUE p6b 0 1\r\nB\r\nEND\r\n")
+    assert d.get("fill") == 2, d
+    rid = dp6.next_rid()
+    rc, out = dp6.x(mc_udp6(rid, b"get p6b\r\n"))
+    assert rc == XDP_TX and out == mc_reply6(rid, b"VALUE p6b 0 1\r\nB\r\nEND\r\n")
+
+
+def test_ipv6_binary_getk_miss_fill_hit(dp6):
+    req = bin_req(0x0C, b"b6", opaque=0x51)
+    res = bin_res(0x0C, key=b"b6", value=b"bin6", flags=3, opaque=0x51, cas=9)
+    d = exchange6(dp6, mc_udp6(dp6.next_rid(), req), res)
+    assert d.get("fill") == 1, d
+    rid = dp6.next_rid()
+    rc, out = dp6.x(mc_udp6(rid, req))
+    assert rc == XDP_TX and out == mc_reply6(rid, res) and udp6_checksum_ok(out)
+
+
+@pytest.mark.parametrize("client", ["fd00:9::3", "fd00:8::2", "::ffff:198.19.9.2"])
+def test_ipv6_reply_to_another_client_fills_nothing(dp6, client):
+    """The miss waits under the client's whole IPv6 address: a reply with the same port and
+    request id to any other address (or to the IPv4 client of the same last word) is not its
+    reply."""
+    rid = dp6.next_rid()
+    req = mc_udp6(rid, b"get who6\r\n")
+    (rc, _), d = dp6.delta(lambda: dp6.x(req))
+    assert rc == XDP_PASS and d.get("miss") == 1, d
+    body = b"VALUE who6 0 1\r\nx\r\nEND\r\n"
+    (rc, _), d = dp6.delta(lambda: dp6.t(mc_reply6(rid, body, client=client)))
+    assert "fill" not in d, d
+    (rc, _), d = dp6.delta(lambda: dp6.t(mc_reply6(rid, body)))
+    assert d.get("fill") == 1, d
+
+
+def test_ipv6_client_outside_allowed_clients_is_denied(dp6):
+    dp6.fill_ascii(b"den6", b"v")
+    req = mc_udp6(dp6.next_rid(), b"get den6\r\n", src="fd00:8::2")
+    (rc, out), d = dp6.delta(lambda: dp6.x(req))
+    assert rc == XDP_PASS and out == req and d.get("denied") == 1, d
+
+
+@pytest.mark.parametrize("dst,served", [("fd00:9::1", True), ("fd00:9::7", False),
+                                        ("fe80::1", False)])
+def test_ipv6_gets_are_answered_at_memcached_s_address_only(dp, dst, served):
+    dp.reconfigure(address="fd00:9::1", allowed="'fd00:9::/64'")
+    d = exchange6(dp, mc_udp6(dp.next_rid(), b"get at6\r\n"), b"VALUE at6 0 1\r\nv\r\nEND\r\n")
+    assert d.get("fill") == 1, d
+    _, _, rc, _, d = dp.get(b"at6")  # IPv4 is not memcached's here: never answered
+    assert rc == XDP_PASS, d
+    req = mc_udp6(dp.next_rid(), b"get at6\r\n", dst=dst)
+    (rc, out), d = dp.delta(lambda: dp.x(req))
+    assert (rc == XDP_TX) == served, d
+    if not served:
+        assert out == req and d.get("pass") == 1, d
+
+
+def test_ipv6_get_behind_an_extension_header_passes_unchanged(dp6):
+    dp6.fill_ascii(b"ext6", b"v")
+    req = udp6_frame(struct.pack("!HHHH", 5, 0, 1, 0) + b"get ext6\r\n", ext=[(60, b"")])
+    (rc, out), d = dp6.delta(lambda: dp6.x(req))
+    assert rc == XDP_PASS and out == req and d.get("pass") == 1, d
+
+
+def test_truncated_ipv6_gets_pass_unchanged(dp6):
+    dp6.fill_ascii(b"tr6", b"value")
+    full = mc_udp6(77, b"get tr6\r\n")
+    for cut in range(14, len(full)):
+        frame = full[:cut]
+        rc, out = dp6.x(frame)
         assert rc == XDP_PASS and out == frame, cut

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from mcache_agent.config import (
     ConfigError,
     check_semantics,
     host_faults,
+    host_interfaces,
     load_config,
     load_schema,
     resolve_allowed_clients,
@@ -86,11 +88,11 @@ def test_defaults_are_applied() -> None:
 
 def test_memory_estimate() -> None:
     cfg = load_config(cfg_text(entries=1024, max_key_bytes=60, max_value_bytes=500))
-    # slot = MC_SLOT_HEADER + round8(60) + round8(500) = 184 + 64 + 504 (asserted in the C)
-    assert cfg.slot_bytes() == 752
-    assert cfg.memory_bytes() > 1024 * 752
+    # slot = MC_SLOT_HEADER + round8(60) + round8(500) = 192 + 64 + 504 (asserted in the C)
+    assert cfg.slot_bytes() == 760
+    assert cfg.memory_bytes() > 1024 * 760
     bigger = load_config(cfg_text(entries=2048, max_key_bytes=60, max_value_bytes=500))
-    assert bigger.memory_bytes() - cfg.memory_bytes() == 1024 * 752
+    assert bigger.memory_bytes() - cfg.memory_bytes() == 1024 * 760
 
 
 # --------------------------------------------------------------------------- faults
@@ -278,6 +280,20 @@ def test_wildcard_address_needs_every_up_interface() -> None:
     assert host_faults(cfg, host) == []
 
 
+def test_dual_stack_wildcard_counts_link_local_interfaces() -> None:
+    """memcached on :: takes writes through an interface's link-local address too: an up,
+    unlisted interface with only fe80:: is a fault for '::', not for 0.0.0.0."""
+    host = {
+        "lo": {"up": True, "ipv4": [("127.0.0.1", 8)], "ipv6": [("::1", 128)]},
+        "eth7": {"up": True, "ipv4": [], "ipv6": [], "link_local": True},
+    }
+    dual = load_config(cfg_text().replace("address: 127.0.0.1", "address: '::'"))
+    [fault] = host_faults(dual, host)
+    assert fault.path == "$.memcached.address" and "eth7" in fault.message
+    ipv4 = load_config(cfg_text().replace("127.0.0.1", "0.0.0.0"))
+    assert host_faults(ipv4, host) == []
+
+
 def test_resolve_allowed_clients() -> None:
     cfg = load_config(cfg_text())
     assert resolve_allowed_clients(cfg) == ("127.0.0.0/8",)
@@ -287,3 +303,219 @@ def test_resolve_allowed_clients() -> None:
     # Real host: lo always has 127.0.0.1/8.
     assert "127.0.0.0/8" in resolve_allowed_clients(bare)
     assert host_faults(bare, {"lo": {"up": True, "ipv4": []}})[0].path == "$.cache.allowed_clients"
+
+
+# --------------------------------------------------------------------------- IPv6
+
+
+def v6_text(address: str, allowed: list[str] | None = None) -> str:
+    """cfg_text with memcached on address (quoted: YAML reads "::1" otherwise as a mapping)
+    and allowed_clients, or none (the interfaces' networks) when allowed is None."""
+    text = cfg_text().replace("address: 127.0.0.1", f"address: '{address}'")
+    if allowed is None:
+        return text.replace("cache:\n  allowed_clients: [127.0.0.0/8]\n", "")
+    items = ", ".join(f"'{a}'" for a in allowed)
+    return text.replace("allowed_clients: [127.0.0.0/8]", f"allowed_clients: [{items}]")
+
+
+@pytest.mark.parametrize(
+    ("address", "written", "versions"),
+    [
+        ("127.0.0.1", "127.0.0.1", (4,)),
+        ("0.0.0.0", "0.0.0.0", (4,)),
+        ("::1", "::1", (6,)),
+        ("fd00::1", "fd00::1", (6,)),
+        ("FD00:0::1", "fd00::1", (6,)),  # one address, one spelling
+        ("::", "::", (4, 6)),  # dual stack
+        ("0:0::0", "::", (4, 6)),
+    ],
+)
+def test_ipv4_and_ipv6_addresses_are_accepted(address: str, written: str,
+                                              versions: tuple[int, ...]) -> None:
+    cfg = load_config(v6_text(address, ["127.0.0.0/8", "fd00::/8"]))
+    assert cfg.memcached.address == written
+    assert cfg.memcached.versions() == versions
+    assert check_semantics(cfg, None, host_checks=False) == []
+
+
+def test_two_spellings_of_an_address_are_one_config() -> None:
+    a = load_config(v6_text("fd00::1", ["fd00::/8"]))
+    b = load_config(v6_text("FD00:0:0::1", ["fd00::/8"]))
+    assert a == b and check_semantics(b, a, host_checks=False) == []  # not a new version
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("fd00::zz", "'fd00::zz' is not an IPv4 or IPv6 address"),
+        ("fe80::1%eth0", "'fe80::1%eth0' is not an IPv4 or IPv6 address"),
+        ("127.0.0", "'127.0.0' is not an IPv4 or IPv6 address"),
+        ("fd00:::1", "'fd00:::1' is not an IPv4 or IPv6 address"),
+        ("localhost", "'localhost' is not an IPv4 or IPv6 address"),
+    ],
+)
+def test_a_bad_address_is_refused_by_the_schema(address: str, message: str) -> None:
+    assert faults_of(v6_text(address, ["127.0.0.0/8"])) == [("$.memcached.address", message)]
+
+
+@pytest.mark.parametrize(
+    ("address", "needles"),
+    [
+        ("::ffff:198.51.100.1", ["IPv4-mapped", "(::ffff:198.51.100.1)", "write 198.51.100.1"]),
+        ("fe80::1", ["link-local", "fd00::/8"]),
+        ("ff02::1", ["multicast", "no reply may come from it"]),
+        ("239.1.2.3", ["multicast"]),
+    ],
+)
+def test_addresses_the_cache_cannot_answer_for_are_refused(address: str,
+                                                           needles: list[str]) -> None:
+    cfg = load_config(v6_text(address, ["127.0.0.0/8"]))
+    # one fault, host checks or not: "not an address of this host" would add nothing
+    for host_checks in (False, True):
+        [fault] = check_semantics(cfg, None, host_checks=host_checks)
+        assert fault.path == "$.memcached.address"
+        assert all(n in fault.message for n in needles), fault.message
+
+
+def test_ipv4_and_ipv6_cidrs_are_accepted() -> None:
+    nets = ["10.0.0.0/8", "fd00::/8", "2001:db8::/32", "::1", "fd00:1::7", "::/0", "0.0.0.0/0"]
+    cfg = load_config(v6_text("::1", nets))
+    assert cfg.cache.allowed_clients == tuple(nets)
+    assert check_semantics(cfg, None, host_checks=False) == []
+
+
+@pytest.mark.parametrize(
+    ("cidr", "message"),
+    [
+        ("fd00::1/64",
+         "'fd00::1/64' is not an IPv6 CIDR (fd00::1/64 has host bits set); "
+         "did you mean fd00::/64?"),
+        ("fd00::/129", "'fd00::/129' is not an IPv6 CIDR ('129' is not a valid netmask)"),
+        ("10.1.2.3/8",
+         "'10.1.2.3/8' is not an IPv4 CIDR (10.1.2.3/8 has host bits set); "
+         "did you mean 10.0.0.0/8?"),
+        ("::ffff:10.0.0.0/104",
+         "'::ffff:10.0.0.0/104' is an IPv4-mapped IPv6 network, which no packet comes from: "
+         "IPv4 clients are matched by IPv4 networks; did you mean 10.0.0.0/8?"),
+    ],
+)
+def test_a_bad_cidr_is_refused_with_its_path_and_a_hint(cidr: str, message: str) -> None:
+    cfg = load_config(v6_text("::1", ["fd00::/8", cidr]))
+    faults = check_semantics(cfg, None, host_checks=False)
+    assert [(f.path, f.message) for f in faults] == [("$.cache.allowed_clients[1]", message)]
+
+
+@pytest.mark.parametrize("cidr", ["fd00::g/64", "fd00::/8/8", "10.0.0.0/100", "fd00::/1234"])
+def test_a_cidr_of_neither_form_is_refused_by_the_schema(cidr: str) -> None:
+    [(path, message)] = faults_of(v6_text("::1", ["fd00::/8", cidr]))
+    assert path == "$.cache.allowed_clients[1]"
+    assert message.startswith(f"{cidr!r} is not in the expected form (An IPv4 or IPv6 network")
+
+
+def test_sixteen_networks_in_all() -> None:
+    nets = [f"10.{i}.0.0/16" for i in range(8)] + [f"fd00:{i}::/32" for i in range(8)]
+    assert check_semantics(load_config(v6_text("::", nets)), None, host_checks=False) == []
+    assert paths_of(v6_text("::", [*nets, "fd00:99::/32"])) == ["$.cache.allowed_clients"]
+
+
+def host(**interfaces: tuple[list[tuple[str, int]], list[tuple[str, int]]]) -> dict:
+    """A host_interfaces() answer: name=(IPv4 addresses, IPv6 addresses), all up; lo has
+    127.0.0.1/8 and ::1/128 unless given."""
+    out = {"lo": {"up": True, "ipv4": [("127.0.0.1", 8)], "ipv6": [("::1", 128)]}}
+    for name, (v4, v6) in interfaces.items():
+        out[name] = {"up": True, "ipv4": v4, "ipv6": v6}
+    return out
+
+
+def test_a_specific_ipv6_address_must_be_the_hosts() -> None:
+    here = host(eth9=([("10.9.0.2", 24)], [("fd00:9::2", 64)]))
+    for written in ("fd00:9::2", "FD00:9:0::2", "::1"):
+        assert host_faults(load_config(v6_text(written, ["fd00::/8"])), here) == []
+    cfg = load_config(v6_text("fd00:9::3", ["fd00::/8"]))
+    assert [(f.path, f.message) for f in host_faults(cfg, here)] == [
+        ("$.memcached.address", "fd00:9::3 is not an address of this host")]
+    # a host without IPv6 has none of its addresses; one without iproute2 tells nothing
+    no_v6 = {n: {**info, "ipv6": []} for n, info in here.items()}
+    assert [f.path for f in host_faults(cfg, no_v6)] == ["$.memcached.address"]
+    unknown = {"lo": {"up": True, "ipv4": [], "ipv6": []}}
+    assert host_faults(cfg, unknown) == []
+
+
+def test_dual_stack_needs_every_up_interface_with_either_family() -> None:
+    here = host(eth9=([], [("fd00:9::2", 64)]))
+    here["eth8"] = {"up": False, "ipv4": [("10.8.0.2", 24)], "ipv6": [("fd00:8::2", 64)]}
+    dual = load_config(v6_text("::", ["127.0.0.0/8"]))
+    [fault] = host_faults(dual, here)
+    assert fault.path == "$.memcached.address"
+    assert "every IPv4 or IPv6 address (::)" in fault.message and "eth9" in fault.message
+    assert "eth8" not in fault.message  # down
+    # memcached on 0.0.0.0 takes no writes over IPv6: eth9's IPv6 address does not matter
+    assert host_faults(load_config(v6_text("0.0.0.0", ["127.0.0.0/8"])), here) == []
+    del here["eth9"]
+    assert host_faults(dual, here) == []
+
+
+def test_interface_networks_of_both_families() -> None:
+    bare = load_config(v6_text("::", None))
+    here = {"lo": {"up": True, "ipv4": [("127.0.0.1", 8)],
+                   "ipv6": [("::1", 128), ("fd00:1::5", 64), ("fd00:1::6", 64)]}}
+    assert resolve_allowed_clients(bare, here) == ("127.0.0.0/8", "::1/128", "fd00:1::/64")
+    # an entry without "ipv6" (as a host without IPv6 would give) has no IPv6 networks
+    assert resolve_allowed_clients(bare, {"lo": {"up": True, "ipv4": [("127.0.0.1", 8)]}}) == (
+        "127.0.0.0/8",)
+    assert host_faults(bare, here) == []
+
+
+@pytest.mark.parametrize(
+    ("address", "v4", "v6", "message"),
+    [
+        ("::1", [("127.0.0.1", 8)], [],
+         "empty, and the listed interfaces have no IPv6 address to take the networks from"),
+        ("127.0.0.1", [], [("::1", 128)],
+         "empty, and the listed interfaces have no IPv4 address to take the networks from"),
+        ("::", [], [],
+         "empty, and the listed interfaces have no IPv4 or IPv6 address to take the networks"),
+    ],
+)
+def test_no_network_of_an_answered_family_is_a_fault(address: str, v4: list, v6: list,
+                                                      message: str) -> None:
+    cfg = load_config(v6_text(address, None))
+    faults = [f for f in host_faults(cfg, {"lo": {"up": True, "ipv4": v4, "ipv6": v6}})
+              if f.path == "$.cache.allowed_clients"]
+    assert len(faults) == 1 and faults[0].message.startswith(message)
+
+
+def test_dual_stack_takes_networks_of_either_family() -> None:
+    cfg = load_config(v6_text("::", None))
+    assert host_faults(cfg, {"lo": {"up": True, "ipv4": [], "ipv6": [("::1", 128)]}}) == []
+    assert host_faults(cfg, {"lo": {"up": True, "ipv4": [("127.0.0.1", 8)], "ipv6": []}}) == []
+
+
+def test_host_interfaces_reads_both_families_and_notes_link_local(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    links = [
+        {"ifname": "lo", "flags": ["LOOPBACK", "UP"], "addr_info": [
+            {"family": "inet", "local": "127.0.0.1", "prefixlen": 8, "scope": "host"},
+            {"family": "inet6", "local": "::1", "prefixlen": 128, "scope": "host"}]},
+        {"ifname": "eth0", "flags": ["BROADCAST", "UP"], "addr_info": [
+            {"family": "inet", "local": "169.254.7.7", "prefixlen": 16, "scope": "link"},
+            {"family": "inet6", "local": "2001:db8::2", "prefixlen": 64, "scope": "global"},
+            {"family": "inet6", "local": "fd00::2", "prefixlen": 64, "scope": "global"},
+            {"family": "inet6", "local": "fe80::1", "prefixlen": 64, "scope": "link"}]},
+        {"ifname": "eth1", "flags": ["BROADCAST"], "addr_info": []},
+    ]
+
+    def ip(*_args: object, **_kw: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess([], 0, stdout=json.dumps(links), stderr="")
+
+    monkeypatch.setattr(subprocess, "run", ip)
+    assert host_interfaces() == {
+        "lo": {"up": True, "ipv4": [("127.0.0.1", 8)], "ipv6": [("::1", 128)],
+               "link_local": False},
+        # IPv4 link-local is an address like any other; IPv6 link-local is on every link,
+        # only noted (memcached on :: takes writes through it)
+        "eth0": {"up": True, "ipv4": [("169.254.7.7", 16)],
+                 "ipv6": [("2001:db8::2", 64), ("fd00::2", 64)], "link_local": True},
+        "eth1": {"up": False, "ipv4": [], "ipv6": [], "link_local": False},
+    }

@@ -125,9 +125,21 @@ def test_a_full_allow_list_keeps_the_host_and_loopback() -> None:
 
     nets = [f"10.{i}.0.0/16" for i in range(constants.const("MC_MAX_CLIENT_NETS"))]
     cfg = load_config(cfg_text(interfaces=["eth0"], allowed=nets))
-    got = allow_list(cfg)
+    got = allow_list(cfg, 4)
     assert got[:2] == ["198.19.1.1/32", "127.0.0.0/8"]
     assert got[2:] == nets and len(got) == constants.const("MC_MAX_ALLOWED")
+
+
+def test_a_full_ipv6_allow_list_keeps_the_host_and_loopback() -> None:
+    from mcache_agent.dataplane.configmap import allow_list
+
+    nets = [f"fd00:{i + 1}::/32" for i in range(constants.const("MC_MAX_CLIENT_NETS"))]
+    text = cfg_text(interfaces=["eth0"], allowed=[f"'{n}'" for n in nets])
+    cfg = load_config(text.replace("198.19.1.1", "'fd00:19::1'"))
+    got = allow_list(cfg, 6)
+    assert got[:2] == ["fd00:19::1/128", "::1/128"]
+    assert got[2:] == nets and len(got) == constants.const("MC_MAX_ALLOWED")
+    assert allow_list(cfg, 4) == ["127.0.0.0/8"]
 
 
 def test_too_many_interface_networks_are_refused_with_the_path() -> None:
@@ -145,10 +157,22 @@ def test_too_many_interface_networks_are_refused_with_the_path() -> None:
 
 
 def test_memory_check_uses_the_real_slot_size() -> None:
-    # 1M slots of 184 + 256 + 1024 bytes: 1.54 GB, over the 1 GiB cap.
+    # 1M slots of 192 + 256 + 1024 bytes: 1.54 GB, over the 1 GiB cap.
     text = cfg_text(interfaces=["lo"], allowed=["127.0.0.0/8"]).replace(
         "cache: {", "cache: {entries: 1048576, max_value_bytes: 1024, ")
     cfg = load_config(text)
     assert cfg.slot_bytes() == constants.const("MC_SLOT_HEADER") + 256 + 1024
     faults = check_semantics(cfg, None, host_checks=False)
     assert [f.path for f in faults] == ["$.cache.entries"]
+
+
+def test_each_family_has_its_own_room_for_interface_networks() -> None:
+    room = constants.const("MC_MAX_CLIENT_NETS")
+    host = {"eth0": {"up": True, "ipv4": [(f"10.{i}.0.1", 16) for i in range(room)],
+                     "ipv6": [("fd00:19::1", 64)] + [(f"fd00:{i}::1", 64) for i in range(room)]},
+            "lo": {"up": True, "ipv4": [("127.0.0.1", 8)], "ipv6": [("::1", 128)]}}
+    cfg = load_config(cfg_text(interfaces=["eth0"]).replace("198.19.1.1", "'::'"))
+    [fault] = [f for f in host_faults(cfg, host) if f.path == "$.cache.allowed_clients"]
+    assert f"{room + 1} IPv6 networks" in fault.message and "IPv4" not in fault.message
+    host["eth0"]["ipv6"] = host["eth0"]["ipv6"][:room]
+    assert not [f for f in host_faults(cfg, host) if f.path == "$.cache.allowed_clients"]
