@@ -99,9 +99,12 @@ _Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
  * tc_ingress answers it from the skb, which can grow to the interface's MTU.
  */
 #define MC_META_MAGIC 0x6d634d31 /* "mcM1" */
+#define MC_META_FROM_SCRATCH 0xffffffff /* slot: the whole reply waits in the XDP scratch */
 struct mc_meta {
 	__u32 magic;
-	__u32 slot;   /* the way that holds the key */
+	__u32 slot;   /* the way that holds the key (a single-key get), or MC_META_FROM_SCRATCH */
+	__u32 cookie; /* MC_META_FROM_SCRATCH: the scratch's handover cookie ... */
+	__u32 cpu;    /* ... on this CPU */
 };
 
 /* binary protocol */

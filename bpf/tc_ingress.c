@@ -2,11 +2,12 @@
 /*
  * TC ingress: answer the GET hits whose reply XDP's frame cannot hold.
  *
- *   tc_ingress  a frame xdp_main passed with struct mc_meta in front (MC_V_TO_TC): the
- *               common GET ("get <key>\r\n") of a key that is cached; the key is looked up
- *               again under its slot's lock, the skb grown to the reply's size, the reply
- *               written over the request, and sent back out of the interface it came in on
- *               (bpf_redirect)
+ *   tc_ingress  a frame XDP passed with struct mc_meta in front (MC_V_TO_TC), then
+ *               either the common GET ("get <key>\r\n") of a key that is cached (tc_answer:
+ *               the key is looked up again under its slot's lock), or any other GET whose
+ *               reply xdp_reply left in the scratch (from_scratch); the skb is grown to the
+ *               reply's size, the reply written over the request, and sent back out of the
+ *               interface it came in on (bpf_redirect)
  *
  * Generic XDP (a veth, lo, a NIC whose driver has no XDP) runs on an skb with 256 bytes of
  * headroom and little tailroom: a reply with a value over ~200 bytes does not fit there,
@@ -86,8 +87,8 @@ static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *
 {
 	void *data = (void *)(long)skb->data;
 	struct mc_meta *meta = (void *)(long)skb->data_meta;
-	if ((void *)(meta + 1) > data || meta->magic != MC_META_MAGIC)
-		return TC_ACT_OK; /* not handed over by xdp_main */
+	if ((void *)(meta + 1) > data)
+		return TC_ACT_OK;
 	__u32 idx = meta->slot;
 	__u32 hdrs = tc_request(skb, s, cfg);
 	if (!hdrs)
@@ -188,23 +189,58 @@ static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *
 	__u64 n = body;
 	if (!MC_SIZE_OK(n, MC_BUF - 8))
 		return TC_ACT_SHOT;
-	int err;
-	if (s->ipv6) {
-		struct mc_l2l4_6 h6 = {};
-		reply_l2l4_6(&h6, s, body);
-		err = bpf_skb_store_bytes(skb, 0, &h6, sizeof(h6), 0);
-	} else {
-		struct mc_l2l4 h = {};
-		reply_l2l4(&h, s, body);
-		err = bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0);
-	}
-	if (err || bpf_skb_store_bytes(skb, reply_hdrs(s), r, n, 0))
+	if (store_l2l4(skb, 1, s, body) || bpf_skb_store_bytes(skb, reply_hdrs(s), r, n, 0))
 		return TC_ACT_SHOT; /* the frame is already changed: never send half a reply */
 	udp_csum(skb, reply_hdrs(s) - 2, sum, ph);
 	if (hash == cfg->probe_hash)
 		mc_count(MC_V_PROBE_HIT);
 	mc_count(MC_V_HIT);
 	if (s->pkt.cap) /* the reply (xdp_main's exit had the request) */
+		mc_capture_skb(skb, &s->pkt, MC_P_TC_INGRESS, MC_CAP_TX, TC_ACT_REDIRECT);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/*
+ * Any other hit whose reply XDP's frame could not hold (a multi-get, a binary GET, an mg):
+ * xdp_reply left the whole reply in the scratch (to_tc_scratch). Used only on the CPU that
+ * left it and before any other frame's XDP run (the cookie); else memcached answers. The
+ * reply is written into the skb as xdp_reply writes it into a frame, then summed from the
+ * skb for its UDP checksum.
+ */
+static __always_inline int from_scratch(struct __sk_buff *skb, struct mc_xscratch *s,
+					struct mc_meta *meta)
+{
+	__u32 cookie = s->handover;
+	s->handover = 0;
+	if (!cookie || meta->cookie != cookie || meta->cpu != bpf_get_smp_processor_id()) {
+		mc_count(MC_V_MISS); /* the scratch holds another frame's state now */
+		return TC_ACT_OK;
+	}
+	__u32 body = s->reply_body;
+	__u32 hdrs = reply_hdrs(s);
+	__u64 n = body;
+	if (hdrs - sizeof(struct ethhdr) + body > 1500 || !MC_SIZE_OK(n, MC_BUF - 8))
+		return TC_ACT_OK;
+	if (bpf_skb_change_tail(skb, hdrs + body, 0)) {
+		mc_count(MC_V_TOO_BIG);
+		return TC_ACT_OK;
+	}
+	if (store_l2l4(skb, 1, s, body) || reply_payload(skb, 1, s, hdrs) ||
+	    bpf_skb_load_bytes(skb, reply_hdrs(s), s->reply, n))
+		return TC_ACT_SHOT; /* the frame is already changed: never send half a reply */
+	*(__u32 *)&s->reply[mc_mask(n)] = 0; /* the sum's padding */
+	__s64 sum = udp_data_sum(s, s->reply, body);
+	__s64 ph = s->ipv6 ? pseudo6_sum(s, body) : pseudo4_sum(s, body);
+	if (s->ipv6) {
+		/* A checksum of 0 (see tc_answer), known only now that the reply is written: the
+		 * client's retry, with another request id, is answered. */
+		__u64 t = (__u64)(__u32)sum + (__u32)ph;
+		if (csum_fold((t & 0xffffffff) + (t >> 32)) == 0xffff)
+			return TC_ACT_SHOT;
+	}
+	udp_csum(skb, reply_hdrs(s) - 2, sum, ph);
+	mc_count(MC_V_HIT);
+	if (s->pkt.cap)
 		mc_capture_skb(skb, &s->pkt, MC_P_TC_INGRESS, MC_CAP_TX, TC_ACT_REDIRECT);
 	return bpf_redirect(skb->ifindex, 0);
 }
@@ -216,5 +252,11 @@ int tc_ingress(struct __sk_buff *skb)
 	if (!cfg || !s)
 		return TC_ACT_OK;
 	mc_pkt_begin(&s->pkt, cfg, MC_P_TC_INGRESS);
+	void *data = (void *)(long)skb->data;
+	struct mc_meta *meta = (void *)(long)skb->data_meta;
+	if ((void *)(meta + 1) > data || meta->magic != MC_META_MAGIC)
+		return TC_ACT_OK; /* not handed over by XDP */
+	if (meta->slot == MC_META_FROM_SCRATCH)
+		return from_scratch(skb, s, meta);
 	return tc_answer(skb, s, cfg);
 }

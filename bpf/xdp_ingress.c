@@ -98,6 +98,8 @@ struct mc_xscratch {
 	__u32 one_kl;
 	__u32 one_tail;
 	__u32 reply_body; /* xdp_reply: the reply's UDP payload bytes */
+	__u32 handover;     /* to_tc_scratch's cookie while the scratch holds a reply for TC */
+	__u32 handover_seq;
 	/* The common GET's reply after its key: " <flags> <bytes>\r\n<value>\r\nEND\r\n". */
 	__u8 out[32 + MC_VAL_BUF + 16];
 	/* tc_ingress: the reply's UDP payload (read MC_BUF_PAD past a masked offset). */
@@ -446,17 +448,25 @@ static __always_inline void reply_l2l4_6(struct mc_l2l4_6 *h, struct mc_xscratch
 	h->udp.len = bpf_htons(sizeof(struct udphdr) + body);
 }
 
+/* A store into the reply at off: XDP's frame, or (skb, a constant once inlined) the skb. */
+static __always_inline int put(void *ctx, int skb, __u32 off, const void *from, __u32 len)
+{
+	if (skb)
+		return bpf_skb_store_bytes(ctx, off, (void *)from, len, 0);
+	return bpf_xdp_store_bytes(ctx, off, (void *)from, len);
+}
+
 /* Ethernet, IP and UDP headers of the reply at the frame's start, for either family. */
-static __always_inline int store_l2l4(struct xdp_md *ctx, struct mc_xscratch *s, __u32 body)
+static __always_inline int store_l2l4(void *ctx, int skb, struct mc_xscratch *s, __u32 body)
 {
 	if (s->ipv6) {
 		struct mc_l2l4_6 h6 = {};
 		reply_l2l4_6(&h6, s, body);
-		return bpf_xdp_store_bytes(ctx, 0, &h6, sizeof(h6));
+		return put(ctx, skb, 0, &h6, sizeof(h6));
 	}
 	struct mc_l2l4 h = {};
 	reply_l2l4(&h, s, body);
-	return bpf_xdp_store_bytes(ctx, 0, &h, sizeof(h));
+	return put(ctx, skb, 0, &h, sizeof(h));
 }
 
 /* An IPv6 reply, written: its UDP payload (body bytes) read back and summed. 0 on failure. */
@@ -1207,6 +1217,7 @@ int xdp_main(struct xdp_md *ctx)
 	if (!cfg || !s)
 		return XDP_PASS;
 	mc_pkt_begin(&s->pkt, cfg, MC_P_XDP_MAIN);
+	s->handover = 0; /* this frame's run overwrites what a handed-over reply left */
 	return finish(ctx, s, MC_P_XDP_MAIN, main_path(ctx, s, cfg));
 }
 
@@ -1382,7 +1393,7 @@ static __always_inline int get_key(struct xdp_md *ctx, struct mc_xscratch *s,
 	__u64 gen = st->gen;
 	__u64 flush_at = mc_flush_cut(st, now);
 	__u64 ttl = cfg->ttl_ns;
-	int ok = 0, expired = 0, unservable = 0;
+	int ok = 0, expired = 0;
 
 	bpf_spin_lock(&slot->lock);
 	if (way >= 0 && slot->valid && slot->gen == gen && slot->hash == hash && slot->key_len == kl &&
@@ -1392,10 +1403,6 @@ static __always_inline int get_key(struct xdp_md *ctx, struct mc_xscratch *s,
 			ok = 0;
 			expired = 1;
 			slot->valid = 0;
-		}
-		if (ok && slot->unservable) {
-			ok = 0;
-			unservable = 1;
 		}
 	}
 	if (ok) {
@@ -1421,12 +1428,6 @@ static __always_inline int get_key(struct xdp_md *ctx, struct mc_xscratch *s,
 		mc_level_add(gen, -1);
 	mc_pkt_key(&s->pkt, s->buf, ko, MC_LOAD(h->key_len)); /* late: see get_one */
 
-	if (unservable) {
-		/* Cached, but the reply did not fit last time: memcached answers, and since the
-		 * slot holds the value already there is nothing to fill (no remember_get). */
-		mc_count(MC_V_TOO_BIG);
-		return XDP_PASS;
-	}
 	if (!ok) {
 		if (expired)
 			mc_count(MC_V_EXPIRED);
@@ -1505,19 +1506,19 @@ static __always_inline __u32 meta_reply_len(struct mc_xscratch *s)
  * <flags>\r\n<value>\r\n" (v asked for) or "HD <flags>\r\n", the return flags in the order
  * asked: f<client flags>, k<key>, s<bytes>, O<opaque>.
  */
-static __always_inline int meta_reply(struct xdp_md *ctx, struct mc_xscratch *s, __u32 off)
+static __always_inline int meta_body(void *ctx, int skb, struct mc_xscratch *s, __u32 off)
 {
 	struct mc_hit *h = &s->hits[0];
 	__u64 ll = h->len_str_len, fl = h->flags_str_len, kl = h->key_len, vl = h->val_len;
 	__u64 ol = s->meta_o_len;
 	if (!MC_SIZE_OK(ll, 10) || !MC_SIZE_OK(kl, MC_KEY_LIMIT) || vl > MC_VAL_BUF ||
 	    fl > 10 || ol > 1 + MC_META_OPAQUE)
-		return XDP_DROP;
+		return -1;
 	__u64 txt = s->meta_v ? MC_W3('V', 'A', ' ') : MC_W2('H', 'D');
-	bpf_xdp_store_bytes(ctx, off, &txt, s->meta_v ? 3 : 2);
+	put(ctx, skb, off, &txt, s->meta_v ? 3 : 2);
 	off += s->meta_v ? 3 : 2;
 	if (s->meta_v) {
-		bpf_xdp_store_bytes(ctx, off, h->len_str, ll);
+		put(ctx, skb, off, h->len_str, ll);
 		off += ll;
 	}
 	for (int i = 0; i < MC_META_RET; i++) {
@@ -1527,84 +1528,54 @@ static __always_inline int meta_reply(struct xdp_md *ctx, struct mc_xscratch *s,
 		__u8 c = s->meta_flag[i];
 		__u8 lead[2] = {' ', c};
 		if (c == 'O') {
-			bpf_xdp_store_bytes(ctx, off, lead, 1);
+			put(ctx, skb, off, lead, 1);
 			off += 1;
 			if (MC_SIZE_OK(ol, 1 + MC_META_OPAQUE))
-				bpf_xdp_store_bytes(ctx, off, s->buf + (s->meta_o_off & MC_BUF_MASK), ol);
+				put(ctx, skb, off, s->buf + (s->meta_o_off & MC_BUF_MASK), ol);
 			off += ol;
 			continue;
 		}
-		bpf_xdp_store_bytes(ctx, off, lead, 2);
+		put(ctx, skb, off, lead, 2);
 		off += 2;
 		if (c == 'f') {
 			if (MC_SIZE_OK(fl, 10))
-				bpf_xdp_store_bytes(ctx, off, h->flags_str, fl);
+				put(ctx, skb, off, h->flags_str, fl);
 			off += fl;
 		} else if (c == 'k') {
-			bpf_xdp_store_bytes(ctx, off, s->buf + (h->key_off & MC_BUF_MASK), kl);
+			put(ctx, skb, off, s->buf + (h->key_off & MC_BUF_MASK), kl);
 			off += kl;
 		} else {
-			bpf_xdp_store_bytes(ctx, off, h->len_str, ll);
+			put(ctx, skb, off, h->len_str, ll);
 			off += ll;
 		}
 	}
 	__u64 crlf = MC_W2('\r', '\n');
-	bpf_xdp_store_bytes(ctx, off, &crlf, 2);
+	put(ctx, skb, off, &crlf, 2);
 	off += 2;
 	if (s->meta_v) {
 		if (MC_SIZE_OK(vl, MC_VAL_BUF)) {
-			bpf_xdp_store_bytes(ctx, off, h->val, vl);
+			put(ctx, skb, off, h->val, vl);
 			off += vl;
 		}
-		bpf_xdp_store_bytes(ctx, off, &crlf, 2);
+		put(ctx, skb, off, &crlf, 2);
 	}
-	mc_count(MC_V_HIT);
-	return XDP_TX;
+	return 0;
 }
 
-static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
+/*
+ * The reply's UDP payload (body bytes: s->reply_body) at off, through put(): memcached's
+ * frame header, then the items, the binary response or the mg reply. xdp_reply writes it into
+ * XDP's frame; tc_ingress into the skb when the frame could not grow (from_scratch). 0, or
+ * -1 when the lengths in scratch are not what get_key left.
+ */
+static __always_inline int reply_payload(void *ctx, int skb, struct mc_xscratch *s, __u32 off)
 {
-	__u32 body;
-	if (s->meta) {
-		body = meta_reply_len(s);
-	} else if (s->binary) {
-		struct mc_hit *h = &s->hits[0];
-		int with_key = s->opcode == 0x0c || s->opcode == 0x0d;
-		body = MC_UDP_FRAME_HDR + MC_BIN_HDR + 4 + (with_key ? h->key_len : 0) + h->val_len;
-	} else {
-		body = ascii_reply_len(s);
-	}
-	s->reply_body = body;
-	__u32 hdrs = reply_hdrs(s);
-	/* Too big for one datagram, or for the frame below: memcached answers. Every key was a
-	 * hit, so there is nothing to fill from its reply (no remember_get): a refill would
-	 * copy the same value into the same slot on every such GET. */
-	if (hdrs - sizeof(struct ethhdr) + body > 1500) {
-		if (s->nkeys == 1) /* a multi-get may be too big only as a whole */
-			mark_unservable(s->hits[0].slot_idx, s->hits[0].key_len, s->hits[0].val_len);
-		mc_count(MC_V_TOO_BIG);
-		return XDP_PASS;
-	}
-	capture_hit_request(ctx, s, MC_P_XDP_REPLY, 0);
-	/* Size the frame from its real length: bytes after the datagram (Ethernet padding of a
-	 * short request, or a UDP length shorter than the IP one) must not trail the reply. */
-	int have = (int)((long)ctx->data_end - (long)ctx->data);
-	if (!resize(ctx, (int)(hdrs + body) - have)) {
-		if (s->nkeys == 1) /* a multi-get may be too big only as a whole */
-			mark_unservable(s->hits[0].slot_idx, s->hits[0].key_len, s->hits[0].val_len);
-		mc_count(MC_V_TOO_BIG); /* no room to grow the frame */
-		return XDP_PASS;
-	}
-	if (store_l2l4(ctx, s, body))
-		return XDP_DROP; /* the packet is already changed: never send half a reply */
-
-	__u32 off = hdrs;
 	__u8 frame[8] = {s->request_id >> 8, s->request_id & 0xff, 0, 0, 0, 1, 0, 0};
-	bpf_xdp_store_bytes(ctx, off, frame, sizeof(frame));
+	put(ctx, skb, off, frame, sizeof(frame));
 	off += sizeof(frame);
 
 	if (s->meta)
-		return meta_reply(ctx, s, off);
+		return meta_body(ctx, skb, s, off);
 	if (s->binary) {
 		struct mc_hit *h = &s->hits[0];
 		int with_key = s->opcode == 0x0c || s->opcode == 0x0d;
@@ -1630,17 +1601,16 @@ static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
 		bh[25] = h->flags >> 16;
 		bh[26] = h->flags >> 8;
 		bh[27] = h->flags;
-		bpf_xdp_store_bytes(ctx, off, bh, sizeof(bh));
+		put(ctx, skb, off, bh, sizeof(bh));
 		off += sizeof(bh);
 		if (MC_SIZE_OK(kl, MC_KEY_LIMIT)) {
-			bpf_xdp_store_bytes(ctx, off, s->buf + (h->key_off & MC_BUF_MASK), kl);
+			put(ctx, skb, off, s->buf + (h->key_off & MC_BUF_MASK), kl);
 			off += kl;
 		}
 		__u64 vl = h->val_len;
 		if (MC_SIZE_OK(vl, MC_VAL_BUF))
-			bpf_xdp_store_bytes(ctx, off, h->val, vl);
-		mc_count(MC_V_HIT);
-		return XDP_TX;
+			put(ctx, skb, off, h->val, vl);
+		return 0;
 	}
 
 	__u64 txt_value = MC_W6('V', 'A', 'L', 'U', 'E', ' ');
@@ -1658,29 +1628,95 @@ static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
 		__u64 vl = h->val_len;
 		if (!MC_SIZE_OK(kl, MC_KEY_LIMIT) || !MC_SIZE_OK(fl, 10) || !MC_SIZE_OK(ll, 10) ||
 		    vl > MC_VAL_BUF)
-			return XDP_DROP;
-		bpf_xdp_store_bytes(ctx, off, &txt_value, 6);
+			return -1;
+		put(ctx, skb, off, &txt_value, 6);
 		off += 6;
-		bpf_xdp_store_bytes(ctx, off, s->buf + (h->key_off & MC_BUF_MASK), kl);
+		put(ctx, skb, off, s->buf + (h->key_off & MC_BUF_MASK), kl);
 		off += kl;
-		bpf_xdp_store_bytes(ctx, off, &txt_space, 1);
+		put(ctx, skb, off, &txt_space, 1);
 		off += 1;
-		bpf_xdp_store_bytes(ctx, off, h->flags_str, fl);
+		put(ctx, skb, off, h->flags_str, fl);
 		off += fl;
-		bpf_xdp_store_bytes(ctx, off, &txt_space, 1);
+		put(ctx, skb, off, &txt_space, 1);
 		off += 1;
-		bpf_xdp_store_bytes(ctx, off, h->len_str, ll);
+		put(ctx, skb, off, h->len_str, ll);
 		off += ll;
-		bpf_xdp_store_bytes(ctx, off, &txt_crlf, 2);
+		put(ctx, skb, off, &txt_crlf, 2);
 		off += 2;
 		if (MC_SIZE_OK(vl, MC_VAL_BUF)) {
-			bpf_xdp_store_bytes(ctx, off, h->val, vl);
+			put(ctx, skb, off, h->val, vl);
 			off += vl;
 		}
-		bpf_xdp_store_bytes(ctx, off, &txt_crlf, 2);
+		put(ctx, skb, off, &txt_crlf, 2);
 		off += 2;
 	}
-	bpf_xdp_store_bytes(ctx, off, &txt_end, 5);
+	put(ctx, skb, off, &txt_end, 5);
+	return 0;
+}
+
+
+/*
+ * A reply the frame cannot hold, handed to tc_ingress whole: get_key left every item in the
+ * scratch (values copied under their slots' locks), and tc_ingress writes the reply from it
+ * into the skb. The scratch is per CPU and the next frame's XDP run overwrites it, so the
+ * metadata names the CPU and a cookie that xdp_main clears: tc_ingress answers only when it
+ * runs on the same CPU before any other XDP run (generic XDP: at once, in the same receive;
+ * else memcached answers). 0 when the metadata cannot be written.
+ */
+static __always_inline int to_tc_scratch(struct xdp_md *ctx, struct mc_xscratch *s)
+{
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct mc_meta)))
+		return 0;
+	void *data = (void *)(long)ctx->data;
+	struct mc_meta *m = (void *)(long)ctx->data_meta;
+	if ((void *)(m + 1) > data)
+		return 0;
+	__u32 cookie = ++s->handover_seq | 1; /* never 0: 0 is "none" */
+	s->handover = cookie;
+	m->magic = MC_META_MAGIC;
+	m->slot = MC_META_FROM_SCRATCH;
+	m->cookie = cookie;
+	m->cpu = bpf_get_smp_processor_id();
+	mc_count(MC_V_TO_TC);
+	return 1;
+}
+
+static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
+{
+	__u32 body;
+	if (s->meta) {
+		body = meta_reply_len(s);
+	} else if (s->binary) {
+		struct mc_hit *h = &s->hits[0];
+		int with_key = s->opcode == 0x0c || s->opcode == 0x0d;
+		body = MC_UDP_FRAME_HDR + MC_BIN_HDR + 4 + (with_key ? h->key_len : 0) + h->val_len;
+	} else {
+		body = ascii_reply_len(s);
+	}
+	s->reply_body = body;
+	__u32 hdrs = reply_hdrs(s);
+	/* Too big for one datagram: memcached answers (in several). Every key was a hit, so
+	 * there is nothing to fill from its reply (no remember_get): a refill would copy the
+	 * same value into the same slot on every such GET. */
+	if (hdrs - sizeof(struct ethhdr) + body > 1500) {
+		if (s->nkeys == 1) /* a multi-get may be too big only as a whole */
+			mark_unservable(s->hits[0].slot_idx, s->hits[0].key_len, s->hits[0].val_len);
+		mc_count(MC_V_TOO_BIG);
+		return XDP_PASS;
+	}
+	capture_hit_request(ctx, s, MC_P_XDP_REPLY, 0);
+	/* Size the frame from its real length: bytes after the datagram (Ethernet padding of a
+	 * short request, or a UDP length shorter than the IP one) must not trail the reply. */
+	int have = (int)((long)ctx->data_end - (long)ctx->data);
+	if (!resize(ctx, (int)(hdrs + body) - have)) {
+		if (!to_tc_scratch(ctx, s)) /* no room to grow the frame here; the skb has */
+			mc_count(MC_V_TOO_BIG);
+		return XDP_PASS;
+	}
+	if (store_l2l4(ctx, 0, s, body) || reply_payload(ctx, 0, s, hdrs))
+		return XDP_DROP; /* the packet is already changed: never send half a reply */
+	if (s->ipv6 && !reply6_csum(ctx, s, body))
+		return XDP_DROP;
 	mc_count(MC_V_HIT);
 	return XDP_TX;
 }
@@ -1691,10 +1727,7 @@ int xdp_reply(struct xdp_md *ctx)
 	if (!s)
 		return XDP_PASS;
 	mc_pkt_path(&s->pkt, MC_P_XDP_REPLY);
-	int action = reply(ctx, s);
-	if (action == XDP_TX && s->ipv6 && !reply6_csum(ctx, s, s->reply_body))
-		action = XDP_DROP; /* the packet is already changed: never send half a reply */
-	return finish(ctx, s, MC_P_XDP_REPLY, action);
+	return finish(ctx, s, MC_P_XDP_REPLY, reply(ctx, s));
 }
 
 /* ------------------------------------------------------------------ */

@@ -188,3 +188,32 @@ def same_bucket_keys(n: int, entries: int = 4096) -> list[bytes]:
         if len(same) == n:
             return same
     raise AssertionError("no bucket with enough keys")
+
+
+def assert_large_forms_served_at_tc_ingress(cli: NsClient, tag: bytes) -> None:
+    """A binary GETK, an mg and a multi-get whose replies do not fit XDP's frame: xdp_reply
+    leaves the reply in the scratch for tc_ingress (generic XDP runs it at once, on the same
+    CPU), which sends it; each the same bytes as memcached's, cmd_get not moving."""
+    big = bytes(33 + (i * 3) % 90 for i in range(900))
+    kb, km, k1, k2 = (tag + s for s in (b"bin", b"meta", b"m1", b"m2"))
+    cli.mc.set(kb, big, flags=11)
+    cli.mc.set(km, big[::-1], flags=12)
+    cli.mc.set(k1, big[:400], flags=13)
+    cli.mc.set(k2, big[400:800], flags=14)
+    from_memcached = {"bin": cli.udp_bin(kb, opcode=uc.OP_GETK),
+                      "mg": cli.udp_raw(b"mg " + km + b" v f k s Ox1\r\n", request_id=9),
+                      "multi": cli.udp_get(k1, k2)}
+    # fills: the binary GETK's own reply fills kb (with memcached's cas), get fills the rest
+    assert cli.udp_bin(kb, opcode=uc.OP_GETK) == from_memcached["bin"]
+    cli.udp_get(km)
+    cli.udp_get(k1, k2)
+    for form, ask in (("bin", lambda: cli.udp_bin(kb, opcode=uc.OP_GETK)),
+                      ("mg", lambda: cli.udp_raw(b"mg " + km + b" v f k s Ox1\r\n",
+                                                 request_id=9)),
+                      ("multi", lambda: cli.udp_get(k1, k2))):
+        before, gets = cli.counters(), cli.cmd_get()
+        assert ask() == from_memcached[form], form
+        after = cli.counters()
+        assert cli.cmd_get() == gets, f"{form}: memcached answered a GET the cache should have"
+        assert (after["hit"], after["to_tc"]) == (before["hit"] + 1, before["to_tc"] + 1), (
+            form, before, after)

@@ -7,7 +7,7 @@ import struct
 import time
 
 import pytest
-from nsutil import NsClient, Pair, in_ns, same_bucket_keys
+from nsutil import NsClient, Pair, assert_large_forms_served_at_tc_ingress, in_ns, same_bucket_keys
 from pymemcache.client.base import Client
 
 from harness.frames import csum
@@ -262,6 +262,10 @@ def test_values_larger_than_the_xdp_frame_are_served_at_tc_ingress(pair, cli, si
     cli.mc.set(key, v[::-1])
     assert cli.udp_get(key) == {key: v[::-1]}
     assert cli.udp_get(key) == {key: v[::-1]}
+
+
+def test_multiget_binary_and_meta_hits_past_the_xdp_frame_are_served_at_tc_ingress(cli):
+    assert_large_forms_served_at_tc_ingress(cli, b"tcx:")
 
 
 def test_the_largest_value_of_one_datagram_is_served_at_tc_ingress(pair, cli):

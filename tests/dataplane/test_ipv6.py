@@ -8,7 +8,7 @@ import socket
 import struct
 
 import pytest
-from nsutil import NsClient, Pair, in_ns
+from nsutil import NsClient, Pair, assert_large_forms_served_at_tc_ingress, in_ns
 
 from harness.frames import csum, udp6_checksum_ok
 from mcache_agent import capture
@@ -135,6 +135,10 @@ def test_ipv6_replies_carry_a_valid_checksum(pair, cli6, size, path):
     replies = [r for r in records if r.stage == "tx"]
     assert [r.path for r in replies] == [path], records
     assert replies[0].data[12:14] == b"\x86\xdd" and checksum_ok(replies[0].data)
+
+
+def test_ipv6_multiget_binary_and_meta_hits_past_the_xdp_frame(cli6):
+    assert_large_forms_served_at_tc_ingress(cli6, b"tcx6:")
 
 
 def test_local_ipv6_client_over_lo(pair):
