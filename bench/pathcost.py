@@ -14,6 +14,8 @@ program, bench/reflector.c: the floor of answering from XDP):
   pass      a non-memcached UDP datagram
   unawaited memcached's reply (1000-byte value) to a GET nobody waits for, through TC
 and the wall time of the tree's first `Dataplane.apply` (compile, load, pin, attach).
+--ipv6 measures the last tree's hit, miss and fill over IPv6 too (memcached.address '::';
+the reply's mandatory UDP checksum), besides the same paths over IPv4.
 Each tree runs in a child process with PYTHONPATH=<tree>, its own network namespace and pin
 directory, so its own agent code loads its own programs.
 """
@@ -41,13 +43,20 @@ cache: {entries: 65536, max_key_bytes: 250, max_value_bytes: 1024, ttl_ms: 60000
         fill_hold_ms: 0, allowed_clients: [198.19.78.0/24]}
 """
 CLIENT, SERVER = "198.19.78.2", "198.19.78.1"
+CLIENT6, SERVER6 = "fd00:78::2", "fd00:78::1"
+DUAL = ("address: 198.19.78.1", "address: '::'"), ("[198.19.78.0/24]",
+                                                    "[198.19.78.0/24, 'fd00:78::/64']")
 
 
-def child(runs: int, reflector_c: Path, index: int, with_capture: bool) -> dict:
+def child(runs: int, reflector_c: Path, index: int, with_capture: bool, with_ipv6: bool) -> dict:
     """Measure the tree on sys.path (PYTHONPATH): its Dataplane, its programs."""
     import bcc
 
     from harness.frames import mc_reply, mc_udp, udp_frame
+    config = CONFIG
+    if with_ipv6:
+        for old, new in DUAL:
+            config = config.replace(old, new)
     from harness.netns import in_ns, sh
     from harness.testrun import Prog, xdp_ctx
     from mcache_agent.config import parse_config
@@ -63,7 +72,7 @@ def child(runs: int, reflector_c: Path, index: int, with_capture: bool) -> dict:
     try:
         with in_ns(ns):
             t = time.perf_counter()
-            dp.apply(parse_config(CONFIG), None)
+            dp.apply(parse_config(config), None)
             out["first_apply_ms"] = (time.perf_counter() - t) * 1000
             ifindex = socket.if_nametoindex("pc0")
             xdp, tc = Prog(f"{pin}/xdp_root"), Prog(f"{pin}/tc_root")
@@ -128,6 +137,8 @@ def child(runs: int, reflector_c: Path, index: int, with_capture: bool) -> dict:
                     out["captured"] = len(records)
                     out["capture_lost"] = session.lost() - session.lost_before
                 out["ns_capture"] = {k: statistics.median(v) for k, v in ctimes.items()}
+            if with_ipv6:
+                out["ns_ipv6"] = ipv6_paths(xrun, tc, runs, key, value)
             out["counters"] = dp.counters()
             out["verified_insns"] = {n: p.verified_insns for n, p in dp.programs().items()}
             xdp.close()
@@ -150,13 +161,34 @@ def child(runs: int, reflector_c: Path, index: int, with_capture: bool) -> dict:
     return out
 
 
-def run_child(src: Path, runs: int, index: int, with_capture: bool) -> dict:
+def ipv6_paths(xrun, tc, runs: int, key: bytes, value: bytes) -> dict[str, float]:
+    """Miss, fill and hit over IPv6 for keys never asked before (medians, ns)."""
+    from harness.frames import mc_reply6, mc_udp6
+
+    times: dict[str, list[int]] = {"hit": [], "miss": [], "fill": []}
+    for i in range(runs):
+        k = b"6" + key[1:] + b"%08d" % i
+        rid = i & 0xFFFF
+        req = mc_udp6(rid, b"get " + k + b"\r\n", src=CLIENT6, dst=SERVER6)
+        r_miss, d_miss = xrun(req)
+        body = b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (k, len(value), value)
+        _r, d_fill, _ = tc.run_timed(mc_reply6(rid, body, client=CLIENT6, server=SERVER6))
+        r_hit, d_hit = xrun(req)
+        if r_hit != 3:  # XDP_TX
+            raise RuntimeError(f"IPv6 GET not answered: {r_miss} then {r_hit}")
+        for name, v in (("hit", d_hit), ("miss", d_miss), ("fill", d_fill)):
+            times[name].append(v)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_child(src: Path, runs: int, index: int, with_capture: bool, with_ipv6: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src)}
     # cwd too: the agent's loader workers run as `python -m`, which puts the working
     # directory first on sys.path.
     r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--runs",
                         str(runs), "--index", str(index),
-                        *(["--capture"] if with_capture else [])], env=env, cwd=src,
+                        *(["--capture"] if with_capture else []),
+                        *(["--ipv6"] if with_ipv6 else [])], env=env, cwd=src,
                        capture_output=True, text=True, check=False, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"{src}: exit {r.returncode}\n{r.stderr[-3000:]}")
@@ -172,18 +204,22 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--capture", action="store_true",
                     help="also measure the last tree with a capture of every verdict running")
+    ap.add_argument("--ipv6", action="store_true",
+                    help="also measure the last tree's hit, miss and fill over IPv6")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.runs, HERE / "reflector.c", args.index, args.capture)))
+        print(json.dumps(child(args.runs, HERE / "reflector.c", args.index, args.capture,
+                               args.ipv6)))
         return 0
     srcs = [s.resolve() for s in (args.src or [HERE.parent])]
     rounds: dict[str, list[dict]] = {str(s): [] for s in srcs}
     for _ in range(args.rounds):
         for i, s in enumerate(srcs):
-            rounds[str(s)].append(run_child(s, args.runs, i,
-                                            args.capture and i == len(srcs) - 1))
+            last = i == len(srcs) - 1
+            rounds[str(s)].append(run_child(s, args.runs, i, args.capture and last,
+                                            args.ipv6 and last))
     res = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": args.runs,
            "rounds": args.rounds, "kernel": os.uname().release, "trees": {}}
     print(f"{'tree':<28} {'hit':>7} {'miss':>7} {'fill':>7} {'miss+fill':>9} {'pass':>7} "
@@ -206,6 +242,10 @@ def main() -> int:
                   f"{cap['fill']:>7.0f} {cap['miss+fill']:>9.0f} {cap['pass']:>7.0f}  "
                   f"(records {sum(r['captured'] for r in rs)}, "
                   f"lost {sum(r['capture_lost'] for r in rs)})")
+        if "ns_ipv6" in rs[0]:
+            v6 = {k: statistics.median(r["ns_ipv6"][k] for r in rs) for k in rs[0]["ns_ipv6"]}
+            res["trees"][s]["ns_ipv6"] = v6
+            print(f"{'  over IPv6':<28} {v6['hit']:>7.0f} {v6['miss']:>7.0f} {v6['fill']:>7.0f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=1))

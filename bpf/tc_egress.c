@@ -427,35 +427,54 @@ static __always_inline int reply_path(struct __sk_buff *skb, struct mc_tscratch 
 
 /*
  * An IPv6 frame: a reply from memcached's port without extension headers (memcached sends
- * none; a reply too large for the path MTU comes fragmented and is not filled from).
+ * none; a reply too large for the path MTU comes fragmented and is not filled from). The
+ * client's address into s->pk; the UDP length, 0 when it is not such a reply.
  */
-static __always_inline int reply6(struct __sk_buff *skb, struct ethhdr *eth)
+static __always_inline __u32 reply6(struct __sk_buff *skb, struct ethhdr *eth,
+				    struct mc_config *cfg, __u32 *client)
 {
 	void *data_end = (void *)(long)skb->data_end;
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	struct udphdr *uh = (void *)(ip6 + 1);
-	if ((void *)(uh + 1) > data_end || ip6->version != 6 || ip6->nexthdr != IPPROTO_UDP)
-		return TC_ACT_OK;
-	struct mc_config *cfg = mc_config();
-	if (!cfg || !cfg->enabled || uh->source != cfg->port || !(cfg->families & MC_FAMILY_IPV6))
-		return TC_ACT_OK;
+	if ((void *)(uh + 1) > data_end || ip6->version != 6 || ip6->nexthdr != IPPROTO_UDP ||
+	    uh->source != cfg->port || !(cfg->families & MC_FAMILY_IPV6))
+		return 0;
 	__u32 any6 = cfg->server_addr6[0] | cfg->server_addr6[1] | cfg->server_addr6[2] |
 		     cfg->server_addr6[3];
 	if (any6 && (ip6->saddr.in6_u.u6_addr32[0] != cfg->server_addr6[0] ||
 		     ip6->saddr.in6_u.u6_addr32[1] != cfg->server_addr6[1] ||
 		     ip6->saddr.in6_u.u6_addr32[2] != cfg->server_addr6[2] ||
 		     ip6->saddr.in6_u.u6_addr32[3] != cfg->server_addr6[3]))
-		return TC_ACT_OK;
-	struct mc_tscratch *s = scratch();
-	if (!s)
-		return TC_ACT_OK;
-	mc_pkt_begin(&s->pkt, cfg, MC_P_TC_MAIN);
-	__builtin_memcpy(s->pk.client_addr, &ip6->daddr, 16);
-	s->pk.client_port = uh->dest;
-	__u64 ulen = bpf_ntohs(uh->len);
-	if (ulen <= bpf_ntohs(ip6->payload_len))
-		reply_path(skb, s, cfg, ulen, sizeof(*eth) + sizeof(*ip6) + sizeof(*uh));
-	return finish(skb, s, MC_P_TC_MAIN);
+		return 0;
+	__builtin_memcpy(client, &ip6->daddr, 16);
+	client[4] = uh->dest;
+	__u32 ulen = bpf_ntohs(uh->len);
+	return ulen <= bpf_ntohs(ip6->payload_len) ? ulen : 0;
+}
+
+/* The same for IPv4 (the client's address as ::ffff:a.b.c.d); *off: the UDP payload's. */
+static __always_inline __u32 reply4(struct __sk_buff *skb, struct ethhdr *eth,
+				    struct mc_config *cfg, __u32 *client, __u32 *off)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *iph = (void *)(eth + 1);
+	if ((void *)(iph + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
+	    iph->protocol != IPPROTO_UDP)
+		return 0;
+	__u32 ihl = iph->ihl * 4;
+	if (iph->version != 4 || ihl < sizeof(*iph) || (bpf_ntohs(iph->frag_off) & 0x3fff))
+		return 0;
+	struct udphdr *uh = (void *)iph + ihl;
+	if ((void *)(uh + 1) > data_end || uh->source != cfg->port)
+		return 0;
+	if (cfg->server_addr && iph->saddr != cfg->server_addr)
+		return 0;
+	client[0] = client[1] = 0;
+	client[2] = bpf_htonl(0xffff); /* as xdp_ingress.c keys it */
+	client[3] = iph->daddr;
+	client[4] = uh->dest;
+	*off = sizeof(*eth) + ihl + sizeof(*uh);
+	return bpf_ntohs(uh->len);
 }
 
 int tc_main(struct __sk_buff *skb)
@@ -469,32 +488,22 @@ int tc_main(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return TC_ACT_OK;
-	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		return reply6(skb, eth);
-	struct iphdr *iph = (void *)(eth + 1);
-	if ((void *)(iph + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP) ||
-	    iph->protocol != IPPROTO_UDP)
-		return TC_ACT_OK;
-	__u32 ihl = iph->ihl * 4;
-	if (iph->version != 4 || ihl < sizeof(*iph) || (bpf_ntohs(iph->frag_off) & 0x3fff))
-		return TC_ACT_OK;
-	struct udphdr *uh = (void *)iph + ihl;
-	if ((void *)(uh + 1) > data_end)
-		return TC_ACT_OK;
 	struct mc_config *cfg = mc_config();
-	if (!cfg || !cfg->enabled || uh->source != cfg->port)
+	if (!cfg || !cfg->enabled)
 		return TC_ACT_OK;
-	if (cfg->server_addr && iph->saddr != cfg->server_addr)
+	__u32 client[5]; /* the address, then the port */
+	__u32 off = sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr);
+	__u32 ulen = eth->h_proto == bpf_htons(ETH_P_IPV6) ? reply6(skb, eth, cfg, client)
+							   : reply4(skb, eth, cfg, client, &off);
+	if (!ulen)
 		return TC_ACT_OK;
 	struct mc_tscratch *s = scratch();
 	if (!s)
 		return TC_ACT_OK;
 	mc_pkt_begin(&s->pkt, cfg, MC_P_TC_MAIN);
-	s->pk.client_addr[0] = s->pk.client_addr[1] = 0;
-	s->pk.client_addr[2] = bpf_htonl(0xffff); /* ::ffff:a.b.c.d, as xdp_ingress.c keys it */
-	s->pk.client_addr[3] = iph->daddr;
-	s->pk.client_port = uh->dest;
-	reply_path(skb, s, cfg, bpf_ntohs(uh->len), sizeof(*eth) + ihl + sizeof(*uh));
+	__builtin_memcpy(s->pk.client_addr, client, 16);
+	s->pk.client_port = client[4];
+	reply_path(skb, s, cfg, ulen, off);
 	return finish(skb, s, MC_P_TC_MAIN);
 }
 

@@ -41,10 +41,9 @@ static __always_inline __s64 pseudo4_sum(struct mc_xscratch *s, __u32 len)
 
 /*
  * The request's headers into scratch (either family, no IP options or extension headers).
- * Returns the offset of the UDP payload, 0 when the frame is not a datagram to memcached's
- * port XDP could have handed over.
+ * 0 when the frame is not a datagram to memcached's port XDP could have handed over.
  */
-static __always_inline __u32 tc_request(struct __sk_buff *skb, struct mc_xscratch *s,
+static __always_inline int tc_request(struct __sk_buff *skb, struct mc_xscratch *s,
 					struct mc_config *cfg)
 {
 	void *data = (void *)(long)skb->data;
@@ -66,7 +65,8 @@ static __always_inline __u32 tc_request(struct __sk_buff *skb, struct mc_xscratc
 		s->client_port = uh->source;
 		s->server_port = uh->dest;
 		s->payload_len = bpf_ntohs(uh->len);
-		return sizeof(struct mc_l2l4_6);
+		s->hdr_len = sizeof(struct mc_l2l4_6);
+		return 1;
 	}
 	struct iphdr *iph = (void *)(eth + 1);
 	struct udphdr *uh = (void *)(iph + 1);
@@ -79,7 +79,8 @@ static __always_inline __u32 tc_request(struct __sk_buff *skb, struct mc_xscratc
 	s->client_port = uh->source;
 	s->server_port = uh->dest;
 	s->payload_len = bpf_ntohs(uh->len);
-	return sizeof(struct mc_l2l4);
+	s->hdr_len = sizeof(struct mc_l2l4);
+	return 1;
 }
 
 static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *s,
@@ -90,9 +91,9 @@ static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *
 	if ((void *)(meta + 1) > data)
 		return TC_ACT_OK;
 	__u32 idx = meta->slot;
-	__u32 hdrs = tc_request(skb, s, cfg);
-	if (!hdrs)
+	if (!tc_request(skb, s, cfg))
 		return TC_ACT_OK;
+	__u32 hdrs = reply_hdrs(s);
 	const __u32 ko = MC_UDP_FRAME_HDR + 4; /* after "get " */
 	__u64 len = s->payload_len;
 	if (len < sizeof(struct udphdr) + ko + 3 || len > sizeof(struct udphdr) + ko + MC_MAX_KEY + 2)

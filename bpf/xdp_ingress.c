@@ -62,6 +62,7 @@ struct mc_xscratch {
 	 * key, a GET's client identity, an IPv6 reply's addresses. */
 	struct mc_conn_key ck;
 	__u32 ipv6;
+	__u32 hdr_len; /* a reply's Ethernet, IP and UDP headers: 42 (IPv4) or 62 bytes (IPv6) */
 	__u32 plain;  /* headers a reply can be built for: IPv4 without options, IPv6 without
 		       * extension headers */
 	__u32 served; /* memcached answers GETs at this address: the cache may (config) */
@@ -102,6 +103,9 @@ struct mc_xscratch {
 	__u32 handover_seq;
 	/* The common GET's reply after its key: " <flags> <bytes>\r\n<value>\r\nEND\r\n". */
 	__u8 out[32 + MC_VAL_BUF + 16];
+	/* A reply's headers, built here (one store of either family's): L2-L4, then for the
+	 * common GET the frame header and "VALUE ". */
+	__u8 hdr[80];
 	/* tc_ingress: the reply's UDP payload (read MC_BUF_PAD past a masked offset). */
 	__u8 reply[MC_BUF + MC_BUF_PAD];
 	/* Its verdicts, counters and capture record (mcache_verdict.h). */
@@ -134,6 +138,20 @@ static __always_inline int finish(struct xdp_md *ctx, struct mc_xscratch *s, __u
 		s->pkt.action = action;
 		mc_xdp_jmp.call(ctx, TAIL_CAPTURE);
 	}
+	return action;
+}
+
+static __always_inline int reply6_csum(struct xdp_md *ctx, struct mc_xscratch *s, __u32 body);
+
+/*
+ * A program's action, an IPv6 reply's UDP checksum summed first (its payload, s->reply_body
+ * bytes, is written by then). Done here, once per program, rather than at each of the reply
+ * builders' ends: reached from each of their paths, the sum's loop was verified once per path.
+ */
+static __always_inline int answered(struct xdp_md *ctx, struct mc_xscratch *s, int action)
+{
+	if (action == XDP_TX && s->ipv6 && !reply6_csum(ctx, s, MC_LOAD(s->reply_body)))
+		return XDP_DROP; /* the packet is already changed: never send half a reply */
 	return action;
 }
 
@@ -330,10 +348,12 @@ struct mc_l2l4_6 {
 	struct udphdr udp;
 } __attribute__((packed));
 
-/* Bytes of the reply's Ethernet, IP and UDP headers. */
+/* Bytes of the reply's Ethernet, IP and UDP headers (42 or 62). Re-read from the scratch and
+ * masked rather than chosen by a branch: the verifier would otherwise walk everything after
+ * it once per family. */
 static __always_inline __u32 reply_hdrs(struct mc_xscratch *s)
 {
-	return s->ipv6 ? sizeof(struct mc_l2l4_6) : sizeof(struct mc_l2l4);
+	return MC_LOAD(s->hdr_len) & 63;
 }
 
 #define MC_CSUM_CHUNK 512 /* bpf_csum_diff's limit */
@@ -456,17 +476,24 @@ static __always_inline int put(void *ctx, int skb, __u32 off, const void *from, 
 	return bpf_xdp_store_bytes(ctx, off, (void *)from, len);
 }
 
+/* The reply's Ethernet, IP and UDP headers into s->hdr, for either family; the rest of the
+ * buffer zeroed. */
+static __always_inline void build_l2l4(struct mc_xscratch *s, __u32 body)
+{
+	for (int i = 0; i < sizeof(s->hdr) / 8; i++)
+		((__u64 *)s->hdr)[i] = 0;
+	if (s->ipv6)
+		reply_l2l4_6((struct mc_l2l4_6 *)s->hdr, s, body);
+	else
+		reply_l2l4((struct mc_l2l4 *)s->hdr, s, body);
+}
+
 /* Ethernet, IP and UDP headers of the reply at the frame's start, for either family. */
 static __always_inline int store_l2l4(void *ctx, int skb, struct mc_xscratch *s, __u32 body)
 {
-	if (s->ipv6) {
-		struct mc_l2l4_6 h6 = {};
-		reply_l2l4_6(&h6, s, body);
-		return put(ctx, skb, 0, &h6, sizeof(h6));
-	}
-	struct mc_l2l4 h = {};
-	reply_l2l4(&h, s, body);
-	return put(ctx, skb, 0, &h, sizeof(h));
+	build_l2l4(s, body);
+	__u32 n = reply_hdrs(s);
+	return n ? put(ctx, skb, 0, s->hdr, n) : -1;
 }
 
 /* An IPv6 reply, written: its UDP payload (body bytes) read back and summed. 0 on failure. */
@@ -589,42 +616,22 @@ static __always_inline __u32 reply_tail(struct mc_slot *slot, __u8 *out)
 	return p + vl + 7;
 }
 
-/* Reply headers up to the key: Ethernet, IP, UDP, memcached's frame header, "VALUE ". */
-struct mc_reply_hdr {
-	struct mc_l2l4 l;
-	__u8 frame[MC_UDP_FRAME_HDR];
-	__u8 value[6];
-} __attribute__((packed));
-
-struct mc_reply_hdr6 {
-	struct mc_l2l4_6 l;
-	__u8 frame[MC_UDP_FRAME_HDR];
-	__u8 value[6];
-} __attribute__((packed));
-
-/* memcached's frame header (request id, datagram 0 of 1) and "VALUE ". */
-static __always_inline void reply_frame(__u8 *frame, __u8 *value, __u16 request_id)
-{
-	frame[0] = request_id >> 8;
-	frame[1] = request_id & 0xff;
-	frame[5] = 1;
-	__u64 txt_value = MC_W6('V', 'A', 'L', 'U', 'E', ' '); /* no string literals: .rodata */
-	__builtin_memcpy(value, &txt_value, 6);
-}
-
-/* The common GET's reply up to its key, for either family; the bytes stored, 0 on failure. */
+/*
+ * The common GET's reply up to its key: Ethernet, IP, UDP, memcached's frame header (request
+ * id, datagram 0 of 1) and "VALUE ", in one store. The bytes stored, 0 on failure.
+ */
 static __always_inline __u32 store_get_hdr(struct xdp_md *ctx, struct mc_xscratch *s, __u32 body)
 {
-	if (s->ipv6) {
-		struct mc_reply_hdr6 h6 = {};
-		reply_l2l4_6(&h6.l, s, body);
-		reply_frame(h6.frame, h6.value, s->request_id);
-		return bpf_xdp_store_bytes(ctx, 0, &h6, sizeof(h6)) ? 0 : sizeof(h6);
-	}
-	struct mc_reply_hdr hdr = {};
-	reply_l2l4(&hdr.l, s, body);
-	reply_frame(hdr.frame, hdr.value, s->request_id);
-	return bpf_xdp_store_bytes(ctx, 0, &hdr, sizeof(hdr)) ? 0 : sizeof(hdr);
+	build_l2l4(s, body);
+	__u32 at = reply_hdrs(s);
+	__u8 *frame = &s->hdr[at];
+	frame[0] = s->request_id >> 8;
+	frame[1] = s->request_id & 0xff;
+	frame[5] = 1;
+	__u64 txt_value = MC_W6('V', 'A', 'L', 'U', 'E', ' '); /* no string literals: .rodata */
+	__builtin_memcpy(&frame[MC_UDP_FRAME_HDR], &txt_value, 6);
+	at += MC_UDP_FRAME_HDR + 6;
+	return bpf_xdp_store_bytes(ctx, 0, s->hdr, at) ? 0 : at;
 }
 
 /*
@@ -786,8 +793,7 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 	if (!at || bpf_xdp_store_bytes(ctx, at, s->buf + ko, k) ||
 	    bpf_xdp_store_bytes(ctx, at + k, s->out, t))
 		return XDP_DROP;
-	if (s->ipv6 && !reply6_csum(ctx, s, body))
-		return XDP_DROP;
+	s->reply_body = body; /* an IPv6 reply's checksum: see answered() */
 	if (hash == cfg->probe_hash)
 		mc_pkt_count(&s->pkt, MC_V_PROBE_HIT);
 	mc_pkt_count(&s->pkt, MC_V_HIT); /* s at hand: no second scratch lookup on the hit path */
@@ -1012,6 +1018,7 @@ static __always_inline int ipv6_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 	__builtin_memcpy(s->server_mac, eth->h_dest, 6);
 	/* Sent to an Ethernet group address (a broadcast or multicast): never ours to answer. */
 	s->plain = off == sizeof(struct ethhdr) + sizeof(ip6) && !(eth->h_dest[0] & 1);
+	s->hdr_len = sizeof(struct mc_l2l4_6);
 	/* An all-zero server_addr6 is ::, every local address; a link-local or multicast
 	 * destination is never answered (the config cannot name one either). */
 	__u32 any6 = cfg->server_addr6[0] | cfg->server_addr6[1] | cfg->server_addr6[2] |
@@ -1118,6 +1125,7 @@ static __always_inline int ipv4_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 	 * Ethernet group address (a broadcast or multicast: with a wildcard address, memcached
 	 * would answer from its unicast address). */
 	s->plain = ihl == sizeof(*iph) && !(eth->h_dest[0] & 1);
+	s->hdr_len = sizeof(struct mc_l2l4);
 	s->served = cfg->families & MC_FAMILY_IPV4;
 	return MC_UDP_REQUEST;
 }
@@ -1218,7 +1226,7 @@ int xdp_main(struct xdp_md *ctx)
 		return XDP_PASS;
 	mc_pkt_begin(&s->pkt, cfg, MC_P_XDP_MAIN);
 	s->handover = 0; /* this frame's run overwrites what a handed-over reply left */
-	return finish(ctx, s, MC_P_XDP_MAIN, main_path(ctx, s, cfg));
+	return finish(ctx, s, MC_P_XDP_MAIN, answered(ctx, s, main_path(ctx, s, cfg)));
 }
 
 /*
@@ -1715,8 +1723,6 @@ static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
 	}
 	if (store_l2l4(ctx, 0, s, body) || reply_payload(ctx, 0, s, hdrs))
 		return XDP_DROP; /* the packet is already changed: never send half a reply */
-	if (s->ipv6 && !reply6_csum(ctx, s, body))
-		return XDP_DROP;
 	mc_count(MC_V_HIT);
 	return XDP_TX;
 }
@@ -1727,7 +1733,7 @@ int xdp_reply(struct xdp_md *ctx)
 	if (!s)
 		return XDP_PASS;
 	mc_pkt_path(&s->pkt, MC_P_XDP_REPLY);
-	return finish(ctx, s, MC_P_XDP_REPLY, reply(ctx, s));
+	return finish(ctx, s, MC_P_XDP_REPLY, answered(ctx, s, reply(ctx, s)));
 }
 
 /* ------------------------------------------------------------------ */
