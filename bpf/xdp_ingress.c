@@ -548,11 +548,11 @@ static __always_inline void mark_unservable(__u32 idx, __u16 kl, __u16 vl)
 }
 
 /*
- * A hit whose reply the frame cannot hold: passed on with the way that holds it in the
- * frame's metadata, for tc_ingress to answer from the skb. 0 when the metadata cannot be
- * written (memcached then answers).
+ * A hit whose reply the frame cannot hold: passed on with the way that holds it (slot), or
+ * MC_META_FROM_SCRATCH and the scratch's cookie, in the frame's metadata, for tc_ingress to
+ * answer from the skb. 0 when the metadata cannot be written (memcached then answers).
  */
-static __always_inline int to_tc(struct xdp_md *ctx, __u32 idx)
+static __always_inline int to_tc(struct xdp_md *ctx, __u32 slot, __u32 cookie)
 {
 	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct mc_meta)))
 		return 0;
@@ -561,7 +561,9 @@ static __always_inline int to_tc(struct xdp_md *ctx, __u32 idx)
 	if ((void *)(m + 1) > data)
 		return 0;
 	m->magic = MC_META_MAGIC;
-	m->slot = idx;
+	m->slot = slot;
+	m->cookie = cookie;
+	m->cpu = bpf_get_smp_processor_id();
 	mc_count(MC_V_TO_TC);
 	return 1;
 }
@@ -755,7 +757,7 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 	/* Noted this late on purpose: a branch early in a path doubles what the verifier walks. */
 	mc_pkt_key(&s->pkt, s->buf, ko, MC_LOAD(s->one_kl));
 	if (unservable) { /* its reply did not fit the frame last time: tc_ingress answers */
-		if (!to_tc(ctx, idx))
+		if (!to_tc(ctx, idx, 0))
 			mc_count(MC_V_TOO_BIG);
 		return XDP_PASS;
 	}
@@ -782,7 +784,7 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 	int have = (int)((long)ctx->data_end - (long)ctx->data);
 	if (!resize(ctx, (int)(hdrs + body) - have)) {
 		mark_unservable(idx, kl, vl);
-		if (!to_tc(ctx, idx)) /* no room to grow the frame here; the skb has */
+		if (!to_tc(ctx, idx, 0)) /* no room to grow the frame here; the skb has */
 			mc_count(MC_V_TOO_BIG);
 		return XDP_PASS;
 	}
@@ -1673,19 +1675,10 @@ static __always_inline int reply_payload(void *ctx, int skb, struct mc_xscratch 
  */
 static __always_inline int to_tc_scratch(struct xdp_md *ctx, struct mc_xscratch *s)
 {
-	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct mc_meta)))
-		return 0;
-	void *data = (void *)(long)ctx->data;
-	struct mc_meta *m = (void *)(long)ctx->data_meta;
-	if ((void *)(m + 1) > data)
-		return 0;
 	__u32 cookie = ++s->handover_seq | 1; /* never 0: 0 is "none" */
+	if (!to_tc(ctx, MC_META_FROM_SCRATCH, cookie))
+		return 0;
 	s->handover = cookie;
-	m->magic = MC_META_MAGIC;
-	m->slot = MC_META_FROM_SCRATCH;
-	m->cookie = cookie;
-	m->cpu = bpf_get_smp_processor_id();
-	mc_count(MC_V_TO_TC);
 	return 1;
 }
 

@@ -45,17 +45,23 @@ def test_no_stale_reads(lab):
     assert rep["values_by_via"].get("mg", 0) > 100, rep["values_by_via"]  # meta get readers
 
 
-def test_no_stale_reads_with_values_past_the_xdp_frame():
-    """Stored values of 850+ bytes (appends grow them): generic XDP hands their hits to
-    tc_ingress, which must be as coherent as XDP. A lab of its own: the checker judges the
-    values its run wrote."""
-    lb = L.Lab("v", hold_ms=50).up()
+def run_in_own_lab(tag: str, ops: int, *, ipv6: bool = False, **run_kw) -> dict:
+    """A checker run in a lab of its own (the checker judges the values its run wrote),
+    coherent."""
+    lb = L.Lab(tag, hold_ms=50, ipv6=ipv6).up()
     try:
-        rep = checker.run(CI_OPS // 2, lab=lb, pad=850, pace=0.1)
+        rep = checker.run(ops, lab=lb, ipv6=ipv6, **run_kw)
     finally:
         lb.down()
     print(rep)
     assert_coherent(rep)
+    return rep
+
+
+def test_no_stale_reads_with_values_past_the_xdp_frame():
+    """Stored values of 850+ bytes (appends grow them): generic XDP hands their hits to
+    tc_ingress, which must be as coherent as XDP."""
+    rep = run_in_own_lab("v", CI_OPS // 2, pad=850, pace=0.1)
     assert rep["counters"].get("to_tc", 0) > 100, rep["counters"]
     assert rep["counters"].get("hit", 0) > 100, rep["counters"]
 
@@ -63,13 +69,7 @@ def test_no_stale_reads_with_values_past_the_xdp_frame():
 def test_no_stale_reads_over_ipv6():
     """A dual-stack lab (memcached.address '::'): every reader over IPv6 (get, multi-get, mg,
     binary), writers over IPv6 and IPv4 in turn; the hits counted are all IPv6 ones."""
-    lb = L.Lab("6", hold_ms=50, ipv6=True).up()
-    try:
-        rep = checker.run(CI_OPS // 2, lab=lb, ipv6=True)
-    finally:
-        lb.down()
-    print(rep)
-    assert_coherent(rep)
+    rep = run_in_own_lab("6", CI_OPS // 2, ipv6=True)
     assert rep["counters"].get("hit", 0) > 100, rep["counters"]
     assert rep["counters"].get("fill", 0) > 10, rep["counters"]
     assert rep["values_by_via"].get("mg", 0) > 50, rep["values_by_via"]
