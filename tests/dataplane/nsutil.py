@@ -91,7 +91,7 @@ class Pair:
              "entries": 4096, "strategy": "auto", "max_value_bytes": 1024}
         c.update(over)
         # dual stack: memcached.address '::' answers GETs over both families
-        address = "'::'" if self.saddr6 else self.saddr
+        address = c.get("address") or ("'::'" if self.saddr6 else self.saddr)
         allowed = f"198.19.{self.net}.0/24" + (f", 'fd00:{self.net}::/64'" if self.saddr6 else "")
         return f"""
 apiVersion: mcache/v1

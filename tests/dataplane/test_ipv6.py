@@ -8,7 +8,7 @@ import socket
 import struct
 
 import pytest
-from nsutil import NsClient, Pair, assert_large_forms_served_at_tc_ingress, in_ns
+from nsutil import NsClient, Pair, assert_large_forms_served_at_tc_ingress, in_ns, make_config
 
 from harness.frames import csum, udp6_checksum_ok
 from mcache_agent import capture
@@ -147,6 +147,21 @@ def test_local_ipv6_client_over_lo(pair):
     local.cached(b"lo6", b"local")
     local.mc.set(b"lo6", b"changed")
     assert local.udp_get(b"lo6") == {b"lo6": b"changed"}
+
+
+def test_the_probe_proves_a_kernel_hit_over_ipv6(pair):
+    """memcached.address an IPv6 address: the agent's probe (SET over TCP, GETs over UDP to
+    that address, from the host itself: over lo) gets its second GET from the kernel."""
+    from mcache_agent.probe import run_probe
+
+    over = {"address": f"'{pair.saddr6}'"}
+    pair.apply(**over)
+    try:
+        with in_ns(pair.s):
+            result = run_probe(make_config(pair.config_text(**over)), pair.dp)
+        assert result["ok"], result
+    finally:
+        pair.apply()
 
 
 def test_the_ipv4_side_is_still_served(cli):
