@@ -929,6 +929,12 @@ static __always_inline int ipv6_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 		return XDP_PASS;
 	}
 	__u32 end = off + sizeof(ip6) + bpf_ntohs(ip6.payload_len);
+	if (end > (__u32)((long)ctx->data_end - (long)ctx->data)) {
+		/* Shorter than its header says: the kernel drops it, memcached never sees it
+		 * (the frame is whole here: the programs take no multi-buffer frames). */
+		mc_count(MC_V_MALFORMED);
+		return XDP_PASS;
+	}
 	__u8 nh = ip6.nexthdr;
 	off += sizeof(ip6);
 	int fragment = 0;

@@ -995,6 +995,15 @@ def test_ipv6_get_behind_an_extension_header_passes_unchanged(dp6):
     assert rc == XDP_PASS and out == req and d.get("pass") == 1, d
 
 
+def test_an_ipv6_get_shorter_than_its_payload_length_passes_unchanged(dp6):
+    """The kernel drops such a datagram: memcached never answers it, nor may the cache."""
+    dp6.fill_ascii(b"short6", b"v")
+    full = mc_udp6(78, b"get short6\r\n")
+    frame = full[:18] + struct.pack("!H", len(full) - 54 + 8) + full[20:]
+    (rc, out), d = dp6.delta(lambda: dp6.x(frame))
+    assert rc == XDP_PASS and out == frame and d.get("malformed") == 1, d
+
+
 def test_truncated_ipv6_gets_pass_unchanged(dp6):
     dp6.fill_ascii(b"tr6", b"value")
     full = mc_udp6(77, b"get tr6\r\n")
