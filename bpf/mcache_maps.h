@@ -263,6 +263,14 @@ static __always_inline __u32 mc_pick_way(struct mc_bucket_meta *m, __u32 base, _
 	return idx;
 }
 
+/* a is memcached's IPv6 address: the config's, or any when that is :: (all zero). */
+static __always_inline int mc_server6(struct mc_config *cfg, const __u32 *a)
+{
+	const __u32 *m = cfg->server_addr6;
+	return !(m[0] | m[1] | m[2] | m[3]) ||
+	       (a[0] == m[0] && a[1] == m[1] && a[2] == m[2] && a[3] == m[3]);
+}
+
 static __always_inline struct mc_config *mc_config(void)
 {
 	u32 zero = 0;

@@ -425,26 +425,33 @@ static __always_inline int reply_path(struct __sk_buff *skb, struct mc_tscratch 
 	return TC_ACT_OK;
 }
 
+/* The config, when uh comes from memcached's port and the cache is on; else NULL. Looked up
+ * only once a frame is known to be UDP: most frames leaving the host are not. */
+static __always_inline struct mc_config *from_memcached(struct udphdr *uh)
+{
+	struct mc_config *cfg = mc_config();
+	if (!cfg || !cfg->enabled || uh->source != cfg->port)
+		return NULL;
+	return cfg;
+}
+
 /*
  * An IPv6 frame: a reply from memcached's port without extension headers (memcached sends
  * none; a reply too large for the path MTU comes fragmented and is not filled from). The
- * client's address into s->pk; the UDP length, 0 when it is not such a reply.
+ * client's address and port into client, the config into *cfgp; the UDP length, 0 when it is
+ * not such a reply.
  */
 static __always_inline __u32 reply6(struct __sk_buff *skb, struct ethhdr *eth,
-				    struct mc_config *cfg, __u32 *client)
+				    struct mc_config **cfgp, __u32 *client)
 {
 	void *data_end = (void *)(long)skb->data_end;
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
 	struct udphdr *uh = (void *)(ip6 + 1);
-	if ((void *)(uh + 1) > data_end || ip6->version != 6 || ip6->nexthdr != IPPROTO_UDP ||
-	    uh->source != cfg->port || !(cfg->families & MC_FAMILY_IPV6))
+	if ((void *)(uh + 1) > data_end || ip6->version != 6 || ip6->nexthdr != IPPROTO_UDP)
 		return 0;
-	__u32 any6 = cfg->server_addr6[0] | cfg->server_addr6[1] | cfg->server_addr6[2] |
-		     cfg->server_addr6[3];
-	if (any6 && (ip6->saddr.in6_u.u6_addr32[0] != cfg->server_addr6[0] ||
-		     ip6->saddr.in6_u.u6_addr32[1] != cfg->server_addr6[1] ||
-		     ip6->saddr.in6_u.u6_addr32[2] != cfg->server_addr6[2] ||
-		     ip6->saddr.in6_u.u6_addr32[3] != cfg->server_addr6[3]))
+	struct mc_config *cfg = *cfgp = from_memcached(uh);
+	if (!cfg || !(cfg->families & MC_FAMILY_IPV6) ||
+	    !mc_server6(cfg, ip6->saddr.in6_u.u6_addr32))
 		return 0;
 	__builtin_memcpy(client, &ip6->daddr, 16);
 	client[4] = uh->dest;
@@ -454,7 +461,7 @@ static __always_inline __u32 reply6(struct __sk_buff *skb, struct ethhdr *eth,
 
 /* The same for IPv4 (the client's address as ::ffff:a.b.c.d); *off: the UDP payload's. */
 static __always_inline __u32 reply4(struct __sk_buff *skb, struct ethhdr *eth,
-				    struct mc_config *cfg, __u32 *client, __u32 *off)
+				    struct mc_config **cfgp, __u32 *client, __u32 *off)
 {
 	void *data_end = (void *)(long)skb->data_end;
 	struct iphdr *iph = (void *)(eth + 1);
@@ -465,9 +472,10 @@ static __always_inline __u32 reply4(struct __sk_buff *skb, struct ethhdr *eth,
 	if (iph->version != 4 || ihl < sizeof(*iph) || (bpf_ntohs(iph->frag_off) & 0x3fff))
 		return 0;
 	struct udphdr *uh = (void *)iph + ihl;
-	if ((void *)(uh + 1) > data_end || uh->source != cfg->port)
+	if ((void *)(uh + 1) > data_end)
 		return 0;
-	if (cfg->server_addr && iph->saddr != cfg->server_addr)
+	struct mc_config *cfg = *cfgp = from_memcached(uh);
+	if (!cfg || (cfg->server_addr && iph->saddr != cfg->server_addr))
 		return 0;
 	client[0] = client[1] = 0;
 	client[2] = bpf_htonl(0xffff); /* as xdp_ingress.c keys it */
@@ -488,14 +496,12 @@ int tc_main(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return TC_ACT_OK;
-	struct mc_config *cfg = mc_config();
-	if (!cfg || !cfg->enabled)
-		return TC_ACT_OK;
+	struct mc_config *cfg = NULL;
 	__u32 client[5]; /* the address, then the port */
 	__u32 off = sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr);
-	__u32 ulen = eth->h_proto == bpf_htons(ETH_P_IPV6) ? reply6(skb, eth, cfg, client)
-							   : reply4(skb, eth, cfg, client, &off);
-	if (!ulen)
+	__u32 ulen = eth->h_proto == bpf_htons(ETH_P_IPV6) ? reply6(skb, eth, &cfg, client)
+							   : reply4(skb, eth, &cfg, client, &off);
+	if (!ulen || !cfg)
 		return TC_ACT_OK;
 	struct mc_tscratch *s = scratch();
 	if (!s)

@@ -83,14 +83,22 @@ static __always_inline int tc_request(struct __sk_buff *skb, struct mc_xscratch 
 	return 1;
 }
 
-static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *s,
-				     struct mc_config *cfg)
+/* A reply written into the skb (hdrs bytes of headers): its UDP checksum, counted, captured
+ * when a capture runs, and sent back out of the interface it came in on. */
+static __always_inline int tc_send(struct __sk_buff *skb, struct mc_xscratch *s, __u32 hdrs,
+				   __s64 sum, __s64 ph)
 {
-	void *data = (void *)(long)skb->data;
-	struct mc_meta *meta = (void *)(long)skb->data_meta;
-	if ((void *)(meta + 1) > data)
-		return TC_ACT_OK;
-	__u32 idx = meta->slot;
+	udp_csum(skb, hdrs - 2, sum, ph);
+	mc_count(MC_V_HIT);
+	if (s->pkt.cap) /* the reply (xdp_main's exit had the request) */
+		mc_capture_skb(skb, &s->pkt, MC_P_TC_INGRESS, MC_CAP_TX, TC_ACT_REDIRECT);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* The common GET of the key in way idx (struct mc_meta's slot). */
+static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *s,
+				     struct mc_config *cfg, __u32 idx)
+{
 	if (!tc_request(skb, s, cfg))
 		return TC_ACT_OK;
 	__u32 hdrs = reply_hdrs(s);
@@ -143,11 +151,7 @@ static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *
 	/* The reply's UDP payload in scratch: frame header, "VALUE ", the key, the rest. */
 	__u8 *r = s->reply;
 	__u64 w = MC_W6('V', 'A', 'L', 'U', 'E', ' ');
-	r[0] = s->request_id >> 8;
-	r[1] = s->request_id & 0xff;
-	*(__u32 *)&r[2] = 0;
-	r[5] = 1;
-	r[6] = r[7] = 0;
+	*(__u64 *)r = frame_hdr(s->request_id);
 	__builtin_memcpy(&r[8], &w, 6);
 	for (__u32 j = 0; j < MC_KEY_BUF / 8; j++) {
 		MC_OPAQUE(j);
@@ -174,14 +178,11 @@ static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *
 	}
 	__s64 sum = udp_data_sum(s, r, body);
 	__s64 ph = s->ipv6 ? pseudo6_sum(s, body) : pseudo4_sum(s, body);
-	if (s->ipv6) {
+	if (s->ipv6 && !udp_check(sum, ph)) {
 		/* An IPv6 UDP checksum may not be 0 (the kernel's fold would write 0 where 0xffff
 		 * is meant): that one reply in 65,536 is memcached's to send. */
-		__u64 t = (__u64)(__u32)sum + (__u32)ph;
-		if (csum_fold((t & 0xffffffff) + (t >> 32)) == 0xffff) {
-			mc_count(MC_V_MISS);
-			return TC_ACT_OK;
-		}
+		mc_count(MC_V_MISS);
+		return TC_ACT_OK;
 	}
 	if (bpf_skb_change_tail(skb, hdrs + body, 0)) {
 		mc_count(MC_V_TOO_BIG);
@@ -190,15 +191,11 @@ static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *
 	__u64 n = body;
 	if (!MC_SIZE_OK(n, MC_BUF - 8))
 		return TC_ACT_SHOT;
-	if (store_l2l4(skb, 1, s, body) || bpf_skb_store_bytes(skb, reply_hdrs(s), r, n, 0))
+	if (store_l2l4(skb, 1, s, body) || bpf_skb_store_bytes(skb, hdrs, r, n, 0))
 		return TC_ACT_SHOT; /* the frame is already changed: never send half a reply */
-	udp_csum(skb, reply_hdrs(s) - 2, sum, ph);
 	if (hash == cfg->probe_hash)
 		mc_count(MC_V_PROBE_HIT);
-	mc_count(MC_V_HIT);
-	if (s->pkt.cap) /* the reply (xdp_main's exit had the request) */
-		mc_capture_skb(skb, &s->pkt, MC_P_TC_INGRESS, MC_CAP_TX, TC_ACT_REDIRECT);
-	return bpf_redirect(skb->ifindex, 0);
+	return tc_send(skb, s, hdrs, sum, ph);
 }
 
 /*
@@ -227,23 +224,16 @@ static __always_inline int from_scratch(struct __sk_buff *skb, struct mc_xscratc
 		return TC_ACT_OK;
 	}
 	if (store_l2l4(skb, 1, s, body) || reply_payload(skb, 1, s, hdrs) ||
-	    bpf_skb_load_bytes(skb, reply_hdrs(s), s->reply, n))
+	    bpf_skb_load_bytes(skb, hdrs, s->reply, n))
 		return TC_ACT_SHOT; /* the frame is already changed: never send half a reply */
 	*(__u32 *)&s->reply[mc_mask(n)] = 0; /* the sum's padding */
 	__s64 sum = udp_data_sum(s, s->reply, body);
 	__s64 ph = s->ipv6 ? pseudo6_sum(s, body) : pseudo4_sum(s, body);
-	if (s->ipv6) {
-		/* A checksum of 0 (see tc_answer), known only now that the reply is written: the
-		 * client's retry, with another request id, is answered. */
-		__u64 t = (__u64)(__u32)sum + (__u32)ph;
-		if (csum_fold((t & 0xffffffff) + (t >> 32)) == 0xffff)
-			return TC_ACT_SHOT;
-	}
-	udp_csum(skb, reply_hdrs(s) - 2, sum, ph);
-	mc_count(MC_V_HIT);
-	if (s->pkt.cap)
-		mc_capture_skb(skb, &s->pkt, MC_P_TC_INGRESS, MC_CAP_TX, TC_ACT_REDIRECT);
-	return bpf_redirect(skb->ifindex, 0);
+	/* A checksum of 0 (see tc_answer), known only now that the reply is written: the
+	 * client's retry, with another request id, is answered. */
+	if (s->ipv6 && !udp_check(sum, ph))
+		return TC_ACT_SHOT;
+	return tc_send(skb, s, hdrs, sum, ph);
 }
 
 int tc_ingress(struct __sk_buff *skb)
@@ -259,5 +249,5 @@ int tc_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK; /* not handed over by XDP */
 	if (meta->slot == MC_META_FROM_SCRATCH)
 		return from_scratch(skb, s, meta);
-	return tc_answer(skb, s, cfg);
+	return tc_answer(skb, s, cfg, meta->slot);
 }

@@ -406,13 +406,18 @@ static __always_inline __s64 udp_data_sum(struct mc_xscratch *s, __u8 *buf, __u3
 	return csum_of(buf, len, bpf_csum_diff(NULL, 0, (__be32 *)&uh, sizeof(uh), 0));
 }
 
+/* The UDP checksum from the sum of the header and payload and the pseudo header's sum, as
+ * the kernel's fold computes it (0 is possible: see udp6_check and tc_ingress). */
+static __always_inline __u16 udp_check(__s64 sum, __s64 ph)
+{
+	__u64 t = (__u64)(__u32)sum + (__u32)ph;
+	return ~csum_fold((t & 0xffffffff) + (t >> 32));
+}
+
 /* An IPv6 reply's UDP checksum (mandatory over IPv6; 0 is sent as 0xffff, RFC 8200). */
 static __always_inline __u16 udp6_check(struct mc_xscratch *s, __u8 *buf, __u32 len)
 {
-	__u32 sum = (__u32)udp_data_sum(s, buf, len);
-	__u32 ph = (__u32)pseudo6_sum(s, len);
-	__u64 t = (__u64)sum + ph;
-	__u16 c = ~csum_fold((t & 0xffffffff) + (t >> 32));
+	__u16 c = udp_check(udp_data_sum(s, buf, len), pseudo6_sum(s, len));
 	return c ? c : 0xffff;
 }
 
@@ -618,6 +623,13 @@ static __always_inline __u32 reply_tail(struct mc_slot *slot, __u8 *out)
 	return p + vl + 7;
 }
 
+/* memcached's UDP frame header of a reply (the request id, datagram 0 of 1) as its 8 bytes
+ * lie in memory: one store. */
+static __always_inline __u64 frame_hdr(__u16 request_id)
+{
+	return (__u64)(request_id >> 8) | (__u64)(request_id & 0xff) << 8 | 1ULL << 40;
+}
+
 /*
  * The common GET's reply up to its key: Ethernet, IP, UDP, memcached's frame header (request
  * id, datagram 0 of 1) and "VALUE ", in one store. The bytes stored, 0 on failure.
@@ -627,9 +639,7 @@ static __always_inline __u32 store_get_hdr(struct xdp_md *ctx, struct mc_xscratc
 	build_l2l4(s, body);
 	__u32 at = reply_hdrs(s);
 	__u8 *frame = &s->hdr[at];
-	frame[0] = s->request_id >> 8;
-	frame[1] = s->request_id & 0xff;
-	frame[5] = 1;
+	*(__u64 *)frame = frame_hdr(s->request_id);
 	__u64 txt_value = MC_W6('V', 'A', 'L', 'U', 'E', ' '); /* no string literals: .rodata */
 	__builtin_memcpy(&frame[MC_UDP_FRAME_HDR], &txt_value, 6);
 	at += MC_UDP_FRAME_HDR + 6;
@@ -904,11 +914,6 @@ static __always_inline int udp_binary(struct xdp_md *ctx, struct mc_xscratch *s,
 
 #define MC_UDP_REQUEST 0x7fff /* an L3/L4 step's result: a UDP datagram to memcached's port */
 
-static __always_inline int same6(const __u32 *a, const __u32 *b)
-{
-	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
-}
-
 /*
  * IPv6: every write to memcached's port, on any address, goes to the write scanner as over
  * IPv4 (a memcached that listens on an IPv6 address too, Debian's default ::1 for one, must
@@ -1027,12 +1032,9 @@ static __always_inline int ipv6_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 	/* Sent to an Ethernet group address (a broadcast or multicast): never ours to answer. */
 	s->plain = off == sizeof(struct ethhdr) + sizeof(ip6) && !(eth->h_dest[0] & 1);
 	s->hdr_len = sizeof(struct mc_l2l4_6);
-	/* An all-zero server_addr6 is ::, every local address; a link-local or multicast
-	 * destination is never answered (the config cannot name one either). */
-	__u32 any6 = cfg->server_addr6[0] | cfg->server_addr6[1] | cfg->server_addr6[2] |
-		     cfg->server_addr6[3];
-	s->served = (cfg->families & MC_FAMILY_IPV6) &&
-		    (!any6 || same6(s->ck.daddr, cfg->server_addr6)) &&
+	/* A link-local or multicast destination is never answered (the config cannot name one
+	 * either; with :: it would be any). */
+	s->served = (cfg->families & MC_FAMILY_IPV6) && mc_server6(cfg, s->ck.daddr) &&
 		    ip6.daddr.in6_u.u6_addr8[0] != 0xff &&
 		    (bpf_ntohs(ip6.daddr.in6_u.u6_addr16[0]) & 0xffc0) != 0xfe80;
 	return MC_UDP_REQUEST;
@@ -1586,8 +1588,8 @@ static __always_inline int meta_body(void *ctx, int skb, struct mc_xscratch *s, 
  */
 static __always_inline int reply_payload(void *ctx, int skb, struct mc_xscratch *s, __u32 off)
 {
-	__u8 frame[8] = {s->request_id >> 8, s->request_id & 0xff, 0, 0, 0, 1, 0, 0};
-	put(ctx, skb, off, frame, sizeof(frame));
+	__u64 frame = frame_hdr(s->request_id);
+	put(ctx, skb, off, &frame, sizeof(frame));
 	off += sizeof(frame);
 
 	if (s->meta)
