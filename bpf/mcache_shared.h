@@ -74,6 +74,8 @@ _Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
 #define MC_CONN_ENTRIES 65536      /* TCP write streams followed */
 #define MC_CONN_KEY_BYTES 36
 #define MC_CONN_VALUE_BYTES 8
+#define MC_SOCK_KEY_BYTES 36       /* local bypass: a socket's key (mcache_bypass.h) */
+#define MC_BYPASS_SOCKETS 65536    /* ... sockets in it at once (two per connection) */
 #define MC_MISS_WAIT_MS 1000 /* a miss record older than this (in MC_MS ticks) waits for nothing */
 
 /* The key hash (mc_hash): eight key bytes per step, each step a multiply and an xor-shift,
@@ -143,7 +145,10 @@ enum mc_verdict {
 	MC_V_PROBE_HIT = 14,   /* a hit for the health probe's key: the probe's own evidence */
 	MC_V_EVICT = 15,       /* a fill replaced another key's live entry (bucket full) */
 	MC_V_TO_TC = 16,       /* a hit whose reply does not fit the XDP frame: to tc_ingress */
-	MC_V_COUNT = 17,
+	MC_V_REDIRECT = 17,    /* local bypass: a message put in its peer socket's queue */
+	MC_V_LEFT = 18,        /* local bypass: a connection left it (its messages take TCP) */
+	MC_V_JOINED = 19,      /* local bypass: a connection joined it (sockops) */
+	MC_V_COUNT = 20,
 };
 
 /*
@@ -159,7 +164,9 @@ enum mc_path {
 	MC_P_TC_MAIN = 5,       /* a reply from memcached, the common fill */
 	MC_P_TC_FILL_ITEM = 6,  /* one item of another reply filled */
 	MC_P_TC_INGRESS = 7,    /* a hit answered at TC ingress (the reply outgrew XDP's frame) */
-	MC_P_COUNT = 8,
+	MC_P_SK_MSG = 8,        /* local bypass: a message between local sockets (sk_msg) */
+	MC_P_SOCKOPS = 9,       /* local bypass: a TCP connection established (sockops) */
+	MC_P_COUNT = 10,
 };
 
 /*
@@ -259,6 +266,10 @@ struct mc_config {
 	__u32 server_addr6[4]; /* memcached IPv6; :: = any local address */
 	__u32 n_allowed6;     /* IPv6 networks that may read from the cache */
 	struct mc_cidr6 allowed6[MC_MAX_ALLOWED];
+	/* local bypass (sock_bypass.c) */
+	__u32 bypass;         /* 1: local connections to memcached join it, and stay in it */
+	__u32 pad1;
+	__u64 netns_cookie;   /* the agent's network namespace: only its connections join */
 };
 
 /* Global state (mc_state[0]): the cache generation. */

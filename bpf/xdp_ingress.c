@@ -223,78 +223,15 @@ static __always_inline int key_cacheable(struct mc_config *cfg, const __u8 *buf,
 	return 1;
 }
 
-/*
- * A write to a key: the key is dead in every way of its bucket (racing fills may have put it
- * in two), and every way records the write, since a fill may pick any of them.
- */
-static __always_inline void invalidate(const __u8 *buf, __u32 off, __u32 len)
+/* Writes are named for a capture by their key. */
+static __always_inline void mc_note_key(const __u8 *buf, __u32 off, __u32 len)
 {
-	if (len == 0 || len > MC_KEY_LIMIT)
-		return;
-	__u32 hash = mc_hash(buf, off, len);
-	__u32 base = mc_bucket(hash);
-	__u64 now = bpf_ktime_get_ns();
-	__u64 gen = mc_gen();
-	struct mc_bucket_meta *m = mc_meta(base);
-	for (__u32 w = 0; w < MC_WAYS; w++) {
-		__u32 idx = base + w;
-		struct mc_slot *slot = mc_cache.lookup(&idx);
-		if (!slot)
-			continue;
-		int killed = 0;
-		bpf_spin_lock(&slot->lock);
-		if (slot->hash == hash) {
-			killed = slot->valid && slot->gen == gen;
-			slot->valid = 0;
-		}
-		slot->write_ns = now;
-		bpf_spin_unlock(&slot->lock);
-		if (killed) {
-			mc_level_add(gen, -1);
-			if (m)
-				m->fill_ms[w] = 0; /* free again */
-		}
-	}
 	struct mc_xscratch *s = scratch();
-	if (s) /* noted last: see get_one */
+	if (s)
 		mc_pkt_key(&s->pkt, buf, off, len);
-	mc_count(MC_V_INVALIDATE);
 }
 
-#define MC_REALTIME_MAXDELTA 2592000 /* memcached: larger exptimes are unix times */
-
-/*
- * flush_all [delay]: now, everything cached dies (a generation bump). With a delay, what
- * memcached holds at the flush time dies then, including what is stored until then: every
- * entry known before flush_at_ns dies at flush_at_ns (checked on lookup).
- */
-static __always_inline void flush_all(__u32 delay_s)
-{
-	u32 zero = 0;
-	struct mc_state *st = mc_state.lookup(&zero);
-	struct mc_config *cfg = mc_config();
-	__u64 now = bpf_ktime_get_ns();
-	if (!st || !cfg || !delay_s) {
-		mc_bump_gen(MC_V_FLUSH);
-		return;
-	}
-	__u64 at = now + (__u64)delay_s * 1000000000ULL;
-	if (delay_s > MC_REALTIME_MAXDELTA)
-		at = (__u64)delay_s * 1000000000ULL - cfg->unix_offset_ns;
-	if (at <= now) {
-		mc_bump_gen(MC_V_FLUSH);
-		return;
-	}
-	__u64 old = st->flush_at_ns;
-	if (old && old <= now) {
-		/* A flush time that has passed: make its deaths final before replacing it. */
-		mc_bump_gen(MC_V_FLUSH);
-		old = 0;
-	}
-	/* memcached keeps the last delay given; the earlier one only invalidates more. */
-	st->flush_at_ns = old && old < at ? old : at;
-	mc_count(MC_V_FLUSH);
-}
+#include "mcache_write.h"
 
 /* A miss: remember when the GET came (and, for binary GET, its key) for the fill guard. */
 static __always_inline void remember_get(struct mc_xscratch *s, __u32 key_off, __u32 key_len)
@@ -1751,245 +1688,46 @@ static __always_inline int scan_done(struct mc_xscratch *s)
 	return XDP_PASS;
 }
 
-static __always_inline int scan_unsure(struct mc_xscratch *s, int partial)
+/* The command is cut by the segment's end: it may be a write, and the next segment holds
+ * the rest of a line we cannot read then (tcp_segment empties the cache again). */
+static __always_inline int scan_cut(struct mc_xscratch *s)
 {
 	mc_bump_gen(MC_V_FALLBACK_FLUSH);
-	if (s->tcp && partial) {
+	if (s->tcp) {
 		struct mc_conn c = {.resume_seq = s->seq + s->payload_len, .partial = 1};
 		mc_conn.update(&s->ck, &c);
 	}
 	return XDP_PASS;
 }
 
-static __always_inline int is_binary_write(__u8 op)
-{
-	switch (op) {
-	case 0x01: case 0x02: case 0x03: case 0x04: case 0x05: case 0x06: /* set..decr */
-	case 0x0e: case 0x0f:                                             /* append, prepend */
-	case 0x11: case 0x12: case 0x13: case 0x14: case 0x15: case 0x16: /* quiet forms */
-	case 0x19: case 0x1a:                                             /* appendq, prependq */
-	case 0x1c: case 0x1d: case 0x1e: case 0x23: case 0x24:            /* touch, gat(q), gatk(q) */
-		return 1;
-	}
-	return 0;
-}
-
-static __always_inline int scan_binary(struct mc_xscratch *s, __u32 n)
-{
-	const __u8 *b = s->buf;
-	if (n < MC_BIN_HDR)
-		return scan_unsure(s, 1);
-	__u8 op = b[1];
-	__u32 klen = ((__u32)b[2] << 8) | b[3];
-	__u32 elen = b[4];
-	__u32 body = ((__u32)b[8] << 24) | ((__u32)b[9] << 16) | ((__u32)b[10] << 8) | b[11];
-	if (op == 0x08 || op == 0x18) { /* flush, flushq (optional 4-byte delay) */
-		__u32 delay = 0;
-		if (elen == 4 && n >= MC_BIN_HDR + 4)
-			delay = ((__u32)b[24] << 24) | ((__u32)b[25] << 16) | ((__u32)b[26] << 8) |
-				b[27];
-		flush_all(delay);
-	} else if (is_binary_write(op)) {
-		if (klen == 0 || klen > MC_KEY_LIMIT || elen + klen > body)
-			goto skip; /* memcached refuses it: nothing changes */
-		if (MC_BIN_HDR + elen + klen > n)
-			return scan_unsure(s, 1); /* the key is cut by the segment end */
-		invalidate(s->buf, MC_BIN_HDR + elen, klen);
-	}
-skip:
-	s->pos += MC_BIN_HDR + body;
-	return -1;
-}
-
-enum mc_cmd {
-	CMD_OTHER,
-	CMD_STORE,  /* key flags exptime bytes [cas] [noreply] + data */
-	CMD_KEY,    /* incr, decr, touch, delete: key first */
-	CMD_GAT,    /* gat/gats exptime key... */
-	CMD_FLUSH,  /* flush_all [delay] [noreply] */
-	CMD_MSET,   /* ms key datalen flags* + data */
-	CMD_META,   /* md, ma, mg with flags */
-};
-
-static __always_inline int classify(const __u8 *buf, __u32 off, __u32 len)
-{
-	if (len < 2 || len > 9)
-		return CMD_OTHER;
-	__u64 w = mc_word64(buf, off, len);
-	switch (len) {
-	case 2:
-		if (w == MC_W2('m', 's'))
-			return CMD_MSET;
-		if (w == MC_W2('m', 'd') || w == MC_W2('m', 'a') || w == MC_W2('m', 'g'))
-			return CMD_META;
-		break;
-	case 3:
-		if (w == MC_W3('s', 'e', 't') || w == MC_W3('a', 'd', 'd') || w == MC_W3('c', 'a', 's'))
-			return CMD_STORE;
-		if (w == MC_W3('g', 'a', 't'))
-			return CMD_GAT;
-		break;
-	case 4:
-		if (w == MC_W4('i', 'n', 'c', 'r') || w == MC_W4('d', 'e', 'c', 'r'))
-			return CMD_KEY;
-		if (w == MC_W4('g', 'a', 't', 's'))
-			return CMD_GAT;
-		break;
-	case 5:
-		if (w == MC_W5('t', 'o', 'u', 'c', 'h'))
-			return CMD_KEY;
-		break;
-	case 6:
-		if (w == MC_W6('d', 'e', 'l', 'e', 't', 'e'))
-			return CMD_KEY;
-		if (w == MC_W6('a', 'p', 'p', 'e', 'n', 'd'))
-			return CMD_STORE;
-		break;
-	case 7:
-		if (w == MC_W7('r', 'e', 'p', 'l', 'a', 'c', 'e') ||
-		    w == MC_W7('p', 'r', 'e', 'p', 'e', 'n', 'd'))
-			return CMD_STORE;
-		break;
-	case 9:
-		if (w == MC_W8('f', 'l', 'u', 's', 'h', '_', 'a', 'l') &&
-		    MC_AT(buf, off + 8) == 'l')
-			return CMD_FLUSH;
-		break;
-	}
-	return CMD_OTHER;
-}
-
-/* Meta commands may carry a base64 key (flag "b"): then we cannot hash the key. */
-static __always_inline int meta_has_b(struct mc_tokens *t, const __u8 *buf)
-{
-	for (int i = 2; i < MC_MAX_TOK; i++) {
-		MC_OPAQUE(i);
-		if (i >= t->n)
-			break;
-		if (t->len[i] == 1 && MC_AT(buf, t->off[i]) == 'b')
-			return 1;
-	}
-	return 0;
-}
-
-static __always_inline int scan_ascii(struct mc_xscratch *s, __u32 n, __u32 rem)
-{
-	struct mc_tokens *t = &s->tok;
-	t->eol = mc_find_crlf(s->buf, 0, n);
-	int eol = MC_LOAD(t->eol);
-	if (eol < 0) {
-		if (rem <= n)
-			return scan_unsure(s, 1); /* the line is cut by the segment end */
-		/* A line longer than any write we know (e.g. a long multi-get): skip it,
-		 * unless it starts like a write. */
-		mc_tokenize(s->buf, 0, n, t);
-		if (t->n > 0 && classify(s->buf, t->off[0], t->len[0]) != CMD_OTHER)
-			return scan_unsure(s, 0);
-		s->skipping = 1;
-		s->pos += n - 1;
-		return -1;
-	}
-	__u32 next = eol + 2;
-	mc_tokenize(s->buf, 0, eol, t);
-	if (t->n == 0)
-		goto out;
-	int cmd = classify(s->buf, t->off[0], t->len[0]);
-	switch (cmd) {
-	case CMD_STORE: {
-		if (t->n < 5)
-			break; /* memcached answers an error; nothing stored */
-		invalidate(s->buf, t->off[1], t->len[1]);
-		long long bytes = mc_atou(s->buf, t->off[4], t->len[4]);
-		if (bytes >= 0)
-			next += bytes + 2;
-		break;
-	}
-	case CMD_MSET: {
-		if (t->n < 3)
-			break;
-		if (meta_has_b(t, s->buf))
-			return scan_unsure(s, 0);
-		invalidate(s->buf, t->off[1], t->len[1]);
-		long long bytes = mc_atou(s->buf, t->off[2], t->len[2]);
-		if (bytes >= 0)
-			next += bytes + 2;
-		break;
-	}
-	case CMD_KEY:
-		if (t->n >= 2)
-			invalidate(s->buf, t->off[1], t->len[1]);
-		break;
-	case CMD_META:
-		if (t->n == 2 && mc_word64(s->buf, t->off[0], t->len[0]) == MC_W2('m', 'g'))
-			break; /* a plain meta get changes nothing */
-		if (t->n >= 2) {
-			if (meta_has_b(t, s->buf))
-				return scan_unsure(s, 0);
-			invalidate(s->buf, t->off[1], t->len[1]);
-		}
-		break;
-	case CMD_GAT:
-		if (t->overflow)
-			return scan_unsure(s, 0);
-		for (int i = 2; i < MC_MAX_TOK; i++) {
-			MC_OPAQUE(i);
-			if (i >= t->n)
-				break;
-			invalidate(s->buf, t->off[i], t->len[i]);
-		}
-		break;
-	case CMD_FLUSH: {
-		__u32 delay = 0;
-		if (t->n >= 2) {
-			long long d = mc_atou(s->buf, t->off[1], t->len[1]);
-			if (d > 0)
-				delay = d;
-		}
-		flush_all(delay);
-		break;
-	}
-	default:
-		break;
-	}
-out:
-	s->pos += next;
-	return -1;
-}
-
 static __always_inline int scan(struct xdp_md *ctx, struct mc_xscratch *s)
 {
 	if (s->pos >= s->payload_len)
 		return scan_done(s);
-	if (++s->steps > MC_MAX_SCAN_STEPS)
-		return scan_unsure(s, 0); /* more commands than we may look at */
+	if (++s->steps > MC_MAX_SCAN_STEPS) {
+		mc_bump_gen(MC_V_FALLBACK_FLUSH); /* more commands than we may look at */
+		return XDP_PASS;
+	}
 	__u32 rem = s->payload_len - s->pos;
 	__u64 n = rem < MC_WIN ? rem : MC_WIN; /* u64: no zero-extended copy to check */
 	if (!MC_SIZE_OK(n, MC_WIN))
 		return XDP_PASS;
-	if (bpf_xdp_load_bytes(ctx, s->payload_off + s->pos, s->buf, n) < 0)
-		return scan_unsure(s, 0);
-	int r;
-	if (s->skipping) {
-		s->tok.eol = mc_find_crlf(s->buf, 0, n);
-		int eol = MC_LOAD(s->tok.eol);
-		if (eol < 0) {
-			if (rem <= n)
-				return scan_unsure(s, 1);
-			s->pos += n - 1;
-		} else {
-			s->skipping = 0;
-			s->pos += eol + 2;
-		}
-		r = -1;
-	} else if (s->buf[0] == MC_BIN_REQ_MAGIC) {
-		r = scan_binary(s, n);
-	} else {
-		r = scan_ascii(s, n, rem);
+	if (bpf_xdp_load_bytes(ctx, s->payload_off + s->pos, s->buf, n) < 0) {
+		mc_bump_gen(MC_V_FALLBACK_FLUSH);
+		return XDP_PASS;
 	}
-	if (r >= 0)
-		return r;
+	__u64 adv = 0;
+	int r = s->skipping ? mc_scan_skip(s->buf, &s->tok, n, rem, &adv)
+			    : mc_scan_cmd(s->buf, &s->tok, n, rem, &adv);
+	if (r == MC_SCAN_CUT)
+		return scan_cut(s);
+	if (r == MC_SCAN_UNSURE)
+		return XDP_PASS;
+	s->skipping = r == MC_SCAN_LONG;
+	s->pos += adv;
 	mc_xdp_jmp.call(ctx, TAIL_SCAN);
-	return scan_unsure(s, 0);
+	mc_bump_gen(MC_V_FALLBACK_FLUSH);
+	return XDP_PASS;
 }
 
 int xdp_scan(struct xdp_md *ctx)

@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from mcache_agent import constants
+from mcache_agent import cgroups, constants
 from mcache_agent.paths import schema_path
 
 API_VERSION = "mcache/v1"
@@ -98,6 +98,12 @@ class CacheSpec:
 
 
 @dataclass(frozen=True)
+class BypassSpec:
+    enabled: bool = False
+    cgroup: str = ""  # empty: the root of the cgroup v2 hierarchy
+
+
+@dataclass(frozen=True)
 class Config:
     api_version: str
     version: int
@@ -109,6 +115,7 @@ class Config:
     probe_key: str = "mcache:probe"
     probe_timeout_ms: int = 2000
     probe_interval_s: int = 0
+    local_bypass: BypassSpec = BypassSpec()
     # Comments and layout do not make two configs different; equality is about content.
     text: str = field(default="", compare=False, repr=False)
 
@@ -354,6 +361,7 @@ def _build(doc: dict[str, Any], text: str) -> Config:
         allowed_clients=tuple(c.get("allowed_clients", d.allowed_clients)),
     )
     probe = doc.get("probe", {})
+    bypass = doc.get("local_bypass", {})
     return Config(
         api_version=doc["apiVersion"],
         version=doc["version"],
@@ -371,6 +379,8 @@ def _build(doc: dict[str, Any], text: str) -> Config:
         probe_key=probe.get("key", "mcache:probe"),
         probe_timeout_ms=probe.get("timeout_ms", 2000),
         probe_interval_s=probe.get("interval_s", 0),
+        local_bypass=BypassSpec(enabled=bypass.get("enabled", False),
+                                cgroup=bypass.get("cgroup", "")),
         text=text,
     )
 
@@ -561,6 +571,12 @@ def host_faults(cfg: Config, interfaces: dict[str, dict[str, Any]] | None = None
         faults += _local_faults(ip, host)
     if not cfg.cache.allowed_clients:
         faults += _interface_network_faults(cfg, host)
+    if cfg.local_bypass.enabled:
+        why = cgroups.cgroup_fault(cfg.local_bypass.cgroup)
+        if why:
+            where = "cgroup" if cfg.local_bypass.cgroup else "enabled"
+            faults.append(Fault(f"$.local_bypass.{where}",
+                                f"the local bypass attaches to a cgroup v2 directory: {why}"))
     return faults
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mcache_agent import constants
 from mcache_agent.config import Config, resolve_allowed_clients
-from mcache_agent.dataplane import libbpf
+from mcache_agent.dataplane import bypass, libbpf
 from mcache_agent.dataplane.layout import Layout, key_hash, net_u16, net_u32, net_u32x4, pack
 from mcache_agent.dataplane.plan import wanted_interfaces
 
@@ -87,6 +87,10 @@ def config_value(cfg: Config, layout: Layout, *, stats_slot: int) -> bytes:
         "unix_offset_ns": time.time_ns() - time.monotonic_ns(),
         "probe_hash": key_hash(cfg.probe_key.encode()),
         "stats_slot": stats_slot,
+        "bypass": 1 if cfg.local_bypass.enabled else 0,
+        # the namespace of the agent applying it: the sockops program sees every namespace's
+        # connections, and only this one's are memcached's
+        "netns_cookie": bypass.netns_cookie(),
     })
 
 

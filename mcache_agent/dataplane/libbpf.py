@@ -164,6 +164,11 @@ def _lib() -> Any:
         "bpf_xdp_attach": [ct.c_int, ct.c_int, ct.c_uint32, ct.c_void_p],
         "bpf_xdp_detach": [ct.c_int, ct.c_uint32, ct.c_void_p],
         "bpf_xdp_query_id": [ct.c_int, ct.c_int, ct.POINTER(ct.c_uint32)],
+        "bpf_prog_attach": [ct.c_int, ct.c_int, ct.c_int, ct.c_uint],
+        "bpf_prog_detach2": [ct.c_int, ct.c_int, ct.c_int],
+        "bpf_prog_query": [ct.c_int, ct.c_int, ct.c_uint32, ct.POINTER(ct.c_uint32),
+                           ct.POINTER(ct.c_uint32), ct.POINTER(ct.c_uint32)],
+        "bpf_map_get_next_key": [ct.c_int, ct.c_void_p, ct.c_void_p],
         "libbpf_num_possible_cpus": [],
     }
     for name, argtypes in sigs.items():
@@ -399,6 +404,46 @@ def xdp_prog_id(ifindex: int, flags: int = 0) -> int:
     prog_id = ct.c_uint32(0)
     _check(_lib().bpf_xdp_query_id(ifindex, flags, ct.byref(prog_id)), "XDP query")
     return prog_id.value
+
+
+# ---------------------------------------------------------------------------- cgroups
+
+BPF_CGROUP_SOCK_OPS = 3
+BPF_F_ALLOW_MULTI = 2
+
+
+def cgroup_attach(prog_fd: int, cgroup_fd: int, attach_type: int) -> None:
+    """Beside whatever else is attached there (other agents, other tools): multi mode."""
+    _check(_lib().bpf_prog_attach(prog_fd, cgroup_fd, attach_type, BPF_F_ALLOW_MULTI),
+           "cgroup attach")
+
+
+def cgroup_detach(prog_fd: int, cgroup_fd: int, attach_type: int) -> None:
+    _check(_lib().bpf_prog_detach2(prog_fd, cgroup_fd, attach_type), "cgroup detach")
+
+
+def cgroup_prog_ids(cgroup_fd: int, attach_type: int) -> list[int]:
+    """The ids of the programs attached to the cgroup itself (not inherited)."""
+    ids = (ct.c_uint32 * 64)()
+    count = ct.c_uint32(64)
+    flags = ct.c_uint32(0)
+    _check(_lib().bpf_prog_query(cgroup_fd, attach_type, 0, ct.byref(flags), ids,
+                                 ct.byref(count)), "cgroup query")
+    return list(ids[: count.value])
+
+
+def map_keys(fd: int, key_size: int, limit: int) -> int:
+    """How many keys the map holds (up to limit): for maps whose values cannot be read
+    (a sockhash)."""
+    key, nxt = ct.create_string_buffer(key_size), ct.create_string_buffer(key_size)
+    n, prev = 0, None
+    while n < limit:
+        if _lib().bpf_map_get_next_key(fd, prev, nxt) < 0:
+            break
+        n += 1
+        ct.memmove(key, nxt, key_size)
+        prev = key
+    return n
 
 
 # ---------------------------------------------------------------------------- ring buffers

@@ -6,7 +6,7 @@ starts workers (the XDP and TC halves compile in parallel), each compiles, loads
 own fresh prog array, pins what it made under <bpffs>/sets/<id>/, prints a JSON line with
 what the daemon needs (struct layouts), and exits. The pins keep everything alive.
 
-    python -m mcache_agent.dataplane.loader {xdp|tc|root|maps|layout} --bpffs DIR [--set ID]
+    python -m mcache_agent.dataplane.loader {xdp|tc|sock|root|maps|layout} --bpffs DIR [--set ID]
         [--cflag F]...
 """
 
@@ -25,7 +25,7 @@ from mcache_agent.dataplane import libbpf
 from mcache_agent.dataplane.layout import ctype_layout
 from mcache_agent.dataplane.source import inline_source
 
-KINDS = ("xdp", "tc", "root", "maps", "layout")
+KINDS = ("xdp", "tc", "sock", "root", "maps", "layout")
 XDP_PROGS = ("xdp_main", "xdp_get_key", "xdp_reply", "xdp_scan", "xdp_get_parse",
              "xdp_capture")
 TC_PROGS = ("tc_main", "tc_fill_item", "tc_capture")
@@ -62,7 +62,11 @@ def _pin(fd: int, path: Path) -> None:
 
 def load(kind: str, bpffs: Path, set_id: str, cflags: list[str]) -> dict[str, Any]:
     import bcc
+    from bcc import lib
 
+    root_types = {"xdp_root": bcc.BPF.XDP, "tc_root": bcc.BPF.SCHED_CLS,
+                  "tc_in_root": bcc.BPF.SCHED_CLS, "sock_root": bcc.BPF.SOCK_OPS,
+                  "msg_root": bcc.BPF.SK_MSG}
     if kind == "layout":
         text = inline_source(constants.source("mcache_shared.h"))
         b = bcc.BPF(text=text + "\nBPF_ARRAY(mc_cfg_layout, struct mc_config, 1);\n")
@@ -73,11 +77,23 @@ def load(kind: str, bpffs: Path, set_id: str, cflags: list[str]) -> dict[str, An
         bcc.BPF(text=inline_source(constants.source("mcache_maps.h")) + MAPS_USER, cflags=cflags)
         return {}
     if kind == "root":
+        # Only the roots not pinned yet: a pinned root may be attached, and its replacement
+        # would not be (an agent upgrade adds the roots it did not have).
         b = bcc.BPF(text=inline_source(constants.source("root.c")), cflags=cflags)
-        _pin(b.load_func("xdp_root", bcc.BPF.XDP).fd, bpffs / "xdp_root")
-        _pin(b.load_func("tc_root", bcc.BPF.SCHED_CLS).fd, bpffs / "tc_root")
-        _pin(b.load_func("tc_in_root", bcc.BPF.SCHED_CLS).fd, bpffs / "tc_in_root")
+        for name, ptype in root_types.items():
+            if not (bpffs / name).exists():
+                fn = b.load_func(name, ptype)
+                if name == "msg_root":  # the sockhash runs it on every socket it holds
+                    bcc.BPF.attach_func(fn, lib.bpf_table_fd(b.module, b"mc_sockhash"),
+                                        bcc.BPFAttachType.SK_MSG_VERDICT)
+                _pin(fn.fd, bpffs / name)
         return {}
+    set_dir = bpffs / "sets" / set_id
+    if kind == "sock":
+        b = bcc.BPF(text=inline_source(constants.source("sock_bypass.c")), cflags=cflags)
+        _pin(b.load_func("sock_main", bcc.BPF.SOCK_OPS).fd, set_dir / "sock_main")
+        _pin(b.load_func("msg_main", bcc.BPF.SK_MSG).fd, set_dir / "msg_main")
+        return {"entry": "sock_main"}
     src, progs, ptype, jmp = {
         "xdp": ("xdp_ingress.c", XDP_PROGS, bcc.BPF.XDP, "mc_xdp_jmp"),
         "tc": ("tc_egress.c", TC_PROGS, bcc.BPF.SCHED_CLS, "mc_tc_jmp"),
@@ -87,7 +103,6 @@ def load(kind: str, bpffs: Path, set_id: str, cflags: list[str]) -> dict[str, An
     for name, fn in fns.items():
         if name in TAILS:
             b[jmp][ct.c_int(constants.const(TAILS[name]))] = ct.c_int(fn.fd)
-    set_dir = bpffs / "sets" / set_id
     # A prog array empties when its last user reference goes: pin it, and the entry.
     _pin(b[jmp].get_fd(), set_dir / f"{kind}_jmp")
     _pin(fns[progs[0]].fd, set_dir / progs[0])

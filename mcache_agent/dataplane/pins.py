@@ -60,6 +60,7 @@ class Record:
     abi: str
     set: str
     interfaces: tuple[Attachment, ...] = field(default=())
+    bypass_cgroup: str = ""  # where the local bypass's sockops root is attached ("": nowhere)
 
     def to_json(self) -> bytes:
         doc = asdict(self)
@@ -81,6 +82,7 @@ class Record:
                            tc_ingress=bool(i.get("tc_ingress")))
                 for i in doc.get("interfaces", [])
             ),
+            bypass_cgroup=str(doc.get("bypass_cgroup", "")),
         )
 
 

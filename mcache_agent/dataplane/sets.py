@@ -25,8 +25,11 @@ from mcache_agent.dataplane.pins import PinDir
 WORKER_TIMEOUT_S = 120
 # Each root's dispatch slot and the set's entry it points at, in the order of a switch: the
 # ingress hooks first (see switch()).
-ENTRIES = {"xdp_root_jmp": "xdp_main", "tc_in_root_jmp": "tc_ingress", "tc_root_jmp": "tc_main"}
-ROOTS = ("xdp_root", "tc_in_root", "tc_root")
+# The local bypass's sk_msg scans writes as XDP does: it goes with the ingress hooks.
+ENTRIES = {"xdp_root_jmp": "xdp_main", "msg_root_jmp": "msg_main",
+           "tc_in_root_jmp": "tc_ingress", "tc_root_jmp": "tc_main",
+           "sock_root_jmp": "sock_main"}
+ROOTS = ("xdp_root", "tc_in_root", "tc_root", "sock_root", "msg_root")
 REQUIRED = ("xdp_main", "tc_main")  # sets from before tc_ingress have only these
 
 
@@ -80,10 +83,10 @@ def load_set(pins: PinDir, cflags: list[str], shared_pinned: bool) -> LoadedSet:
     definitions alone, ~0.3 s): bcc decides to create a pinned map before it compiles and pins
     it after, so two workers compiling at once would both create it, and one pin would fail."""
     set_id = new_set_id()
-    kinds = ["xdp", "tc"]
+    kinds = ["xdp", "tc", "sock"]
     first = [] if shared_pinned else ["maps"]
     if not all(pins.has(r) for r in ROOTS):
-        (first or kinds).append("root")  # shares no state map: alongside the maps worker
+        first.append("root")  # it makes the bypass's maps, which the sock worker opens
     try:
         if first:
             run_workers(pins, first, cflags, set_id)

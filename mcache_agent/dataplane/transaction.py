@@ -21,9 +21,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mcache_agent import cgroups
 from mcache_agent.config import Config
 from mcache_agent.dataplane import attach as attach_mod
-from mcache_agent.dataplane import configmap, libbpf, readings, sets, source, stats
+from mcache_agent.dataplane import bypass, configmap, libbpf, readings, sets, source, stats
 from mcache_agent.dataplane.layout import Layout
 from mcache_agent.dataplane.pins import Attachment, PinDir, Record, cache_pin, level_pin
 from mcache_agent.dataplane.plan import Plan, PlanRefused, plan, wanted_interfaces
@@ -186,11 +187,13 @@ class Dataplane:
                 # Attached before the commit point: the roots do not depend on the set, and
                 # a refusal (say, native mode on a device without it) must fail the apply.
                 attached = self._attach(cfg, record)
+                cgroup = self._attach_bypass(cfg, record)
             except Exception as exc:
                 self._back_to(previous, record)
                 raise DataplaneError(_message(exc)) from exc
             new = Record(version=cfg.version, shape=cfg.shape(), code=source.code_hash(),
-                         abi=abi, set=set_id, interfaces=tuple(attached))
+                         abi=abi, set=set_id, interfaces=tuple(attached),
+                         bypass_cgroup=cgroup)
             self._commit(new)
             self.fault("committed")
             self.pins.retire(new)
@@ -214,7 +217,8 @@ class Dataplane:
                 self._flush(record, memcached_restarted=False)
             self.pins.retire(record)
             self._commit(dataclasses.replace(record,
-                                             interfaces=tuple(self._attach(cfg, record))))
+                                             interfaces=tuple(self._attach(cfg, record)),
+                                             bypass_cgroup=self._attach_bypass(cfg, record)))
 
     def flush(self, *, memcached_restarted: bool = True) -> None:
         """Empty the cache: bump the generation, which kills every entry. When memcached
@@ -231,6 +235,14 @@ class Dataplane:
                     attach_mod.detach(entry)
                 except Exception as exc:  # keep going: leave as little behind as possible
                     log.warning("detach %s: %s", entry.interface, exc)
+            if record and record.bypass_cgroup:
+                # Connections in the bypass stay linked until they close: with the pins gone
+                # their sk_msg root finds no program set and leaves the bypass (root.c).
+                try:
+                    bypass.detach(self.pins, record.bypass_cgroup)
+                except Exception as exc:
+                    log.warning("detach the local bypass from %s: %s", record.bypass_cgroup,
+                                exc)
             self.pins.remove_all()
             self._record = None
 
@@ -310,8 +322,10 @@ class Dataplane:
                 held.point("xdp_root_jmp")
                 switched = True
                 self.fault("ingress")
+                held.point("msg_root_jmp")
                 held.point("tc_in_root_jmp")
                 held.point("tc_root_jmp")
+                held.point("sock_root_jmp")
                 swap_ms = (time.perf_counter() - t0) * 1000
         except Exception:
             if switched and record is not None:
@@ -350,6 +364,19 @@ class Dataplane:
                     self.pins.open("tc_in_root") as tc_in:
                 out.append(attach_mod.attach(w.name, w.xdp_mode, w.role, xdp, tc, tc_in))
         return out
+
+    def _attach_bypass(self, cfg: Config, record: Record | None) -> str:
+        """The sockops root on the cgroup cfg's local bypass names, off any other; returns
+        where it is attached ("": nowhere). Off, it only stops new connections joining: the
+        config map tells the ones in the bypass to leave."""
+        want = str(cgroups.cgroup_dir(cfg.local_bypass.cgroup)) \
+            if cfg.local_bypass.enabled else ""
+        have = record.bypass_cgroup if record else ""
+        if have and have != want:
+            bypass.detach(self.pins, have)
+        if want:
+            bypass.attach(self.pins, want)
+        return want
 
     def _back_to(self, previous: Config | None, record: Record | None) -> None:
         """After a failed apply: the kernel back to the recorded (running) version."""

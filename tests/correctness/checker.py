@@ -15,6 +15,12 @@ Readers (threads, UDP): ASCII get of one key, ASCII multi-get of 2..4 keys, bina
 GETK; each sends a burst of requests (several GETs in flight at once: that widens the race
 window the fill guard closes) and collects the replies.
 
+With --bypass (a lab with local_bypass on): the writers run on memcached's host (in its
+namespace), so their connections join the local bypass and every write reaches the cache
+through the sk_msg scanner; TCP readers on the bypass besides (gets, multi-gets and mgs
+pipelined in one send, each reply read back in order: a reply lost, cut or out of order is
+counted as lost or malformed).
+
 Stale read. Write times are real-time intervals [invoke, ack] (a noreply write's ack is the
 ack of the next acknowledged command on its connection; unknown if none). A read R of key k
 returning value v is explained by the writes P(v) that produced it (the tokens in v, or the
@@ -427,6 +433,103 @@ class Reader(threading.Thread):
             pos = eol + 4 + n
 
 
+class TcpReader(threading.Thread):
+    """Reads over one TCP connection: a burst of get, multi-get and mg requests in one send,
+    the replies taken back in order, each checked against its own request."""
+
+    def __init__(self, rid: int, hist: History, stop: threading.Event, ns: str, seed: int,
+                 burst: int, budget: list | None = None, pace: float = 0.0,
+                 server: str | None = None):
+        super().__init__(daemon=True, name=f"tcp-reader{rid}")
+        self.h, self.stop, self.ns, self.burst = hist, stop, ns, burst
+        self.server = server or L.SADDR
+        self.rng = random.Random(seed)
+        self.budget, self.pace = budget, pace
+
+    def run(self) -> None:
+        L.enter_ns(self.ns)
+        while not self.stop.is_set():
+            try:
+                with socket.create_connection((self.server, L.PORT), timeout=2) as s:
+                    while not self.stop.is_set():
+                        if self.budget is not None:
+                            with self.h.lock:
+                                if self.budget[0] <= 0:
+                                    self.stop.set()
+                                    break
+                                self.budget[0] -= self.burst
+                        self.round(s)
+                        if self.pace:
+                            time.sleep(self.rng.uniform(0, 2 * self.pace))
+            except OSError:
+                time.sleep(0.05)  # the round counted what it lost; a new connection
+
+    def request(self) -> tuple[str, list[bytes], bytes]:
+        r = self.rng.random()
+        if r < 0.5:
+            k = self.rng.choice(ALL_KEYS)
+            return "ascii", [k], b"get " + k + b"\r\n"
+        if r < 0.7:
+            k = self.rng.choice(ALL_KEYS)
+            return "mg", [k], b"mg " + k + b" s v k f " + MG_OPAQUE + b"\r\n"
+        ks = self.rng.sample(ALL_KEYS, self.rng.randint(2, 4))
+        return "multi", ks, b"get " + b" ".join(ks) + b"\r\n"
+
+    @staticmethod
+    def reply_len(via: str, buf: bytes) -> int | None:
+        """The length of the first whole reply of this form in buf, None if it is not all in."""
+        pos = 0
+        while True:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                return None
+            line = buf[pos:eol].split(b" ")
+            if via == "mg" and line[0] != b"VA":
+                return eol + 2
+            if line[0] in (b"VALUE", b"VA"):
+                n = int(line[3] if line[0] == b"VALUE" else line[1])
+                end = eol + 2 + n + 2
+                if len(buf) < end:
+                    return None
+                if via == "mg":
+                    return end
+                pos = end
+                continue
+            return eol + 2  # END, or an error line
+
+    def round(self, s: socket.socket) -> None:
+        reqs = [self.request() for _ in range(self.burst)]
+        t0 = now()
+        s.sendall(b"".join(p for _via, _keys, p in reqs))
+        buf = b""
+        for i, (via, keys, _p) in enumerate(reqs):
+            try:
+                while (n := self.reply_len(via, buf)) is None:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise ConnectionError("closed")
+                    buf += chunk
+            except (OSError, ValueError):
+                with self.h.lock:
+                    self.h.lost += len(reqs) - i
+                    self.h.lost_at += [t0] * (len(reqs) - i)
+                raise ConnectionError("replies lost") from None
+            t1 = now()
+            reply, buf = buf[:n], buf[n:]
+            try:
+                vals = Reader.parse(via, keys, reply)
+            except Exception as exc:
+                with self.h.lock:
+                    self.h.malformed.append(f"tcp {via} {keys}: {exc}: {reply[:200]!r}")
+                continue
+            with self.h.lock:
+                for k in keys:
+                    self.h.reads.append(Read(k, t0, t1, vals.get(k), "tcp_" + via))
+        if buf:
+            with self.h.lock:
+                self.h.malformed.append(f"tcp: bytes after the last reply: {buf[:100]!r}")
+
+
 # ---------------------------------------------------------------- the check
 
 def check(h: History) -> dict:
@@ -516,10 +619,13 @@ def check(h: History) -> dict:
 
 def run(ops: int, *, lab: L.Lab | None = None, writers: int = 4, readers: int = 3,
         burst: int = 6, pace: float = 0.004, read_pace: float = 0.003,
-        max_seconds: float = 600, during=None, pad: int = 0, ipv6: bool = False) -> dict:
+        max_seconds: float = 600, during=None, pad: int = 0, ipv6: bool = False,
+        tcp_readers: int = 0) -> dict:
     """Drive `ops` reads (key reads, counted per key) plus the writes made meanwhile.
     `during(stop_event)` runs in a thread alongside (fault injection). ipv6 (a dual-stack lab):
-    every reader over IPv6, writers over both families in turn."""
+    every reader over IPv6, writers over both families in turn. In a lab with the local
+    bypass on, the writers run in the server's namespace (they join the bypass), and
+    tcp_readers read over it."""
     own = lab is None
     lab = lab or L.Lab("k").up()
     try:
@@ -527,9 +633,13 @@ def run(ops: int, *, lab: L.Lab | None = None, writers: int = 4, readers: int = 
         stop = threading.Event()
         budget = [ops * 10 // 13]  # ~ reads; the writes make up the rest
         modes = ["ack", "noreply", "pipeline", "ack", "noreply", "pipeline"]
-        ts = [Writer(i + 1, h, stop, modes[i % len(modes)], pace, lab.c, seed=i, pad=pad,
+        wns = lab.s if lab.bypass else lab.c
+        ts = [Writer(i + 1, h, stop, modes[i % len(modes)], pace, wns, seed=i, pad=pad,
                      server=L.SADDR6 if ipv6 and i % 2 else L.SADDR)
               for i in range(writers)]
+        # the UDP readers' budget decides how long the run is: the TCP readers read alongside
+        ts += [TcpReader(50 + i, h, stop, wns, seed=200 + i, burst=burst, pace=read_pace)
+               for i in range(tcp_readers)]
         ts += [Reader(i + 1, h, stop, lab.c, seed=100 + i, burst=burst, budget=budget,
                       pace=read_pace, src=L.CADDR6 if ipv6 else L.CADDR,
                       server=L.SADDR6 if ipv6 else L.SADDR)
@@ -575,12 +685,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=900)
     ap.add_argument("--ipv6", action="store_true",
                     help="a dual-stack lab: readers over IPv6, writers over both families")
+    ap.add_argument("--bypass", action="store_true",
+                    help="local_bypass on: writers and TCP readers on memcached's host")
+    ap.add_argument("--tcp-readers", type=int, default=2, help="with --bypass")
     a = ap.parse_args(argv)
-    lab = L.Lab("k", hold_ms=a.hold_ms, ipv6=a.ipv6,
+    lab = L.Lab("k", hold_ms=a.hold_ms, ipv6=a.ipv6, bypass=a.bypass,
                 extra_cflags="-DMC_TEST_NO_FILL_GUARD" if a.no_guard else "").up()
     try:
         rep = run(a.ops, lab=lab, writers=a.writers, readers=a.readers, burst=a.burst,
-                  pace=a.pace, read_pace=a.read_pace, max_seconds=a.max_seconds, ipv6=a.ipv6)
+                  pace=a.pace, read_pace=a.read_pace, max_seconds=a.max_seconds, ipv6=a.ipv6,
+                  tcp_readers=a.tcp_readers if a.bypass else 0)
     finally:
         lab.down()
     rep["no_guard"] = a.no_guard

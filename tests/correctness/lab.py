@@ -35,7 +35,7 @@ ALLOWED6 = "fd00:100::/64"
 def config_text(version: int, iface: str, *, ttl_ms: int = 60000, hold_ms: int = 50,
                 entries: int = 4096, enabled: bool = True, protocols=("ascii", "binary"),
                 prefix: str = "", allowed: str | None = ALLOWED, extra_ifaces=(),
-                ipv6: bool = False, allowed6: str = ALLOWED6) -> str:
+                ipv6: bool = False, allowed6: str = ALLOWED6, bypass: bool = False) -> str:
     ifs = ", ".join(f"{{name: {n}, xdp_mode: auto}}" for n in (iface, *extra_ifaces))
     address = "'::'" if ipv6 else SADDR
     if ipv6 and allowed:
@@ -56,6 +56,8 @@ def config_text(version: int, iface: str, *, ttl_ms: int = 60000, hold_ms: int =
         lines.append(f"  key_prefix: {prefix!r}")
     if allowed:
         lines.append(f"  allowed_clients: [{allowed}]")
+    if bypass:
+        lines.append("local_bypass: {enabled: true}")
     return "\n".join(lines) + "\n"
 
 
@@ -67,9 +69,11 @@ def load(text: str):
 
 class Lab:
     def __init__(self, tag: str = "a", *, hold_ms: int = 50, ttl_ms: int = 60000,
-                 extra_cflags: str = "", dataplane: bool = True, ipv6: bool = False) -> None:
+                 extra_cflags: str = "", dataplane: bool = True, ipv6: bool = False,
+                 bypass: bool = False) -> None:
         self.tag = tag
         self.ipv6 = ipv6
+        self.bypass = bypass  # local_bypass: clients in the server's namespace join it
         self.s, self.c = f"mcc{tag}-s", f"mcc{tag}-c"
         self.sif, self.cif = f"mcc{tag}s0", f"mcc{tag}c0"
         self.pin = Path(f"/sys/fs/bpf/mcache-corr-{tag}")
@@ -106,6 +110,7 @@ class Lab:
         kw.setdefault("ttl_ms", self.ttl_ms)
         kw.setdefault("hold_ms", self.hold_ms)
         kw.setdefault("ipv6", self.ipv6)
+        kw.setdefault("bypass", self.bypass)
         return config_text(self.version, self.sif, **kw)
 
     def apply(self, **kw):

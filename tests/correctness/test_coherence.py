@@ -45,10 +45,11 @@ def test_no_stale_reads(lab):
     assert rep["values_by_via"].get("mg", 0) > 100, rep["values_by_via"]  # meta get readers
 
 
-def run_in_own_lab(tag: str, ops: int, *, ipv6: bool = False, **run_kw) -> dict:
+def run_in_own_lab(tag: str, ops: int, *, ipv6: bool = False, bypass: bool = False,
+                   **run_kw) -> dict:
     """A checker run in a lab of its own (the checker judges the values its run wrote),
     coherent."""
-    lb = L.Lab(tag, hold_ms=50, ipv6=ipv6).up()
+    lb = L.Lab(tag, hold_ms=50, ipv6=ipv6, bypass=bypass).up()
     try:
         rep = checker.run(ops, lab=lb, ipv6=ipv6, **run_kw)
     finally:
@@ -73,6 +74,20 @@ def test_no_stale_reads_over_ipv6():
     assert rep["counters"].get("hit", 0) > 100, rep["counters"]
     assert rep["counters"].get("fill", 0) > 10, rep["counters"]
     assert rep["values_by_via"].get("mg", 0) > 50, rep["values_by_via"]
+
+
+def test_no_stale_reads_with_writers_and_readers_on_the_local_bypass():
+    """local_bypass on, every writer on memcached's host: its writes (acknowledged, noreply,
+    pipelined) reach the cache through the sk_msg scanner only, never through XDP. TCP readers
+    on the bypass pipeline gets, multi-gets and mgs, each reply read back in order; the UDP
+    readers on the client host read the cache. 0 stale, 0 lost."""
+    rep = run_in_own_lab("b", CI_OPS // 2, bypass=True, tcp_readers=2)
+    c = rep["counters"]
+    assert c.get("joined", 0) >= 2 * 6, c  # 4 writers and 2 readers, both ends each
+    assert c.get("redirect", 0) > 1000 and c.get("left", 0) == 0, c
+    assert c.get("hit", 0) > 100 and c.get("invalidate", 0) > 1000, c
+    by_via = rep["values_by_via"]
+    assert min(by_via.get(v, 0) for v in ("tcp_ascii", "tcp_multi", "tcp_mg")) > 100, by_via
 
 
 def test_checker_catches_a_missing_fill_guard():

@@ -51,7 +51,7 @@ class Pair:
     """Server namespace (memcached + Dataplane on its veth) and client namespace."""
 
     def __init__(self, tag: str, net: int, *, fill_hold_ms: int = 0, ttl_ms: int = 60000,
-                 xdp_mode: str = "auto", ipv6: bool = False) -> None:
+                 xdp_mode: str = "auto", ipv6: bool = False, bypass: bool = False) -> None:
         self.s, self.c = f"mct{tag}-s", f"mct{tag}-c"
         self.sif, self.cif = f"mct{tag}s0", f"mct{tag}c0"
         self.saddr, self.caddr = f"198.19.{net}.1", f"198.19.{net}.2"
@@ -60,6 +60,7 @@ class Pair:
         self.pidfile = Path(f"/tmp/mcache-test-{tag}-memcached.pid")
         self.version = 0
         self.fill_hold_ms, self.ttl_ms, self.xdp_mode = fill_hold_ms, ttl_ms, xdp_mode
+        self.bypass = bypass  # local_bypass.enabled
         self.pid = None
         self.dp = None
         # dual stack: ULA addresses on the veths, memcached listening on both families
@@ -88,7 +89,8 @@ class Pair:
 
     def config_text(self, **over) -> str:
         c = {"ttl_ms": self.ttl_ms, "fill_hold_ms": self.fill_hold_ms, "enabled": "true",
-             "entries": 4096, "strategy": "auto", "max_value_bytes": 1024}
+             "entries": 4096, "strategy": "auto", "max_value_bytes": 1024,
+             "bypass": self.bypass}
         c.update(over)
         # dual stack: memcached.address '::' answers GETs over both families
         address = c.get("address") or ("'::'" if self.saddr6 else self.saddr)
@@ -106,6 +108,7 @@ cache:
   enabled: {c['enabled']}
   allowed_clients: [{allowed}]
 rollout: {{strategy: {c['strategy']}}}
+local_bypass: {{enabled: {str(c['bypass']).lower()}}}
 """
 
     def apply(self, **over):

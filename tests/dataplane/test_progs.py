@@ -760,19 +760,33 @@ def test_meta_get_hits_are_answered_as_memcached_does(dp, req, body):
     assert out == expected_reply(rid, body)
 
 
-@pytest.mark.parametrize("req", [b"mg mk t v", b"mg mk c v", b"mg mk v v", b"mg mk N30 v",
-                                 b"mg mk T30 v", b"mg bWs= b v", b"mg mk v x",
-                                 b"mg mk O" + b"o" * 33 + b" v"])
-def test_meta_gets_the_cache_cannot_answer_go_to_memcached_as_writes(dp, req):
-    """Flags that need memcached's item (t, c), change it (N, T), hide the key (b), or that
-    memcached refuses (a repeated flag): passed unchanged, and the scanner treats the mg as a
-    write (the key is invalidated), as it did before mg was served."""
+@pytest.mark.parametrize("req", [b"mg mk N30 v", b"mg mk T30 v", b"mg mk v x", b"mg mk E5 v",
+                                 b"mg mk R30 v", b"mg bWs= b N30 v"])
+def test_meta_gets_that_may_change_the_item_go_to_memcached_as_writes(dp, req):
+    """Flags that change the item (N vivifies, T touches, E and R), or that we do not know:
+    passed unchanged, and the scanner treats the mg as a write (the key is invalidated, or
+    the cache emptied when the key is base64)."""
     dp.fill_ascii(b"mk", b"hello")
     frame = mc_udp(dp.next_rid(), req + b"\r\n")
     (rc, out), d = dp.delta(lambda: dp.x(frame))
     assert rc == XDP_PASS and out == frame, d
     assert "hit" not in d
     assert d.get("invalidate", 0) + d.get("fallback_flush", 0) >= 1, d
+
+
+@pytest.mark.parametrize("req", [b"mg mk t v", b"mg mk c v", b"mg mk v v", b"mg mk h l u v",
+                                 b"mg bWs= b v", b"mg mk O" + b"o" * 33 + b" v"])
+def test_meta_gets_the_cache_cannot_answer_that_only_read_pass(dp, req):
+    """Flags that need memcached's item (t, c, h, l), a base64 key, or what memcached refuses
+    (a repeated flag, an opaque too long): passed unchanged, and, reading only, they
+    invalidate nothing (TCP readers of mg must not keep the cache empty)."""
+    dp.fill_ascii(b"mk", b"hello")
+    frame = mc_udp(dp.next_rid(), req + b"\r\n")
+    (rc, out), d = dp.delta(lambda: dp.x(frame))
+    assert rc == XDP_PASS and out == frame, d
+    assert "hit" not in d and "invalidate" not in d and "fallback_flush" not in d, d
+    _, _, rc, _, d = dp.get(b"mk")
+    assert rc == XDP_TX, d
 
 
 def test_a_meta_get_miss_passes_and_invalidates_nothing(dp):
