@@ -85,6 +85,7 @@ def status_document(
         "apply_in_progress": in_progress,
         "config_file": config_file,
         "attached": ask("attached", []),
+        "local_bypass": ask("local_bypass", None),
         "counters": counters,
         # the same counts by the config version that decided, and by the path that did
         # (non-zero counts only): a swap neither resets nor mixes them

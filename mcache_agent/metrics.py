@@ -50,6 +50,9 @@ class AgentCollector(Collector):
         yield _gauge("mcache_cache_memory_bytes",
                      "Kernel memory of every map of the data plane (the kernel's account).",
                      cache.get("memory_bytes"))
+        yield _gauge("mcache_local_bypass_sockets",
+                     "Sockets in the local bypass (two per local connection to memcached).",
+                     (st.get("local_bypass") or {}).get("sockets"))
         yield _gauge("mcache_config_version", "Config version running.", st.get("version"))
         cfile = st.get("config_file") or {}
         yield _gauge("mcache_config_file_refused",

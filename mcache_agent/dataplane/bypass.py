@@ -27,7 +27,8 @@ def netns_cookie() -> int:
 
 def attach(pins: PinDir, cgroup: str) -> None:
     """The sockops root on the cgroup, unless it is there already (a restarted agent)."""
-    with pins.open("sock_root") as prog, libbpf.Fd(os.open(cgroup, os.O_RDONLY)) as cg:
+    cg = libbpf.Fd(os.open(cgroup, os.O_RDONLY))
+    with cg, pins.open("sock_root") as prog:
         if libbpf.prog_info(prog).id in libbpf.cgroup_prog_ids(cg, libbpf.BPF_CGROUP_SOCK_OPS):
             return
         libbpf.cgroup_attach(prog, cg, libbpf.BPF_CGROUP_SOCK_OPS)
@@ -39,7 +40,7 @@ def detach(pins: PinDir, cgroup: str) -> None:
         cg = libbpf.Fd(os.open(cgroup, os.O_RDONLY))
     except FileNotFoundError:
         return
-    with pins.open("sock_root") as prog, cg:
+    with cg, pins.open("sock_root") as prog:
         try:
             libbpf.cgroup_detach(prog, cg, libbpf.BPF_CGROUP_SOCK_OPS)
         except libbpf.BpfError as exc:

@@ -127,6 +127,12 @@ class Dataplane:
         return [{"interface": a.interface, "mode": a.mode, "role": a.role}
                 for a in (rec.interfaces if rec else ())]
 
+    def local_bypass(self) -> dict[str, object]:
+        """The local bypass: the cgroup its sockops root is attached to ("" when off), and the
+        sockets in it now (two per connection; connections that left stay until they close)."""
+        rec = self.record()
+        return {"cgroup": rec.bypass_cgroup if rec else "", "sockets": bypass.sockets(self.pins)}
+
     def state_path(self, name: str) -> Path | None:
         """Where the running layout's state map `name` (stats, state, cfg, ...) is pinned."""
         rec = self.record()

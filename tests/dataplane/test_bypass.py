@@ -99,6 +99,26 @@ def test_a_remote_client_never_joins(pair, remote):
     assert delta(before, after, "xdp_scan") == {"invalidate": 1}  # XDP read its write
 
 
+def test_each_host_joins_only_its_own_namespace(pair):
+    """Two hosts on one machine (network namespaces, each with its own data plane), both with
+    the bypass on: both sockops roots sit on the cgroup root and see every namespace's
+    connections; each joins only its own namespace's (pair's memcached address is '::', so
+    only the namespace check keeps it from taking the other's)."""
+    other = Pair("byq", 44, bypass=True).up()
+    try:
+        mine, theirs = paths(pair), paths(other)
+        with local(other) as s:
+            assert ask(s, b"set q 0 0 1\r\nx\r\n", b"\r\n") == b"STORED\r\n"
+        assert delta(theirs, paths(other), "sockops") == {"joined": 2}
+        assert delta(mine, paths(pair), "sockops") == {}
+    finally:
+        other.down()
+    with local(pair) as s:  # the other's teardown left this one's root in place
+        before = paths(pair)
+        assert ask(s, b"get q\r\n", b"END\r\n") == b"END\r\n"
+        assert delta(before, paths(pair), "sk_msg") == {"redirect": 2}
+
+
 BIN_SET = bytes.fromhex("80 01 0002 08 00 0000 0000000d 00000000 0000000000000000") + \
     bytes(8) + b"bw" + b"new"
 BIN_DELETE = bytes.fromhex("80 04 0002 00 00 0000 00000002 00000000 0000000000000000") + b"bw"

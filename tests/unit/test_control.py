@@ -105,6 +105,9 @@ class FakeDataplane:
     def attached(self) -> list[dict[str, str]]:
         return [{"interface": "lo", "mode": "generic", "role": "serve"}]
 
+    def local_bypass(self) -> dict[str, object]:
+        return {"cgroup": "/sys/fs/cgroup", "sockets": 6}
+
     def flush(self) -> None:
         self.flushes += 1
 
@@ -620,6 +623,7 @@ def test_metrics_render_from_status(agent: Running) -> None:
     assert "mcache_config_version 1.0" in text
     assert 'mcache_last_apply_info{result="ok",strategy="program_swap"} 1.0' in text
     assert "mcache_cache_memory_bytes 3e+06" in text
+    assert "mcache_local_bypass_sockets 6.0" in text
     assert "mcache_last_apply_success 1.0" in text
     assert "mcache_config_file_refused 0.0" in text
     assert "mcache_last_apply_timestamp_seconds 1." in text
