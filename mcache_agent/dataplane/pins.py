@@ -61,6 +61,7 @@ class Record:
     set: str
     interfaces: tuple[Attachment, ...] = field(default=())
     bypass_cgroup: str = ""  # where the local bypass's sockops root is attached ("": nowhere)
+    bypass_programs: bool = False  # the set has the local bypass's programs (sock_bypass.c)
 
     def to_json(self) -> bytes:
         doc = asdict(self)
@@ -83,6 +84,7 @@ class Record:
                 for i in doc.get("interfaces", [])
             ),
             bypass_cgroup=str(doc.get("bypass_cgroup", "")),
+            bypass_programs=bool(doc.get("bypass_programs")),
         )
 
 

@@ -68,6 +68,8 @@ def plan(cfg: Config, previous: Config | None, record: Record | None, code: str,
         reasons.append("the pinned maps' layout changed (a new cache)")
     elif code != record.code:
         reasons.append("the data plane's code changed")
+    if cfg.local_bypass.enabled and not record.bypass_programs:
+        reasons.append("local_bypass is turned on: its programs join the program set")
     if reasons and cfg.strategy == "map_swap":
         raise PlanRefused("$.rollout.strategy",
                           f"map_swap cannot apply this change ({'; '.join(reasons)}): "

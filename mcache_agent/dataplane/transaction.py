@@ -197,9 +197,11 @@ class Dataplane:
             except Exception as exc:
                 self._back_to(previous, record)
                 raise DataplaneError(_message(exc)) from exc
+            programs = cfg.local_bypass.enabled if p.strategy == "program_swap" else \
+                bool(record and record.bypass_programs)
             new = Record(version=cfg.version, shape=cfg.shape(), code=source.code_hash(),
                          abi=abi, set=set_id, interfaces=tuple(attached),
-                         bypass_cgroup=cgroup)
+                         bypass_cgroup=cgroup, bypass_programs=programs)
             self._commit(new)
             self.fault("committed")
             self.pins.retire(new)
@@ -311,7 +313,7 @@ class Dataplane:
         state = self.pins.state_dir(abi)
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         shared = all((state / n).exists() for n in (cache_pin(cfg.shape()), "conn"))
-        loaded = sets.load_set(self.pins, self.cflags(cfg), shared)
+        loaded = sets.load_set(self.pins, self.cflags(cfg), shared, cfg.local_bypass.enabled)
         self._layout = loaded.config_layout  # the same sources: no layout worker needed
         return loaded.id
 

@@ -519,3 +519,46 @@ def test_host_interfaces_reads_both_families_and_notes_link_local(
                  "ipv6": [("2001:db8::2", 64), ("fd00::2", 64)], "link_local": True},
         "eth1": {"up": False, "ipv4": [], "ipv6": [], "link_local": False},
     }
+
+
+# --------------------------------------------------------------------------- local bypass
+
+
+def test_local_bypass_is_off_by_default_and_checked_on_this_host(tmp_path: Path) -> None:
+    assert load_config(cfg_text()).local_bypass.enabled is False
+    on = load_config(cfg_text() + "local_bypass: {enabled: true}\n")
+    assert on.local_bypass.enabled and check_semantics(on, None) == []  # the cgroup v2 root
+    assert paths_of(cfg_text() + "local_bypass: {enabled: yes, cgroups: /x}\n") == [
+        "$.local_bypass.cgroups"]  # an unknown key, named
+    assert paths_of(cfg_text() + "local_bypass: {cgroup: relative/dir}\n") == [
+        "$.local_bypass.cgroup"]
+    for where, why in ((str(tmp_path), "is not in a cgroup v2 hierarchy"),
+                       ("/sys/fs/cgroup-none", "is not a directory")):
+        cfg = load_config(cfg_text() + f"local_bypass: {{enabled: true, cgroup: {where}}}\n")
+        faults = check_semantics(cfg, None)
+        assert [f.path for f in faults] == ["$.local_bypass.cgroup"], faults
+        assert why in faults[0].message
+        assert check_semantics(cfg, None, host_checks=False) == []
+
+
+def test_turning_the_bypass_on_brings_its_programs_once() -> None:
+    """A program set carries the bypass's programs only when a config turned it on: that
+    apply is a program swap; turning it off and on again after is a map swap."""
+    from mcache_agent.dataplane.pins import Attachment, Record
+    from mcache_agent.dataplane.plan import PlanRefused, plan
+
+    lo = (Attachment("lo", "generic", "generic", "serve", False),)
+    off = load_config(cfg_text())
+    on = load_config(cfg_text(2) + "local_bypass: {enabled: true}\n")
+    rec = Record(version=1, shape=off.shape(), code="c", abi="a", set="s", interfaces=lo)
+    p = plan(on, off, rec, "c", "a")
+    assert p.strategy == "program_swap" and p.cache_kept, p
+    assert any("local_bypass" in r for r in p.reasons)
+    with_programs = Record(version=1, shape=off.shape(), code="c", abi="a", set="s",
+                           interfaces=lo, bypass_programs=True)
+    assert plan(on, off, with_programs, "c", "a").strategy == "map_swap"
+    assert plan(off, on, with_programs, "c", "a").strategy == "map_swap"
+    pinned = load_config(cfg_text(2) + "local_bypass: {enabled: true}\n"
+                         "rollout: {strategy: map_swap}\n")
+    with pytest.raises(PlanRefused):
+        plan(pinned, off, rec, "c", "a")
