@@ -278,8 +278,13 @@ def format_status(st: dict[str, Any]) -> str:
         for f in cfile.get("faults") or []:
             rows.append(("", f"{f.get('path')}: {f.get('message')}"))
     used, entries = cache.get("used"), cache.get("entries")
+    bypass = st.get("local_bypass") or {}
     rows += [
         ("attached", attached),
+        ("local bypass", f"on at {bypass['cgroup']}, {bypass.get('sockets', 0)} sockets"
+                         if bypass.get("cgroup") else
+                         f"off, {bypass['sockets']} sockets leaving" if bypass.get("sockets")
+                         else "off"),
         ("cache", f"{_or_dash(used)}/{_or_dash(entries)} entries, "
                   f"{_bytes(cache.get('memory_bytes'))} of kernel memory"
                   if entries is not None else "-"),

@@ -183,10 +183,15 @@ def test_status_lines_for_people() -> None:
           "attached": [], "counters": {"hit": 0}, "hit_ratio": None,
           "cache": {"entries": 4096, "used": None, "memory_bytes": None}, "probe": None}
     out = format_status(st)
+    assert "local bypass  off" in out
     assert "v7 ok program_swap 5135.5 ms" in out
     assert "applying" in out and "v8" in out
     assert "$.cache.entries: not a power" in out
     assert "None" not in out
+    st["local_bypass"] = {"cgroup": "/sys/fs/cgroup", "sockets": 6}
+    assert "local bypass  on at /sys/fs/cgroup, 6 sockets" in format_status(st)
+    st["local_bypass"] = {"cgroup": "", "sockets": 2}
+    assert "local bypass  off, 2 sockets leaving" in format_status(st)
 
 
 class FakeAgentHandler:
