@@ -87,6 +87,34 @@ static __always_inline void v4_mapped(__u32 *a, __u32 ip4)
 	a[3] = ip4;
 }
 
+/*
+ * A socket's key (struct mc_sock_key) from a sockops or sk_msg context, as seen from one end
+ * of the connection: `near` names that end's fields (local or remote), `far` the other's.
+ * Every address word is read before the family decides: loads of either family's words merged
+ * behind a branch would be a context pointer with an offset (refused by the verifier). Ports:
+ * local_port is in host order in both contexts, remote_port in network order (high half).
+ */
+#define MC_PORT_local(p) (p)
+#define MC_PORT_remote(p) bpf_ntohl(p)
+#define MC_SOCK_KEY(k, ctx, near, far)                                                   \
+	do {                                                                              \
+		__u32 n4 = (ctx)->near##_ip4, f4 = (ctx)->far##_ip4;                        \
+		(k).local[0] = (ctx)->near##_ip6[0];                                         \
+		(k).local[1] = (ctx)->near##_ip6[1];                                         \
+		(k).local[2] = (ctx)->near##_ip6[2];                                         \
+		(k).local[3] = (ctx)->near##_ip6[3];                                         \
+		(k).remote[0] = (ctx)->far##_ip6[0];                                         \
+		(k).remote[1] = (ctx)->far##_ip6[1];                                         \
+		(k).remote[2] = (ctx)->far##_ip6[2];                                         \
+		(k).remote[3] = (ctx)->far##_ip6[3];                                         \
+		if ((ctx)->family == MC_AF_INET) {                                            \
+			v4_mapped((k).local, n4);                                             \
+			v4_mapped((k).remote, f4);                                            \
+		}                                                                         \
+		(k).local_port = MC_PORT_##near((ctx)->near##_port);                         \
+		(k).remote_port = MC_PORT_##far((ctx)->far##_port);                          \
+	} while (0)
+
 /* memcached's address, as the config names it (a wildcard: any local one). */
 static __always_inline int memcached_addr(struct mc_config *cfg, const __u32 *a)
 {
@@ -99,24 +127,10 @@ static __always_inline int memcached_addr(struct mc_config *cfg, const __u32 *a)
 static __always_inline int sock_join(struct bpf_sock_ops *skops, struct mc_config *cfg)
 {
 	__u32 server = skops->op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB;
-	struct mc_sock_key k = {};
-	if (skops->family == MC_AF_INET) {
-		v4_mapped(k.local, skops->local_ip4);
-		v4_mapped(k.remote, skops->remote_ip4);
-	} else if (skops->family == MC_AF_INET6) {
-		k.local[0] = skops->local_ip6[0];
-		k.local[1] = skops->local_ip6[1];
-		k.local[2] = skops->local_ip6[2];
-		k.local[3] = skops->local_ip6[3];
-		k.remote[0] = skops->remote_ip6[0];
-		k.remote[1] = skops->remote_ip6[1];
-		k.remote[2] = skops->remote_ip6[2];
-		k.remote[3] = skops->remote_ip6[3];
-	} else {
+	if (skops->family != MC_AF_INET && skops->family != MC_AF_INET6)
 		return 0;
-	}
-	k.local_port = skops->local_port;
-	k.remote_port = bpf_ntohl(skops->remote_port);
+	struct mc_sock_key k = {};
+	MC_SOCK_KEY(k, skops, local, remote); /* the socket's own */
 	__u16 port = bpf_ntohs(cfg->port);
 	if ((server ? k.local_port : k.remote_port) != port)
 		return 0;
@@ -163,23 +177,7 @@ int sock_main(struct bpf_sock_ops *skops)
 static __always_inline int to_peer(struct sk_msg_md *msg, struct mc_bypass_conn *c, __u32 line)
 {
 	struct mc_sock_key peer = {};
-	/* Every address word read before the family decides: loads of either family's words
-	 * merged behind a branch would be a context pointer with an offset (refused). */
-	__u32 r4 = msg->remote_ip4, l4 = msg->local_ip4;
-	peer.local[0] = msg->remote_ip6[0];
-	peer.local[1] = msg->remote_ip6[1];
-	peer.local[2] = msg->remote_ip6[2];
-	peer.local[3] = msg->remote_ip6[3];
-	peer.remote[0] = msg->local_ip6[0];
-	peer.remote[1] = msg->local_ip6[1];
-	peer.remote[2] = msg->local_ip6[2];
-	peer.remote[3] = msg->local_ip6[3];
-	if (msg->family == MC_AF_INET) {
-		v4_mapped(peer.local, r4);
-		v4_mapped(peer.remote, l4);
-	}
-	peer.local_port = bpf_ntohl(msg->remote_port);
-	peer.remote_port = msg->local_port;
+	MC_SOCK_KEY(peer, msg, remote, local); /* the other end's */
 	/* The helper's SK_DROP for a missing peer would drop the message: pass it instead. */
 	long verdict = mc_sockhash.msg_redirect_hash(msg, &peer, BPF_F_INGRESS);
 	if (verdict != SK_PASS) {

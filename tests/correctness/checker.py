@@ -438,26 +438,19 @@ class TcpReader(threading.Thread):
     the replies taken back in order, each checked against its own request."""
 
     def __init__(self, rid: int, hist: History, stop: threading.Event, ns: str, seed: int,
-                 burst: int, budget: list | None = None, pace: float = 0.0,
-                 server: str | None = None):
+                 burst: int, pace: float = 0.0, server: str | None = None):
         super().__init__(daemon=True, name=f"tcp-reader{rid}")
         self.h, self.stop, self.ns, self.burst = hist, stop, ns, burst
         self.server = server or L.SADDR
         self.rng = random.Random(seed)
-        self.budget, self.pace = budget, pace
+        self.pace = pace
 
     def run(self) -> None:
         L.enter_ns(self.ns)
         while not self.stop.is_set():
             try:
                 with socket.create_connection((self.server, L.PORT), timeout=2) as s:
-                    while not self.stop.is_set():
-                        if self.budget is not None:
-                            with self.h.lock:
-                                if self.budget[0] <= 0:
-                                    self.stop.set()
-                                    break
-                                self.budget[0] -= self.burst
+                    while not self.stop.is_set():  # the UDP readers' budget ends the run
                         self.round(s)
                         if self.pace:
                             time.sleep(self.rng.uniform(0, 2 * self.pace))
