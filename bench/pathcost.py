@@ -12,10 +12,14 @@ program, bench/reflector.c: the floor of answering from XDP):
   fill      memcached's reply to that GET through TC egress: the slot filled
   miss+fill what a miss costs the data plane in all
   pass      a non-memcached UDP datagram
+  tcp_write "delete <key>\r\n" in order on a real TCP connection: the socket looked up,
+            the command read, the key invalidated
   unawaited memcached's reply (1000-byte value) to a GET nobody waits for, through TC
 and the wall time of the tree's first `Dataplane.apply` (compile, load, pin, attach).
 --ipv6 measures the last tree's hit, miss and fill over IPv6 too (memcached.address '::';
-the reply's mandatory UDP checksum), besides the same paths over IPv4.
+the reply's mandatory UDP checksum), besides the same paths over IPv4. --guard measures the
+last tree's hit and a GET from outside the allow-list with cache.amplification_guard off and
+on (on: the GET is dropped).
 Each tree runs in a child process with PYTHONPATH=<tree>, its own network namespace and pin
 directory, so its own agent code loads its own programs.
 """
@@ -43,12 +47,14 @@ cache: {entries: 65536, max_key_bytes: 250, max_value_bytes: 1024, ttl_ms: 60000
         fill_hold_ms: 0, allowed_clients: [198.19.78.0/24]}
 """
 CLIENT, SERVER = "198.19.78.2", "198.19.78.1"
+OUTSIDER = "198.19.79.2"  # outside allowed_clients
 CLIENT6, SERVER6 = "fd00:78::2", "fd00:78::1"
 DUAL = ("address: 198.19.78.1", "address: '::'"), ("[198.19.78.0/24]",
                                                     "[198.19.78.0/24, 'fd00:78::/64']")
 
 
-def child(runs: int, reflector_c: Path, index: int, with_capture: bool, with_ipv6: bool) -> dict:
+def child(runs: int, reflector_c: Path, index: int, with_capture: bool, with_ipv6: bool,
+          with_guard: bool = False) -> dict:
     """Measure the tree on sys.path (PYTHONPATH): its Dataplane, its programs."""
     import bcc
 
@@ -66,7 +72,8 @@ def child(runs: int, reflector_c: Path, index: int, with_capture: bool, with_ipv
     sh(f"ip netns del {ns}", check=False)
     sh(f"ip netns add {ns} && ip -n {ns} link add pc0 type veth peer name pc1 && "
        f"ip -n {ns} addr add {SERVER}/24 dev pc0 && ip -n {ns} link set pc0 up && "
-       f"ip -n {ns} link set pc1 up && ip -n {ns} link set lo up")
+       f"ip -n {ns} link set pc1 up && ip -n {ns} link set lo up && "
+       f"ip -n {ns} addr add {CLIENT}/32 dev lo")  # the TCP writer's end, on this host
     dp = Dataplane(pin)
     out: dict = {}
     try:
@@ -111,6 +118,7 @@ def child(runs: int, reflector_c: Path, index: int, with_capture: bool, with_ipv
                     times[name].append(v)
 
             times, rets = paths(b"k")
+            times["tcp_write"] = tcp_writes(xrun, runs, ns)
             # memcached's reply to a GET nobody waits for (a hit too big for the frame is
             # passed to memcached and not remembered): TC's cost on traffic it cannot use
             big = b"w" * 1000
@@ -139,6 +147,8 @@ def child(runs: int, reflector_c: Path, index: int, with_capture: bool, with_ipv
                 out["ns_capture"] = {k: statistics.median(v) for k, v in ctimes.items()}
             if with_ipv6:
                 out["ns_ipv6"] = ipv6_paths(xrun, tc, runs, key, value)
+            if with_guard:
+                out["ns_guard"] = guard_paths(dp, xrun, tc, runs, key, value, config)
             out["counters"] = dp.counters()
             out["verified_insns"] = {n: p.verified_insns for n, p in dp.programs().items()}
             xdp.close()
@@ -158,6 +168,69 @@ def child(runs: int, reflector_c: Path, index: int, with_capture: bool, with_ipv
         with in_ns(ns):
             dp.teardown()
         sh(f"ip netns del {ns}", check=False)
+    return out
+
+
+def tcp_writes(xrun, runs: int, ns: str) -> list[int]:
+    """A delete per run, each the next bytes of one real connection's stream (the write
+    scanner reads only segments of a connection the host has, in order)."""
+    from harness.frames import tcp_frame
+    from harness.netns import in_ns
+
+    with in_ns(ns):
+        ls = socket.socket()
+        ls.bind((SERVER, 11211))
+        ls.listen(1)
+        c = socket.create_connection((SERVER, 11211), source_address=(CLIENT, 0))
+        srv, _ = ls.accept()
+    try:
+        c.setsockopt(socket.IPPROTO_TCP, 19, 1)  # TCP_REPAIR: the next sequence number
+        c.setsockopt(socket.IPPROTO_TCP, 20, 2)
+        seq = int.from_bytes(c.getsockopt(socket.IPPROTO_TCP, 21, 4), "little")
+        c.setsockopt(socket.IPPROTO_TCP, 19, 0)
+        sport = c.getsockname()[1]
+        times = []
+        for i in range(runs):
+            cmd = b"delete k%07d\r\n" % i
+            ret, d = xrun(tcp_frame(cmd, seq=seq, sport=sport, src=CLIENT, dst=SERVER))
+            if ret != 2:  # XDP_PASS
+                raise RuntimeError(f"a TCP write was not passed: {ret}")
+            seq = (seq + len(cmd)) & 0xFFFFFFFF
+            times.append(d)
+        return times
+    finally:
+        c.close()
+        srv.close()
+        ls.close()
+
+
+def guard_paths(dp, xrun, tc, runs: int, key: bytes, value: bytes, config: str) -> dict:
+    """A cached key's hit and a GET from outside the allow-list, guard off then on."""
+    import statistics as st
+
+    from harness.frames import mc_reply, mc_udp
+    from mcache_agent.config import parse_config
+
+    k = b"g" + key[1:] + b"00000000"
+    xrun(mc_udp(1, b"get " + k + b"\r\n", src=CLIENT, dst=SERVER))
+    body = b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (k, len(value), value)
+    tc.run_timed(mc_reply(1, body, client=CLIENT, server=SERVER))
+    hit = mc_udp(2, b"get " + k + b"\r\n", src=CLIENT, dst=SERVER)
+    outsider = mc_udp(3, b"get " + k + b"\r\n", src=OUTSIDER, dst=SERVER)
+
+    def med(frame: bytes, want: int) -> float:
+        ds = []
+        for _ in range(runs):
+            ret, d = xrun(frame)
+            if ret != want:
+                raise RuntimeError(f"guard paths: {ret}, not {want}")
+            ds.append(d)
+        return st.median(ds)
+
+    out = {"hit_guard_off": med(hit, 3), "outsider_guard_off": med(outsider, 2)}
+    dp.apply(parse_config(config.replace("version: 1", "version: 2").replace(
+        "allowed_clients:", "amplification_guard: true, allowed_clients:")), None)
+    out |= {"hit_guard_on": med(hit, 3), "outsider_guard_on": med(outsider, 1)}
     return out
 
 
@@ -181,14 +254,16 @@ def ipv6_paths(xrun, tc, runs: int, key: bytes, value: bytes) -> dict[str, float
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def run_child(src: Path, runs: int, index: int, with_capture: bool, with_ipv6: bool) -> dict:
+def run_child(src: Path, runs: int, index: int, with_capture: bool, with_ipv6: bool,
+              with_guard: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": str(src)}
     # cwd too: the agent's loader workers run as `python -m`, which puts the working
     # directory first on sys.path.
     r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--runs",
                         str(runs), "--index", str(index),
                         *(["--capture"] if with_capture else []),
-                        *(["--ipv6"] if with_ipv6 else [])], env=env, cwd=src,
+                        *(["--ipv6"] if with_ipv6 else []),
+                        *(["--guard"] if with_guard else [])], env=env, cwd=src,
                        capture_output=True, text=True, check=False, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"{src}: exit {r.returncode}\n{r.stderr[-3000:]}")
@@ -206,12 +281,14 @@ def main() -> int:
                     help="also measure the last tree with a capture of every verdict running")
     ap.add_argument("--ipv6", action="store_true",
                     help="also measure the last tree's hit, miss and fill over IPv6")
+    ap.add_argument("--guard", action="store_true",
+                    help="also measure the last tree's amplification guard (off and on)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.runs, HERE / "reflector.c", args.index, args.capture,
-                               args.ipv6)))
+                               args.ipv6, args.guard)))
         return 0
     srcs = [s.resolve() for s in (args.src or [HERE.parent])]
     rounds: dict[str, list[dict]] = {str(s): [] for s in srcs}
@@ -219,11 +296,11 @@ def main() -> int:
         for i, s in enumerate(srcs):
             last = i == len(srcs) - 1
             rounds[str(s)].append(run_child(s, args.runs, i, args.capture and last,
-                                            args.ipv6 and last))
+                                            args.ipv6 and last, args.guard and last))
     res = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "runs": args.runs,
            "rounds": args.rounds, "kernel": os.uname().release, "trees": {}}
     print(f"{'tree':<28} {'hit':>7} {'miss':>7} {'fill':>7} {'miss+fill':>9} {'pass':>7} "
-          f"{'unawaited':>9} "
+          f"{'tcp_write':>9} {'unawaited':>9} "
           f"{'reflector':>9} {'hit/refl':>8} {'apply ms':>8}  (ns, median of round medians)")
     for s, rs in rounds.items():
         med = {k: statistics.median(r["ns"][k] for r in rs) for k in rs[0]["ns"]}
@@ -232,7 +309,8 @@ def main() -> int:
         res["trees"][s] = {"ns": med, "reflector_hit_ns": refl, "first_apply_ms": apply_ms,
                            "rounds": rs}
         print(f"{Path(s).name:<28} {med['hit']:>7.0f} {med['miss']:>7.0f} {med['fill']:>7.0f} "
-              f"{med['miss+fill']:>9.0f} {med['pass']:>7.0f} {med['unawaited']:>9.0f} {refl:>9.0f} "
+              f"{med['miss+fill']:>9.0f} {med['pass']:>7.0f} {med['tcp_write']:>9.0f} "
+              f"{med['unawaited']:>9.0f} {refl:>9.0f} "
               f"{med['hit'] / refl:>8.2f} {apply_ms:>8.0f}")
         if "ns_capture" in rs[0]:
             cap = {k: statistics.median(r["ns_capture"][k] for r in rs)
@@ -246,6 +324,12 @@ def main() -> int:
             v6 = {k: statistics.median(r["ns_ipv6"][k] for r in rs) for k in rs[0]["ns_ipv6"]}
             res["trees"][s]["ns_ipv6"] = v6
             print(f"{'  over IPv6':<28} {v6['hit']:>7.0f} {v6['miss']:>7.0f} {v6['fill']:>7.0f}")
+        if "ns_guard" in rs[0]:
+            g = {k: statistics.median(r["ns_guard"][k] for r in rs) for k in rs[0]["ns_guard"]}
+            res["trees"][s]["ns_guard"] = g
+            print(f"  amplification guard: hit {g['hit_guard_off']:.0f} -> {g['hit_guard_on']:.0f}"
+                  f" ns; a GET from outside the allow-list {g['outsider_guard_off']:.0f} ns "
+                  f"(passed) -> {g['outsider_guard_on']:.0f} ns (dropped)")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=1))

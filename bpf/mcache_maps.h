@@ -125,10 +125,35 @@ struct mc_conn_key {
 	__u16 dport;
 };
 
-struct mc_conn {
-	__u32 resume_seq; /* first byte after the value being skipped */
-	__u32 partial;    /* a command line was cut at a segment end */
+/*
+ * Where the scanner stands in a connection's byte stream. Only the bytes the kernel will take
+ * in order move it: see tcp_segment (xdp_ingress.c) and docs/HOSTILE_INPUT.md.
+ */
+enum mc_conn_mode {
+	MC_CS_LINE = 0,    /* next_seq is the start of a command */
+	MC_CS_VALUE = 1,   /* value bytes up to skip_seq, where the next command starts */
+	MC_CS_CARRY = 2,   /* a command line cut at next_seq: its carry_len bytes in mc_carry */
+	MC_CS_LONG = 3,    /* inside a line longer than a carry that writes nothing: to its end */
+	MC_CS_LONG_CR = 4, /* ... whose last byte read was '\r' */
+	MC_CS_BLIND = 5,   /* command boundaries lost: every later byte empties the cache */
 };
+
+struct mc_conn {
+	__u32 base;      /* the stream's first sequence number (the client's ISN + 1): which
+			  * connection of this address pair the state is for */
+	__u32 next_seq;  /* the first byte not read yet */
+	__u32 skip_seq;  /* MC_CS_VALUE: where the next command starts */
+	__u16 mode;      /* enum mc_conn_mode */
+	__u16 carry_len; /* MC_CS_CARRY: bytes of the cut line kept */
+	__u64 seen_ns;   /* the last data read */
+};
+
+/* A command line cut at a segment's end, kept until the rest arrives. */
+struct mc_carry {
+	__u8 line[MC_CARRY_BYTES];
+};
+_Static_assert(MC_CARRY_BYTES == MC_WIN, "a carried line is read as one window");
+_Static_assert(MC_FR_COUNT <= MC_FLUSH_REASON_ENTRIES, "a counter per flush reason");
 
 _Static_assert(sizeof(struct mc_conn_key) == MC_CONN_KEY_BYTES, "mc_conn_key size");
 _Static_assert(sizeof(struct mc_conn) == MC_CONN_VALUE_BYTES, "mc_conn size");
@@ -167,6 +192,11 @@ BPF_TABLE_PINNED("lru_hash", struct mc_pending_key, struct mc_pending, mc_pendin
 		 MC_PENDING_ENTRIES, MC_STATE_DIR "/pending");
 BPF_TABLE_PINNED("lru_hash", struct mc_conn_key, struct mc_conn, mc_conn, MC_CONN_ENTRIES,
 		 MC_STATE_DIR "/conn");
+BPF_TABLE_PINNED("lru_hash", struct mc_conn_key, struct mc_carry, mc_carry, MC_CARRY_ENTRIES,
+		 MC_STATE_DIR "/carry");
+/* Fallback flushes by reason (enum mc_flush_reason). */
+BPF_TABLE_PINNED("percpu_array", u32, u64, mc_flush_why, MC_FLUSH_REASON_ENTRIES,
+		 MC_STATE_DIR "/flush_why");
 
 /* First slot of the bucket of a key's hash (MC_CACHE_ENTRIES is a power of two >= MC_WAYS). */
 static __always_inline __u32 mc_bucket(__u32 hash)
@@ -320,5 +350,14 @@ static __always_inline void mc_bump_gen(__u32 verdict)
 	mc_count(verdict);
 }
 
+/* The scanner cannot read traffic the kernel will take: empty the cache, and say why. */
+static __always_inline void mc_fallback_flush(__u32 reason)
+{
+	u32 r = reason;
+	u64 *n = mc_flush_why.lookup(&r);
+	if (n)
+		*n += 1;
+	mc_bump_gen(MC_V_FALLBACK_FLUSH);
+}
 
 #endif /* MCACHE_MAPS_H */

@@ -73,7 +73,10 @@ _Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
 #define MC_PENDING_VALUE_BYTES 280
 #define MC_CONN_ENTRIES 65536      /* TCP write streams followed */
 #define MC_CONN_KEY_BYTES 36
-#define MC_CONN_VALUE_BYTES 8
+#define MC_CONN_VALUE_BYTES 24
+#define MC_CARRY_ENTRIES 4096      /* command lines cut at a segment's end, awaiting the rest */
+#define MC_CARRY_BYTES 384         /* ... the longest kept (MC_WIN): longer is no write we read */
+#define MC_FLUSH_REASON_ENTRIES 16 /* counters of fallback flushes by reason */
 #define MC_SOCK_KEY_BYTES 36       /* local bypass: a socket's key (mcache_bypass.h) */
 #define MC_BYPASS_SOCKETS 65536    /* ... sockets in it at once (two per connection) */
 #define MC_MISS_WAIT_MS 1000 /* a miss record older than this (in MC_MS ticks) waits for nothing */
@@ -148,7 +151,30 @@ enum mc_verdict {
 	MC_V_REDIRECT = 17,    /* local bypass: a message put in its peer socket's queue */
 	MC_V_LEFT = 18,        /* local bypass: a connection left it (its messages take TCP) */
 	MC_V_JOINED = 19,      /* local bypass: a connection joined it (sockops) */
-	MC_V_COUNT = 20,
+	MC_V_UNREAD = 20,      /* TCP data no connection takes (none, or out of its window): passed */
+	MC_V_OUT_OF_ORDER = 21, /* TCP data past a gap in what was read: dropped, TCP resends */
+	MC_V_GUARDED = 22,     /* UDP to memcached from outside the allow-list: dropped (guard) */
+	MC_V_HIDDEN = 23,      /* a packet that would hide a write from the scanner: dropped */
+	MC_V_COUNT = 24,
+};
+
+/*
+ * Why the write scanner emptied the whole cache (MC_V_FALLBACK_FLUSH): counted per reason in
+ * mc_flush_why. Each is real traffic the kernel accepts that the scanner cannot read; none can
+ * be caused by a segment outside a connection's window. Names are lower-cased without the
+ * MC_FR_ prefix by the agent.
+ */
+enum mc_flush_reason {
+	MC_FR_CUT_LINE = 0,      /* a command line cut at a segment's end and longer than a carry */
+	MC_FR_UNSURE = 1,        /* a write whose keys cannot be named (base64 keys, long gat) */
+	MC_FR_BLIND = 2,         /* data on a connection whose command boundaries are lost */
+	MC_FR_UNKNOWN_STREAM = 3, /* a connection whose start was not seen (older than the maps) */
+	MC_FR_DESYNC = 4,        /* the kernel took bytes of a connection that were never read */
+	MC_FR_STEPS = 5,         /* more commands in one packet than the scanner may read */
+	MC_FR_TAIL_CALL = 6,     /* a tail call failed (a program set being swapped) */
+	MC_FR_LOAD = 7,          /* the packet's bytes could not be read */
+	MC_FR_UDP_FRAGMENT = 8,  /* a fragmented UDP datagram to memcached (reassembled later) */
+	MC_FR_COUNT = 9,
 };
 
 /*
@@ -268,7 +294,7 @@ struct mc_config {
 	struct mc_cidr6 allowed6[MC_MAX_ALLOWED];
 	/* local bypass (sock_bypass.c) */
 	__u32 bypass;         /* 1: local connections to memcached join it, and stay in it */
-	__u32 pad1;
+	__u32 guard;          /* 1: UDP to memcached from outside the allow-list is dropped */
 	__u64 netns_cookie;   /* the agent's network namespace: only its connections join */
 };
 

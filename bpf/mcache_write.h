@@ -22,8 +22,8 @@ enum mc_scan_result {
 	MC_SCAN_NEXT = 0,   /* understood (and invalidated): the next command is *adv bytes on,
 			     * which may be past the window or the stream's end (value bytes) */
 	MC_SCAN_CUT = 1,    /* cut by the end of what has arrived: cannot be read yet */
-	MC_SCAN_UNSURE = 2, /* may write what we cannot name: the cache was emptied, and where
-			     * the next command starts is not known */
+	MC_SCAN_UNSURE = 2, /* a line longer than the window that starts like a write: the
+			     * cache was emptied, and where the next command starts is not known */
 	MC_SCAN_LONG = 3,   /* a line longer than the window that is no write: its end lies
 			     * further on; *adv bytes are behind (one less than the window, so
 			     * that a "\r\n" cut by the window's end is found next time) */
@@ -247,7 +247,7 @@ static __always_inline int mc_scan_ascii(const __u8 *buf, struct mc_tokens *t, _
 		 * unless it starts like a write. */
 		mc_tokenize(buf, 0, n, t);
 		if (t->n > 0 && classify(buf, t->off[0], t->len[0]) != CMD_OTHER) {
-			mc_bump_gen(MC_V_FALLBACK_FLUSH);
+			mc_fallback_flush(MC_FR_UNSURE);
 			return MC_SCAN_UNSURE;
 		}
 		*adv = n - 1;
@@ -272,8 +272,9 @@ static __always_inline int mc_scan_ascii(const __u8 *buf, struct mc_tokens *t, _
 		if (t->n < 3)
 			break;
 		if (meta_has_b(t, buf))
-			goto unsure;
-		invalidate(buf, t->off[1], t->len[1]);
+			mc_fallback_flush(MC_FR_UNSURE); /* a base64 key: its value still follows */
+		else
+			invalidate(buf, t->off[1], t->len[1]);
 		long long bytes = mc_atou(buf, t->off[2], t->len[2]);
 		if (bytes >= 0)
 			next += bytes + 2;
@@ -288,13 +289,16 @@ static __always_inline int mc_scan_ascii(const __u8 *buf, struct mc_tokens *t, _
 			break; /* a meta get that only reads changes nothing */
 		if (t->n >= 2) {
 			if (meta_has_b(t, buf))
-				goto unsure;
-			invalidate(buf, t->off[1], t->len[1]);
+				mc_fallback_flush(MC_FR_UNSURE);
+			else
+				invalidate(buf, t->off[1], t->len[1]);
 		}
 		break;
 	case CMD_GAT:
-		if (t->overflow)
-			goto unsure;
+		if (t->overflow) { /* more keys than we tokenize: where the line ends is known */
+			mc_fallback_flush(MC_FR_UNSURE);
+			break;
+		}
 		for (int i = 2; i < MC_MAX_TOK; i++) {
 			MC_OPAQUE(i);
 			if (i >= t->n)
@@ -318,9 +322,6 @@ static __always_inline int mc_scan_ascii(const __u8 *buf, struct mc_tokens *t, _
 out:
 	*adv = next;
 	return MC_SCAN_NEXT;
-unsure:
-	mc_bump_gen(MC_V_FALLBACK_FLUSH);
-	return MC_SCAN_UNSURE;
 }
 
 /* The command at the start of the window: binary or ASCII by its first byte. */

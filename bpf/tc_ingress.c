@@ -83,6 +83,52 @@ static __always_inline int tc_request(struct __sk_buff *skb, struct mc_xscratch 
 	return 1;
 }
 
+/*
+ * The hand-over XDP left on this CPU for this frame (to_tc), by the datagram's client, request
+ * id and length, under the config that decided; NULL when there is none. Read without
+ * touching the scratch's request state, which from_scratch answers from.
+ */
+static __always_inline struct mc_handover *handed_over(struct __sk_buff *skb,
+							struct mc_xscratch *s, struct mc_config *cfg)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return NULL;
+	__u32 addr[4] = {0, 0, bpf_htonl(0xffff), 0};
+	struct udphdr *uh;
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		uh = (void *)(ip6 + 1);
+		if ((void *)(uh + 1) > data_end || ip6->nexthdr != IPPROTO_UDP)
+			return NULL;
+		__builtin_memcpy(addr, &ip6->saddr, 16);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph = (void *)(eth + 1);
+		uh = (void *)(iph + 1);
+		if ((void *)(uh + 1) > data_end || iph->ihl != 5 || iph->protocol != IPPROTO_UDP)
+			return NULL;
+		addr[3] = iph->saddr;
+	} else {
+		return NULL;
+	}
+	if (uh->dest != cfg->port || (void *)(uh + 1) + 2 > data_end)
+		return NULL;
+	__u8 *rp = (void *)(uh + 1);
+	__u16 rid = ((__u16)rp[0] << 8) | rp[1];
+	__u32 len = bpf_ntohs(uh->len);
+	for (int i = 0; i < MC_HANDOVERS; i++) {
+		struct mc_handover *h = &s->ho[i];
+		if (h->cookie && h->ifindex == skb->ingress_ifindex && h->version == cfg->version &&
+		    h->rid == rid && h->port == uh->source && h->len == len &&
+		    h->addr[0] == addr[0] && h->addr[1] == addr[1] && h->addr[2] == addr[2] &&
+		    h->addr[3] == addr[3])
+			return h;
+	}
+	return NULL;
+}
+
 /* A reply written into the skb (hdrs bytes of headers): its UDP checksum, counted, captured
  * when a capture runs, and sent back out of the interface it came in on. */
 static __always_inline int tc_send(struct __sk_buff *skb, struct mc_xscratch *s, __u32 hdrs,
@@ -206,11 +252,11 @@ static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *
  * skb for its UDP checksum.
  */
 static __always_inline int from_scratch(struct __sk_buff *skb, struct mc_xscratch *s,
-					struct mc_meta *meta)
+					__u32 handed)
 {
 	__u32 cookie = s->handover;
 	s->handover = 0;
-	if (!cookie || meta->cookie != cookie || meta->cpu != bpf_get_smp_processor_id()) {
+	if (!cookie || handed != cookie) {
 		mc_count(MC_V_MISS); /* the scratch holds another frame's state now */
 		return TC_ACT_OK;
 	}
@@ -243,11 +289,12 @@ int tc_ingress(struct __sk_buff *skb)
 	if (!cfg || !s)
 		return TC_ACT_OK;
 	mc_pkt_begin(&s->pkt, cfg, MC_P_TC_INGRESS);
-	void *data = (void *)(long)skb->data;
-	struct mc_meta *meta = (void *)(long)skb->data_meta;
-	if ((void *)(meta + 1) > data || meta->magic != MC_META_MAGIC)
+	struct mc_handover *h = handed_over(skb, s, cfg);
+	if (!h)
 		return TC_ACT_OK; /* not handed over by XDP */
-	if (meta->slot == MC_META_FROM_SCRATCH)
-		return from_scratch(skb, s, meta);
-	return tc_answer(skb, s, cfg, meta->slot);
+	__u32 slot = h->slot, cookie = h->cookie;
+	h->cookie = 0;
+	if (slot == MC_META_FROM_SCRATCH)
+		return from_scratch(skb, s, cookie);
+	return tc_answer(skb, s, cfg, slot);
 }

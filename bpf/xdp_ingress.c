@@ -51,6 +51,22 @@ struct mc_hit {
 	__u8 val[MC_VAL_BUF];
 };
 
+/*
+ * A hit handed to tc_ingress (see to_tc): the frame it is for, by its client, request id and
+ * length, and the config version that decided.
+ */
+#define MC_HANDOVERS 8 /* a batch of frames runs XDP before any of them reaches TC */
+struct mc_handover {
+	__u32 cookie;  /* 0: free; for MC_META_FROM_SCRATCH, the scratch's cookie */
+	__u32 slot;    /* the way that holds the key, or MC_META_FROM_SCRATCH */
+	__u32 ifindex;
+	__u32 version;
+	__u32 len;     /* the datagram's UDP length */
+	__u32 addr[4]; /* the client, IPv4 as ::ffff:a.b.c.d */
+	__u16 port;    /* the client's, network order */
+	__u16 rid;     /* the request id */
+};
+
 struct mc_xscratch {
 	__u8 buf[MC_BUF + MC_BUF_PAD];
 	/* where the L4 payload is, and what the packet was */
@@ -78,6 +94,8 @@ struct mc_xscratch {
 	__u32 pos;
 	__u32 steps;
 	__u32 skipping; /* inside a line longer than the window */
+	__u32 carry_len; /* TCP: a cut line's bytes read before this segment's (mc_carry) */
+	struct mc_conn conn; /* TCP: the connection's state as the segment found it */
 	/* GET */
 	__u32 binary;
 	__u32 opcode;
@@ -101,6 +119,8 @@ struct mc_xscratch {
 	__u32 reply_body; /* xdp_reply: the reply's UDP payload bytes */
 	__u32 handover;     /* to_tc_scratch's cookie while the scratch holds a reply for TC */
 	__u32 handover_seq;
+	__u32 ho_next;      /* the next entry of ho to write */
+	struct mc_handover ho[MC_HANDOVERS];
 	/* The common GET's reply after its key: " <flags> <bytes>\r\n<value>\r\nEND\r\n". */
 	__u8 out[32 + MC_VAL_BUF + 16];
 	/* A reply's headers, built here (one store of either family's): L2-L4, then for the
@@ -192,6 +212,19 @@ static __always_inline int client_allowed(struct mc_config *cfg, struct mc_xscra
 			return 1;
 	}
 	return 0;
+}
+
+/*
+ * The amplification guard (cache.amplification_guard): memcached's UDP port answers no
+ * source outside the allow-list. memcached answers any source, a forged one included, with
+ * replies many times a request's size (CVE-2018-1000115); such datagrams never reach it.
+ */
+static __always_inline int guarded(struct mc_config *cfg, struct mc_xscratch *s)
+{
+	if (!cfg->guard || client_allowed(cfg, s))
+		return 0;
+	mc_count(MC_V_GUARDED);
+	return 1;
 }
 
 static __always_inline int serves_on(struct mc_config *cfg, __u32 ifindex)
@@ -491,21 +524,26 @@ static __always_inline void mark_unservable(__u32 idx, __u16 kl, __u16 vl)
 
 /*
  * A hit whose reply the frame cannot hold: passed on with the way that holds it (slot), or
- * MC_META_FROM_SCRATCH and the scratch's cookie, in the frame's metadata, for tc_ingress to
- * answer from the skb. 0 when the metadata cannot be written (memcached then answers).
+ * MC_META_FROM_SCRATCH and the scratch's cookie, for tc_ingress to answer from the skb. The
+ * hand-over is kept in this CPU's scratch, named by the frame it is for: not in the frame's
+ * metadata, which some kernels refuse XDP programs (bpf_xdp_adjust_meta). tc_ingress runs on
+ * the CPU that ran XDP for the frame (generic XDP: in the same receive).
  */
-static __always_inline int to_tc(struct xdp_md *ctx, __u32 slot, __u32 cookie)
+static __always_inline int to_tc(struct xdp_md *ctx, struct mc_xscratch *s, __u32 slot,
+				 __u32 cookie)
 {
-	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct mc_meta)))
+	struct mc_config *cfg = mc_config();
+	if (!cfg)
 		return 0;
-	void *data = (void *)(long)ctx->data;
-	struct mc_meta *m = (void *)(long)ctx->data_meta;
-	if ((void *)(m + 1) > data)
-		return 0;
-	m->magic = MC_META_MAGIC;
-	m->slot = slot;
-	m->cookie = cookie;
-	m->cpu = bpf_get_smp_processor_id();
+	struct mc_handover *h = &s->ho[s->ho_next++ & (MC_HANDOVERS - 1)];
+	h->cookie = cookie ? cookie : 1;
+	h->slot = slot;
+	h->ifindex = ctx->ingress_ifindex;
+	h->version = cfg->version;
+	h->len = s->payload_len + sizeof(struct udphdr);
+	__builtin_memcpy(h->addr, s->ck.saddr, 16);
+	h->port = s->client_port;
+	h->rid = s->request_id;
 	mc_count(MC_V_TO_TC);
 	return 1;
 }
@@ -704,7 +742,7 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 	/* Noted this late on purpose: a branch early in a path doubles what the verifier walks. */
 	mc_pkt_key(&s->pkt, s->buf, ko, MC_LOAD(s->one_kl));
 	if (unservable) { /* its reply did not fit the frame last time: tc_ingress answers */
-		if (!to_tc(ctx, idx, 0))
+		if (!to_tc(ctx, s, idx, 0))
 			mc_count(MC_V_TOO_BIG);
 		return XDP_PASS;
 	}
@@ -731,7 +769,7 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 	int have = (int)((long)ctx->data_end - (long)ctx->data);
 	if (!resize(ctx, (int)(hdrs + body) - have)) {
 		mark_unservable(idx, kl, vl);
-		if (!to_tc(ctx, idx, 0)) /* no room to grow the frame here; the skb has */
+		if (!to_tc(ctx, s, idx, 0)) /* no room to grow the frame here; the skb has */
 			mc_count(MC_V_TOO_BIG);
 		return XDP_PASS;
 	}
@@ -753,54 +791,205 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 /* Entry: parse, classify, dispatch.                                   */
 /* ------------------------------------------------------------------ */
 
+/*
+ * The write scanner trusts only bytes the kernel will hand memcached, in the order it hands
+ * them over (docs/HOSTILE_INPUT.md). XDP runs before TCP has checked a segment, so each data
+ * segment is first matched to this host's socket for its address pair: the connection's
+ * receive state (read through BTF, offsets from this kernel's own BTF) names the stream's
+ * first sequence number, and mc_conn says how far the scanner has read it. A segment for no
+ * connection, or outside the kernel's window, moves nothing; one that starts past what was
+ * read (a gap: loss, reordering, or a forged sequence number) is dropped, so that TCP sends
+ * it again in order; one that starts before it (a retransmission) is read from where reading
+ * stopped. SYN, FIN and RST move nothing either: a new connection on the same address pair
+ * has another first sequence number.
+ */
+#define MC_KREAD32(p, off) (*(volatile __u32 *)((char *)(p) + (off)))
+#define MC_KREAD64(p, off) (*(volatile __u64 *)((char *)(p) + (off)))
+#define MC_TCP_LISTEN 10 /* BPF_TCP_LISTEN */
+
+/* What the kernel will take of a connection: its first sequence number and rcv_nxt, and
+ * the room in its receive window. */
+struct mc_tcp_view {
+	__u32 base;
+	__u32 nxt;
+	__u32 wnd;
+};
+
+static __always_inline int tcp_view(struct xdp_md *ctx, struct mc_xscratch *s, void *iph,
+				    __u32 iph_len, struct tcphdr *th, struct mc_tcp_view *v)
+{
+	struct bpf_sock_tuple t = {};
+	__u32 tlen;
+	if (s->ipv6) {
+		__builtin_memcpy(t.ipv6.saddr, s->ck.saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, s->ck.daddr, 16);
+		t.ipv6.sport = s->ck.sport;
+		t.ipv6.dport = s->ck.dport;
+		tlen = sizeof(t.ipv6);
+	} else {
+		t.ipv4.saddr = s->ck.saddr[3];
+		t.ipv4.daddr = s->ck.daddr[3];
+		t.ipv4.sport = s->ck.sport;
+		t.ipv4.dport = s->ck.dport;
+		tlen = sizeof(t.ipv4);
+	}
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(ctx, &t, tlen, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	int ok = 0;
+	if (sk->state == MC_TCP_LISTEN) {
+		/* No connection yet: only the ACK of a SYN cookie makes one (with this segment's
+		 * sequence number as its first). */
+		if (bpf_tcp_check_syncookie(sk, iph, iph_len, th, sizeof(*th)) == 0) {
+			v->base = v->nxt = s->seq;
+			v->wnd = 0xffff;
+			ok = 1;
+		}
+	} else {
+		void *tp = bpf_skc_to_tcp_sock(sk);
+		if (tp) {
+			__u32 nxt = MC_KREAD32(tp, MC_TCP_RCV_NXT);
+			__u64 got = MC_KREAD64(tp, MC_TCP_BYTES_RECEIVED);
+			__s32 wnd = (__s32)(MC_KREAD32(tp, MC_TCP_RCV_WUP) +
+					    MC_KREAD32(tp, MC_TCP_RCV_WND) - nxt);
+			v->base = nxt - (__u32)got;
+			v->nxt = nxt;
+			v->wnd = wnd > 0 ? wnd : 0;
+			ok = 1;
+		} else {
+			/* A handshake the kernel has not finished (its ACK is in the same batch of
+			 * frames): the stream starts after the client's ISN. */
+			void *rq = bpf_skc_to_tcp_request_sock(sk);
+			if (rq) {
+				v->base = v->nxt = MC_KREAD32(rq, MC_TCP_REQ_RCV_ISN) + 1;
+				v->wnd = 0xffff;
+				ok = 1;
+			}
+		}
+	}
+	bpf_sk_release(sk);
+	return ok;
+}
+
 static __always_inline int start_scan(struct xdp_md *ctx, struct mc_xscratch *s, __u32 pos)
 {
 	s->pos = pos;
 	s->steps = 0;
 	s->skipping = 0;
+	s->carry_len = 0;
 	mc_xdp_jmp.call(ctx, TAIL_SCAN);
 	/* The tail call failed: nothing may slip past, so empty the cache. */
-	mc_bump_gen(MC_V_FALLBACK_FLUSH);
+	mc_fallback_flush(MC_FR_TAIL_CALL);
 	return XDP_PASS;
 }
 
-static __always_inline int tcp_segment(struct xdp_md *ctx, struct mc_xscratch *s,
-				       struct tcphdr *th)
+/* The segment is read up to its end (or was not read: the cache was emptied for it). */
+static __always_inline void conn_done(struct mc_xscratch *s, __u32 mode, __u32 skip_seq,
+				      __u32 carry_len)
 {
-	struct mc_conn_key ck = s->ck;
-	if (th->syn)
-		mc_conn.delete(&ck); /* a new connection on a reused port: nothing carries over */
-	if (th->rst || th->fin) {
-		mc_conn.delete(&ck);
-		if (s->payload_len == 0)
-			return XDP_PASS;
-	}
+	s->conn.next_seq = s->seq + s->payload_len;
+	s->conn.mode = mode;
+	s->conn.skip_seq = skip_seq;
+	s->conn.carry_len = carry_len;
+	s->conn.seen_ns = bpf_ktime_get_ns();
+	mc_conn.update(&s->ck, &s->conn);
+}
+
+static __always_inline int tcp_segment(struct xdp_md *ctx, struct mc_xscratch *s,
+				       struct tcphdr *th, void *iph, __u32 iph_len)
+{
 	if (s->payload_len == 0)
-		return XDP_PASS;
-	__u32 pos = 0;
-	struct mc_conn *c = mc_conn.lookup(&ck);
-	if (c) {
-		__u32 seq = s->seq;
-		__s32 ahead = (__s32)(c->resume_seq - seq);
-		if (c->partial) {
-			/* The last segment ended inside a command line: it may have been a
-			 * write, and we cannot read it now. */
-			mc_conn.delete(&ck);
-			mc_bump_gen(MC_V_FALLBACK_FLUSH);
-			return start_scan(ctx, s, 0);
-		}
-		if (ahead < 0) {
-			/* A gap: bytes we never saw hold the start of a command. */
-			mc_conn.delete(&ck);
-			mc_bump_gen(MC_V_FALLBACK_FLUSH);
-			return start_scan(ctx, s, 0);
-		}
-		if ((__u32)ahead >= s->payload_len)
-			return XDP_PASS; /* all of it is value bytes (or a retransmission) */
-		pos = ahead;
-		mc_conn.delete(&ck);
+		return XDP_PASS; /* SYN, FIN, RST, ACK: nothing to read, nothing moves */
+	if (th->syn) {
+		/* Data on a SYN (TCP Fast Open) would reach memcached before any connection
+		 * exists to match it to: dropped, the client sends it again after the handshake. */
+		mc_count(MC_V_HIDDEN);
+		return XDP_DROP;
 	}
-	return start_scan(ctx, s, pos);
+	struct mc_tcp_view v = {};
+	if (!tcp_view(ctx, s, iph, iph_len, th, &v)) {
+		mc_count(MC_V_UNREAD); /* no connection takes it: the kernel answers with a RST */
+		return XDP_PASS;
+	}
+	__u32 seq = s->seq;
+	struct mc_conn *c = mc_conn.lookup(&s->ck);
+	if (!c || c->base != v.base) {
+		__s32 off = (__s32)(seq - v.nxt);
+		if (seq != v.base && (off < 0 || (__u32)off >= v.wnd)) {
+			mc_count(MC_V_UNREAD); /* outside the window: the kernel drops it */
+			return XDP_PASS;
+		}
+		s->conn.base = v.base;
+		s->conn.next_seq = seq;
+		s->conn.skip_seq = seq;
+		s->conn.mode = MC_CS_LINE;
+		s->conn.carry_len = 0;
+		/* A stream whose start we did not see (older than these maps, or its state
+		 * evicted): where its commands start is taken on trust, after emptying the
+		 * cache for what may have been missed. */
+		if (seq != v.base)
+			mc_fallback_flush(MC_FR_UNKNOWN_STREAM);
+	} else {
+		s->conn = *c;
+	}
+	__s32 gap = (__s32)(seq - s->conn.next_seq);
+	if (gap > 0) {
+		if ((__s32)(v.nxt - s->conn.next_seq) > 0) {
+			/* The kernel took bytes the scanner never read (they came another way):
+			 * read on from here, after emptying the cache for them. */
+			mc_fallback_flush(MC_FR_DESYNC);
+			s->conn.next_seq = seq;
+			s->conn.mode = MC_CS_LINE;
+		} else {
+			mc_count(MC_V_OUT_OF_ORDER);
+			return XDP_DROP;
+		}
+	}
+	__u32 pos = (__u32)(-gap > 0 ? -gap : 0); /* bytes read before: a retransmission */
+	if (pos >= s->payload_len)
+		return XDP_PASS;
+	__u32 mode = s->conn.mode;
+	if (mode == MC_CS_BLIND) {
+		mc_fallback_flush(MC_FR_BLIND);
+		conn_done(s, MC_CS_BLIND, 0, 0);
+		return XDP_PASS;
+	}
+	if (mode == MC_CS_VALUE) {
+		__s32 value = (__s32)(s->conn.skip_seq - seq);
+		if (value > 0 && (__u32)value >= s->payload_len) {
+			conn_done(s, MC_CS_VALUE, s->conn.skip_seq, 0);
+			return XDP_PASS; /* all of it is value bytes */
+		}
+		if (value > (__s32)pos)
+			pos = value;
+	}
+	s->pos = pos;
+	s->steps = 0;
+	s->skipping = 0;
+	s->carry_len = 0;
+	if (mode == MC_CS_CARRY && pos == 0)
+		s->carry_len = s->conn.carry_len;
+	else if (mode == MC_CS_CARRY) {
+		/* A retransmission that starts inside the carried line: it cannot happen with
+		 * a sender that keeps its bytes. */
+		mc_fallback_flush(MC_FR_CUT_LINE);
+		conn_done(s, MC_CS_BLIND, 0, 0);
+		return XDP_PASS;
+	}
+	if (mode == MC_CS_LONG || mode == MC_CS_LONG_CR) {
+		s->skipping = 1;
+		__u8 first = 0;
+		if (mode == MC_CS_LONG_CR &&
+		    !bpf_xdp_load_bytes(ctx, s->payload_off + (pos & 0xffff), &first, 1) &&
+		    first == '\n') {
+			s->pos = pos + 1; /* the long line's "\r\n" was cut between segments */
+			s->skipping = 0;
+		}
+	}
+	mc_xdp_jmp.call(ctx, TAIL_SCAN);
+	mc_fallback_flush(MC_FR_TAIL_CALL);
+	conn_done(s, MC_CS_BLIND, 0, 0);
+	return XDP_PASS;
 }
 
 static __always_inline int udp_binary(struct xdp_md *ctx, struct mc_xscratch *s,
@@ -895,9 +1084,8 @@ static __always_inline int ipv6_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 			nh = h[0];
 			off += 8;
 			if (((h[2] << 8 | h[3]) & 0xfff8) != 0) {
-				/* A later fragment: its port is unknown. A TCP write could hide in it. */
-				if (nh == IPPROTO_TCP)
-					mc_bump_gen(MC_V_FALLBACK_FLUSH);
+				/* A later fragment: the kernel cannot reassemble it without its
+				 * first, whose ports were looked at here (overlaps are refused). */
 				mc_count(MC_V_PASS);
 				return XDP_PASS;
 			}
@@ -908,8 +1096,9 @@ static __always_inline int ipv6_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 		}
 	}
 	if (nh != IPPROTO_TCP && nh != IPPROTO_UDP) {
-		mc_bump_gen(MC_V_FALLBACK_FLUSH); /* a chain longer than we walk: it may hold one */
-		return XDP_PASS;
+		/* A chain longer than we walk may hide a write: no host sends one (RFC 9098). */
+		mc_count(MC_V_HIDDEN);
+		return XDP_DROP;
 	}
 	if (off > end || off > 0xffff) {
 		mc_count(MC_V_MALFORMED);
@@ -920,8 +1109,12 @@ static __always_inline int ipv6_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 	__builtin_memcpy(s->ck.daddr, &ip6.daddr, 16);
 	if (nh == IPPROTO_TCP) {
 		struct tcphdr th;
-		if (bpf_xdp_load_bytes(ctx, off, &th, sizeof(th)))
-			return XDP_PASS;
+		if (bpf_xdp_load_bytes(ctx, off, &th, sizeof(th))) {
+			if (!fragment)
+				return XDP_PASS;
+			mc_count(MC_V_HIDDEN); /* a first fragment too short for its TCP header */
+			return XDP_DROP;
+		}
 		if (th.dest != cfg->port) {
 			mc_count(MC_V_PASS);
 			return XDP_PASS;
@@ -931,9 +1124,9 @@ static __always_inline int ipv6_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 			mc_count(MC_V_MALFORMED);
 			return XDP_PASS;
 		}
-		if (fragment) { /* the first fragment of a TCP segment to memcached */
-			mc_bump_gen(MC_V_FALLBACK_FLUSH);
-			return XDP_PASS;
+		if (fragment) { /* no TCP stack fragments a segment: its rest goes unread */
+			mc_count(MC_V_HIDDEN);
+			return XDP_DROP;
 		}
 		s->tcp = 1;
 		s->seq = bpf_ntohl(th.seq);
@@ -941,17 +1134,23 @@ static __always_inline int ipv6_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 		s->payload_len = end - off - doff;
 		s->ck.sport = th.source;
 		s->ck.dport = th.dest;
-		return tcp_segment(ctx, s, &th);
+		return tcp_segment(ctx, s, &th, &ip6, sizeof(ip6));
 	}
 	struct udphdr uh;
-	if (bpf_xdp_load_bytes(ctx, off, &uh, sizeof(uh)))
-		return XDP_PASS;
+	if (bpf_xdp_load_bytes(ctx, off, &uh, sizeof(uh))) {
+		if (!fragment)
+			return XDP_PASS;
+		mc_count(MC_V_HIDDEN); /* a first fragment too short for its UDP header */
+		return XDP_DROP;
+	}
 	if (uh.dest != cfg->port) {
 		mc_count(MC_V_PASS);
 		return XDP_PASS;
 	}
+	if (guarded(cfg, s))
+		return XDP_DROP;
 	if (fragment) { /* the head of a fragmented datagram: a write may be in it */
-		mc_bump_gen(MC_V_FALLBACK_FLUSH);
+		mc_fallback_flush(MC_FR_UDP_FRAGMENT);
 		return XDP_PASS;
 	}
 	__u32 ulen = bpf_ntohs(uh.len);
@@ -1000,9 +1199,8 @@ static __always_inline int ipv4_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 	}
 	__u16 frag = bpf_ntohs(iph->frag_off);
 	if (frag & 0x1fff) {
-		/* A later fragment: its port is unknown. A TCP write could hide in it. */
-		if (iph->protocol == IPPROTO_TCP)
-			mc_bump_gen(MC_V_FALLBACK_FLUSH);
+		/* A later fragment: the kernel cannot reassemble it without its first, whose
+		 * ports were looked at here (overlapping fragments are refused). */
 		mc_count(MC_V_PASS);
 		return XDP_PASS;
 	}
@@ -1022,8 +1220,12 @@ static __always_inline int ipv4_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 
 	if (iph->protocol == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
-		if ((void *)(th + 1) > data_end)
-			return XDP_PASS;
+		if ((void *)(th + 1) > data_end) {
+			if (!(frag & 0x2000))
+				return XDP_PASS;
+			mc_count(MC_V_HIDDEN); /* a first fragment too short for its TCP header */
+			return XDP_DROP;
+		}
 		if (th->dest != cfg->port) {
 			mc_count(MC_V_PASS);
 			return XDP_PASS;
@@ -1033,28 +1235,36 @@ static __always_inline int ipv4_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 			mc_count(MC_V_MALFORMED);
 			return XDP_PASS;
 		}
-		if (frag & 0x2000) /* first fragment of a TCP segment to memcached */
-			mc_bump_gen(MC_V_FALLBACK_FLUSH);
+		if (frag & 0x2000) { /* no TCP stack fragments a segment: its rest goes unread */
+			mc_count(MC_V_HIDDEN);
+			return XDP_DROP;
+		}
 		s->tcp = 1;
 		s->seq = bpf_ntohl(th->seq);
 		s->payload_off = sizeof(*eth) + ihl + doff;
 		s->payload_len = tot - ihl - doff;
 		s->ck.sport = th->source;
 		s->ck.dport = th->dest;
-		return tcp_segment(ctx, s, th);
+		return tcp_segment(ctx, s, th, iph, sizeof(*iph));
 	}
 
 	struct udphdr *uh = l4;
-	if ((void *)(uh + 1) > data_end)
-		return XDP_PASS;
+	if ((void *)(uh + 1) > data_end) {
+		if (!(frag & 0x2000))
+			return XDP_PASS;
+		mc_count(MC_V_HIDDEN); /* a first fragment too short for its UDP header */
+		return XDP_DROP;
+	}
 	if (uh->dest != cfg->port) {
 		mc_count(MC_V_PASS);
 		return XDP_PASS;
 	}
+	if (guarded(cfg, s))
+		return XDP_DROP;
 	__u32 ulen = bpf_ntohs(uh->len);
 	if (frag & 0x2000) {
 		/* The head of a fragmented datagram: a write may be in it. */
-		mc_bump_gen(MC_V_FALLBACK_FLUSH);
+		mc_fallback_flush(MC_FR_UDP_FRAGMENT);
 		return XDP_PASS;
 	}
 	if (ulen < sizeof(*uh) + MC_UDP_FRAME_HDR + 1 || ihl + ulen > tot) {
@@ -1621,7 +1831,7 @@ static __always_inline int reply_payload(void *ctx, int skb, struct mc_xscratch 
 static __always_inline int to_tc_scratch(struct xdp_md *ctx, struct mc_xscratch *s)
 {
 	__u32 cookie = ++s->handover_seq | 1; /* never 0: 0 is "none" */
-	if (!to_tc(ctx, MC_META_FROM_SCRATCH, cookie))
+	if (!to_tc(ctx, s, MC_META_FROM_SCRATCH, cookie))
 		return 0;
 	s->handover = cookie;
 	return 1;
@@ -1680,54 +1890,98 @@ int xdp_reply(struct xdp_md *ctx)
 
 static __always_inline int scan_done(struct mc_xscratch *s)
 {
-	if (s->tcp && s->pos > s->payload_len) {
-		/* The value runs on into the next segments: skip them by sequence. */
-		struct mc_conn c = {.resume_seq = s->seq + s->pos, .partial = 0};
-		mc_conn.update(&s->ck, &c);
-	}
+	if (!s->tcp)
+		return XDP_PASS;
+	if (s->pos > s->payload_len) /* the value runs on into the next segments */
+		conn_done(s, MC_CS_VALUE, s->seq + s->pos, 0);
+	else
+		conn_done(s, MC_CS_LINE, 0, 0);
 	return XDP_PASS;
 }
 
-/* The command is cut by the segment's end: it may be a write, and the next segment holds
- * the rest of a line we cannot read then (tcp_segment empties the cache again). */
-static __always_inline int scan_cut(struct mc_xscratch *s)
+/* Where the stream stands is lost (a line that starts like a write and is longer than any
+ * write we read): every later byte of the connection empties the cache. */
+static __always_inline int scan_blind(struct mc_xscratch *s, __u32 reason)
 {
-	mc_bump_gen(MC_V_FALLBACK_FLUSH);
-	if (s->tcp) {
-		struct mc_conn c = {.resume_seq = s->seq + s->payload_len, .partial = 1};
-		mc_conn.update(&s->ck, &c);
-	}
+	mc_fallback_flush(reason);
+	if (s->tcp)
+		conn_done(s, MC_CS_BLIND, 0, 0);
 	return XDP_PASS;
+}
+
+/* The command is cut by the segment's end. Over TCP its bytes so far (the whole window: the
+ * scanner said so) are kept, and read again in front of the next segment's. A datagram has
+ * no next: memcached reads each into the start of its buffer, and drops a command it cuts. */
+static __always_inline int scan_cut(struct mc_xscratch *s, __u32 n)
+{
+	if (!s->tcp)
+		return XDP_PASS;
+	if (n > MC_CARRY_BYTES || s->payload_len - s->pos + s->carry_len != n)
+		return scan_blind(s, MC_FR_CUT_LINE); /* more than a carry holds */
+	struct mc_carry *k = (struct mc_carry *)s->buf; /* the window, from its start */
+	if (mc_carry.update(&s->ck, k)) /* a full map: nothing to read the rest with */
+		return scan_blind(s, MC_FR_CUT_LINE);
+	conn_done(s, MC_CS_CARRY, 0, n);
+	return XDP_PASS;
+}
+
+/* The window at s->pos: over TCP, after a cut line's carried bytes on the first step. The
+ * window's length, or 0 when the bytes cannot be read. */
+static __always_inline __u32 scan_window(struct xdp_md *ctx, struct mc_xscratch *s, __u32 rem)
+{
+	__u32 carry = s->carry_len;
+	if (carry == 0 || carry > MC_CARRY_BYTES) {
+		__u64 n = rem < MC_WIN ? rem : MC_WIN; /* u64: no zero-extended copy to check */
+		if (!MC_SIZE_OK(n, MC_WIN) ||
+		    bpf_xdp_load_bytes(ctx, s->payload_off + s->pos, s->buf, n) < 0)
+			return 0;
+		return n;
+	}
+	struct mc_carry *k = mc_carry.lookup(&s->ck);
+	if (!k)
+		return 0; /* evicted: the line's start is gone */
+	__builtin_memcpy(s->buf, k->line, MC_CARRY_BYTES);
+	__u32 room = MC_WIN - carry;
+	__u64 n = rem < room ? rem : room;
+	__u32 at = carry;
+	MC_OPAQUE(at); /* else the compiler drops the mask the verifier needs */
+	at &= 511;
+	if (n == 0 || !MC_SIZE_OK(n, MC_WIN) ||
+	    bpf_xdp_load_bytes(ctx, s->payload_off + s->pos, s->buf + at, n) < 0)
+		return 0;
+	return carry + n;
 }
 
 static __always_inline int scan(struct xdp_md *ctx, struct mc_xscratch *s)
 {
 	if (s->pos >= s->payload_len)
 		return scan_done(s);
-	if (++s->steps > MC_MAX_SCAN_STEPS) {
-		mc_bump_gen(MC_V_FALLBACK_FLUSH); /* more commands than we may look at */
-		return XDP_PASS;
-	}
+	if (++s->steps > MC_MAX_SCAN_STEPS) /* more commands than we may look at */
+		return scan_blind(s, MC_FR_STEPS);
 	__u32 rem = s->payload_len - s->pos;
-	__u64 n = rem < MC_WIN ? rem : MC_WIN; /* u64: no zero-extended copy to check */
-	if (!MC_SIZE_OK(n, MC_WIN))
-		return XDP_PASS;
-	if (bpf_xdp_load_bytes(ctx, s->payload_off + s->pos, s->buf, n) < 0) {
-		mc_bump_gen(MC_V_FALLBACK_FLUSH);
-		return XDP_PASS;
-	}
+	__u32 carry = s->carry_len;
+	__u32 n = scan_window(ctx, s, rem);
+	if (n == 0 || n > MC_WIN)
+		return scan_blind(s, carry ? MC_FR_CUT_LINE : MC_FR_LOAD);
 	__u64 adv = 0;
-	int r = s->skipping ? mc_scan_skip(s->buf, &s->tok, n, rem, &adv)
-			    : mc_scan_cmd(s->buf, &s->tok, n, rem, &adv);
-	if (r == MC_SCAN_CUT)
-		return scan_cut(s);
-	if (r == MC_SCAN_UNSURE)
-		return XDP_PASS;
+	int r = s->skipping ? mc_scan_skip(s->buf, &s->tok, n, rem + carry, &adv)
+			    : mc_scan_cmd(s->buf, &s->tok, n, rem + carry, &adv);
+	if (r == MC_SCAN_CUT) {
+		if (s->skipping) { /* the long line goes on in the next segment */
+			if (s->tcp)
+				conn_done(s, s->buf[(n - 1) & MC_BUF_MASK] == '\r' ? MC_CS_LONG_CR :
+					  MC_CS_LONG, 0, 0);
+			return XDP_PASS;
+		}
+		return scan_cut(s, n);
+	}
+	if (r == MC_SCAN_UNSURE || adv < carry)
+		return scan_blind(s, MC_FR_UNSURE);
 	s->skipping = r == MC_SCAN_LONG;
-	s->pos += adv;
+	s->pos += adv - carry;
+	s->carry_len = 0;
 	mc_xdp_jmp.call(ctx, TAIL_SCAN);
-	mc_bump_gen(MC_V_FALLBACK_FLUSH);
-	return XDP_PASS;
+	return scan_blind(s, MC_FR_TAIL_CALL);
 }
 
 int xdp_scan(struct xdp_md *ctx)

@@ -26,8 +26,10 @@ PREFIX=24
 MAX_HOSTS=30
 INVENTORY="$REPO/inventory/lab/hosts.yml"
 KEY="$LAB_DIR/ssh/id_ed25519"
-# Must match ansible.cfg's control_path_dir (ssh ControlPersist masters, closed by `down`).
-CP_DIR=/tmp/mcache-cp
+# Must match ansible_control_path_dir in inventory/lab/group_vars/all.yml (the lab's ssh
+# ControlPersist masters, closed by `down`): private to this user (0700), not in /tmp. Ansible
+# expands ~ from $HOME as the shell does.
+CP_DIR=~/.ansible/mcache-lab-cp
 INIT="${INIT:-plain}"
 
 log() { printf '[lab] %s\n' "$*" >&2; }
@@ -111,6 +113,11 @@ ensure_bridge() {
         ip addr add "$BRIDGE_ADDR/$PREFIX" dev "$BRIDGE"
     fi
     ip link set "$BRIDGE" up
+}
+
+ensure_cp_dir() {
+    (umask 077 && mkdir -p "$CP_DIR")
+    chmod 700 "$CP_DIR"
 }
 
 close_ssh_masters() {
@@ -337,7 +344,7 @@ cmd_up() {
     mkdir -p "$LAB_DIR"
     ensure_key
     ensure_bridge
-    mkdir -p "$CP_DIR"
+    ensure_cp_dir
     # hosts above n go away
     for i in $(seq $((n + 1)) "$MAX_HOSTS"); do
         if host_up "$i" || [ -e "/run/netns/$(name_of "$i")" ] || [ -d "$(hostdir "$i")" ]; then
@@ -417,7 +424,7 @@ cmd_ssh() {
     check_index "$i"
     shift
     [ "${1:-}" = "--" ] && shift
-    mkdir -p "$CP_DIR"
+    ensure_cp_dir
     exec ssh -i "$KEY" -o IdentitiesOnly=yes -o UserKnownHostsFile=/dev/null \
         -o StrictHostKeyChecking=no -o LogLevel=ERROR -o ConnectTimeout=10 \
         -o ControlMaster=auto -o ControlPersist=60s -o "ControlPath=$CP_DIR/%C" \

@@ -15,6 +15,7 @@ data plane answers (the programs only copy frames out).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -282,13 +283,40 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def run(bpffs: Path, spec: Spec, out: BinaryIO, *,
+def create_output(path: Path) -> BinaryIO:
+    """A new capture file, readable by its owner only: it holds keys and values. O_EXCL never
+    truncates or writes through what is there (a file, or a symlink another user planted in
+    /tmp pointing at one of root's files); O_NOFOLLOW says so for symlinks in so many words."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise CaptureError(_exists(path)) from None
+    return os.fdopen(fd, "wb")
+
+
+def _exists(path: Path) -> str:
+    return f"{path} exists: not overwriting it (remove it, or write to a new file)"
+
+
+def run(bpffs: Path, spec: Spec, out: BinaryIO | Path, *,
         should_stop: Callable[[], bool] = lambda: False) -> Summary:
-    """Captures until spec's count or duration is reached, or should_stop() says so."""
-    expr = Filter(spec.expression) if spec.expression else None
+    """Captures until spec's count or duration is reached, or should_stop() says so.
+
+    `out` is a stream, or the path of a file to create (create_output) once the capture has
+    started: a capture that cannot start (no pins, another capture running, a bad filter)
+    leaves no file behind."""
+    if isinstance(out, Path) and os.path.lexists(out):
+        raise CaptureError(_exists(out))  # before the kernel is asked for anything
     summary = Summary()
-    with Session(bpffs, spec) as session:
-        writer = Writer(out, "mcache-agent capture")
+    with contextlib.ExitStack() as stack:
+        expr = Filter(spec.expression) if spec.expression else None
+        if expr is not None:
+            stack.callback(expr.close)
+        session = stack.enter_context(Session(bpffs, spec))
+        session.start()
+        stream = stack.enter_context(create_output(out)) if isinstance(out, Path) else out
+        writer = Writer(stream, "mcache-agent capture")
         clock = time.time_ns() - time.monotonic_ns()  # ktime -> wall time
         full = False
 
@@ -310,7 +338,6 @@ def run(bpffs: Path, spec: Spec, out: BinaryIO, *,
                 summary.by_verdict[v] = summary.by_verdict.get(v, 0) + 1
             full = bool(spec.count) and summary.written >= spec.count
 
-        session.start()
         started = renewed = time.monotonic()
         try:
             with session.ring(on_record) as ring:
@@ -334,6 +361,4 @@ def run(bpffs: Path, spec: Spec, out: BinaryIO, *,
         finally:
             session.stop()
             summary.lost = session.lost() - session.lost_before
-            if expr is not None:
-                expr.close()
     return summary

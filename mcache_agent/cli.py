@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with a comment naming its verdicts, path, key and config "
                                    "version. Reads the pins: works while the agent is down.")
     c.add_argument("--write", "-w", required=True, metavar="FILE",
-                   help="pcapng file to write, or - for stdout (| tshark -r -)")
+                   help="new pcapng file to write (0600; an existing file is refused), or - "
+                        "for stdout (| tshark -r -)")
     c.add_argument("--interface", "-i", metavar="IF", help="only frames of this interface")
     c.add_argument("--verdict", action="append", metavar="V",
                    help="only frames with this verdict (repeatable; 'none': frames that got "
@@ -129,7 +130,11 @@ def _read_config_text(path: Path) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Exit 0 when every file is valid, 2 when one has faults (bad input), 1 when a file could
+    not be checked at all: an error of the checks themselves, reported like a fault at $ rather
+    than as a traceback (any config gives a Config or faults, so this is a bug)."""
     results = []
+    broken = False
     for path in args.files:
         faults: list[Fault]
         version = None
@@ -139,6 +144,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             faults = check_semantics(cfg, None, host_checks=not args.no_host_checks)
         except ConfigError as e:
             faults = e.faults
+        except Exception as e:
+            broken = True
+            faults = [Fault("$", f"could not be checked: {type(e).__name__}: {e}")]
         results.append({"file": str(path), "ok": not faults, "version": version,
                         "faults": [f.to_dict() for f in faults]})
     all_ok = all(r["ok"] for r in results)
@@ -152,6 +160,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"{r['file']}: {len(r['faults'])} fault(s)", file=sys.stderr)
                 for f in r["faults"]:
                     print(f"{f['path']}: {f['message']}", file=sys.stderr)
+    if broken:
+        return EXIT_RUNTIME
     return EXIT_OK if all_ok else EXIT_INVALID
 
 
@@ -291,6 +301,9 @@ def format_status(st: dict[str, Any]) -> str:
         ("hit ratio", "-" if st.get("hit_ratio") is None else f"{st['hit_ratio']:.2%}"),
         ("counters", " ".join(f"{k}={v}" for k, v in counters.items() if v) or "-"),
     ]
+    reasons = {k: v for k, v in (st.get("flush_reasons") or {}).items() if v}
+    if reasons:  # real traffic the write scanner could not read (docs/HOSTILE_INPUT.md)
+        rows.append(("flushed for", " ".join(f"{k}={v}" for k, v in reasons.items())))
     for version, counts in sorted((st.get("counters_by_version") or {}).items(),
                                   key=lambda kv: -int(kv[0]))[:3]:
         rows.append(("", f"v{version}: " + " ".join(f"{k}={v}" for k, v in counts.items())))
@@ -403,12 +416,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     try:
-        if to_stdout:
-            summary = capture.run(Path(args.bpffs), spec, sys.stdout.buffer,
-                                  should_stop=lambda: stop)
-        else:
-            with open(args.write, "wb") as out:
-                summary = capture.run(Path(args.bpffs), spec, out, should_stop=lambda: stop)
+        # A file is created (new, 0600) only once the capture has started: see capture.run.
+        out = sys.stdout.buffer if to_stdout else Path(args.write)
+        summary = capture.run(Path(args.bpffs), spec, out, should_stop=lambda: stop)
     except (capture.CaptureError, FilterError) as e:
         print(f"mcache-agent: capture: {e}", file=sys.stderr)
         return EXIT_INVALID

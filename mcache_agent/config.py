@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import re
 import socket
+import stat
 import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,7 +26,10 @@ from mcache_agent import cgroups, constants
 from mcache_agent.paths import schema_path
 
 API_VERSION = "mcache/v1"
-MAX_CONFIG_BYTES = 1 << 20
+# A config is a few KiB. PyYAML (pure Python, the same on every host and on the controller)
+# reads about a character per microsecond at worst (newlines, folded scalars): 256 KiB keeps any
+# file under the cap well within a second.
+MAX_CONFIG_BYTES = 256 << 10
 # The agent's own cap on the kernel memory one config may take (the data plane has none).
 MAX_MEMORY_BYTES = 1 << 30
 # The kernel's hash map accounting (kernel/bpf/hashtab.c, htab_map_mem_usage): a preallocated
@@ -95,6 +100,12 @@ class CacheSpec:
     protocols: tuple[str, ...] = ("ascii", "binary")
     key_prefix: str = ""
     allowed_clients: tuple[str, ...] = ()
+    # The data plane drops UDP datagrams to memcached's port from sources outside the allow-list
+    # (memcached's UDP replies are the classic amplifier), instead of passing them on.
+    amplification_guard: bool = False
+    # Lets allowed_clients list /0, multicast, link-local and networks wider than /8 (IPv4) or
+    # /16 (IPv6, outside fc00::/7): refused otherwise, as a typo or a paste more likely than meant.
+    allow_wide_networks: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,19 @@ def _possible_cpus() -> int:
 
 # --------------------------------------------------------------------------- loading
 
+# What a config may be, checked while its YAML is read, before anything builds on it. A real
+# config is about a hundred values, three levels deep; these bounds are far above that and far
+# below where reading gets slow: PyYAML's scanner costs O(flow depth) per token, and
+# jsonschema's uniqueItems is quadratic on a list of mixed types.
+MAX_DEPTH = 8  # lists and mappings inside each other, the top mapping being 1 (a config has 3)
+MAX_ITEMS = 64  # items of one list or keys of one mapping (a config has at most 16)
+MAX_NODES = 2048  # keys and values in the whole document
+MAX_STRING_CHARS = 4096  # one value (local_bypass.cgroup, the longest field, takes 4096)
+MAX_KEY_CHARS = 64  # one key (the longest, allow_wide_networks, has 19)
+# One integer: a 64-bit number has 20 digits and no field takes more than 10; PyYAML's own
+# int() of a 5000-digit number raises ValueError (Python's int_max_str_digits).
+MAX_INT_DIGITS = 20
+
 
 def load_config(path_or_text: str | Path) -> Config:
     """Load and schema-check a config; raises ConfigError with every fault found.
@@ -174,25 +198,42 @@ def load_config(path_or_text: str | Path) -> Config:
     A Path is read as a file. A str is YAML text, unless it is a single line naming an existing
     file (so CLI arguments can be passed straight through).
     """
-    if isinstance(path_or_text, Path) or (
-        "\n" not in path_or_text and path_or_text.strip() and Path(path_or_text).is_file()
-    ):
+    if isinstance(path_or_text, Path) or _names_a_file(path_or_text):
         return parse_config(read_config_text(Path(path_or_text)))
     return parse_config(path_or_text)
 
 
+def _names_a_file(text: Any) -> bool:
+    if not isinstance(text, str) or "\n" in text or not text.strip():
+        return False
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # too long for a file name, a NUL: text, then
+        return False
+
+
 def read_config_text(path: Path) -> str:
     try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
+        # O_NONBLOCK: opening a FIFO that nobody writes to would wait for good; it is refused
+        # below, as is anything else that is not a regular file (/dev/zero never ends).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError) as e:
+        raise ConfigError([Fault("$", f"cannot read {path}: {_os_message(e)}")]) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError([Fault("$", f"cannot read {path}: not a regular file "
+                                          f"({_file_kind(st.st_mode)})")])
+        if st.st_size > MAX_CONFIG_BYTES:
             raise ConfigError(
-                [Fault("$", f"file is {size} bytes; the limit is {MAX_CONFIG_BYTES}")]
+                [Fault("$", f"file is {st.st_size} bytes; the limit is {MAX_CONFIG_BYTES}")]
             )
-        with path.open("rb") as f:
-            # The file may grow between stat and read: never read more than the cap.
-            data = f.read(MAX_CONFIG_BYTES + 1)
+        # The file may grow between fstat and read: never read more than the cap.
+        data = _read_at_most(fd, MAX_CONFIG_BYTES + 1)
     except OSError as e:
-        raise ConfigError([Fault("$", f"cannot read {path}: {e.strerror or e}")]) from None
+        raise ConfigError([Fault("$", f"cannot read {path}: {_os_message(e)}")]) from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError([Fault("$", f"file is over the {MAX_CONFIG_BYTES}-byte limit")])
     try:
@@ -201,62 +242,391 @@ def read_config_text(path: Path) -> str:
         raise ConfigError([Fault("$", f"not UTF-8 text: {e}")]) from None
 
 
+def _read_at_most(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    left = size
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 16))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _os_message(e: OSError | ValueError) -> str:
+    return (e.strerror if isinstance(e, OSError) else None) or str(e)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
 def parse_config(text: str) -> Config:
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
+    """A config text to a Config, or ConfigError with every fault found: nothing else, whatever
+    the text (a non-str included: the control socket and the Ansible filter pass what they got)."""
+    if not isinstance(text, str):
+        raise ConfigError([Fault("$", f"config must be text, not {_describe(text)}")])
+    # len() first: a text of more characters than the cap is over it in bytes too, and is not
+    # encoded (a 100 MB string would be, twice over).
+    if len(text) > MAX_CONFIG_BYTES or \
+            len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
         raise ConfigError([Fault("$", f"config is over the {MAX_CONFIG_BYTES}-byte limit")])
     doc = _parse_yaml(text)
-    faults = schema_faults(doc)
-    faults += _structural_faults(doc)
+    faults = doc_faults(doc)
     if faults:
         raise ConfigError(faults)
     return _build(doc, text)
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """safe_load, but a key given twice is a fault instead of silently keeping the last one."""
+def doc_faults(doc: dict[str, Any]) -> list[Fault]:
+    """The schema's faults and the checks it cannot say, of a document as _parse_yaml gives."""
+    structural = _structural_faults(doc)
+    # The code's own check of a field says exactly what is wrong, where the schema's pattern
+    # for it can only say "not in the expected form": one fault per problem.
+    specific = {f.path for f in structural}
+    faults = [f for f in schema_faults(doc) if f.path not in specific] + structural
+    return sorted(faults, key=_fault_sort_key)
 
 
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: set[Any] = set()
-    for key_node, _value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if not isinstance(key, (str, int, bool, float)):
-            continue
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _FLOAT, _BOOL, _NULL = (f"{_TAG}{t}" for t in ("str", "int", "float", "bool", "null"))
+_MAP, _SEQ, _TIMESTAMP = f"{_TAG}map", f"{_TAG}seq", f"{_TAG}timestamp"
+_MERGE, _VALUE = f"{_TAG}merge", f"{_TAG}value"
+_TAG_NAMES = {_INT: "a number", _FLOAT: "a number", _BOOL: "a boolean", _NULL: "null",
+              _TIMESTAMP: "a date", _MERGE: "a merge key"}
+_BOOLS = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
+# PyYAML's YAML 1.1 resolver, as safe_load uses it: plain `yes` is true, `12` a number.
+_RESOLVER = yaml.resolver.Resolver()
+_DECIMAL = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ABSENT = object()  # no document (yet)
+_NO_KEY = object()  # a mapping waits for its next key
+_SKIP = object()  # a refused key: its value is read (to go on), then dropped
 
 
-_StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping  # type: ignore[arg-type]
-)
+class _Stop(Exception):
+    """A bound was passed: reading stops here (reading on is what would cost)."""
+
+    def __init__(self, fault: Fault) -> None:
+        super().__init__(str(fault))
+        self.fault = fault
+
+
+class _TooDeep(Exception):
+    def __init__(self, mark: Any) -> None:
+        super().__init__("too deep")
+        self.mark = mark
+
+
+class _BoundedScanner(yaml.scanner.Scanner):  # type: ignore[misc]
+    """PyYAML's scanner, refusing a flow collection ('[', '{') nested deeper than MAX_DEPTH as
+    it meets it. The scanner keeps every open flow level as a possible simple key and walks
+    them all for each token, up to 1024 characters ahead of the parser: 100,000 '[' take
+    minutes before the parser has a single event to give (a limit on events comes too late)."""
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:  # PyYAML names it so
+        if self.flow_level >= MAX_DEPTH:
+            raise _TooDeep(self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+
+class _EventReader(yaml.reader.Reader, _BoundedScanner, yaml.parser.Parser):  # type: ignore[misc]
+    """Text to YAML events; no composer (it recurses once per level) and no constructor."""
+
+    def __init__(self, text: str) -> None:
+        yaml.reader.Reader.__init__(self, text)
+        _BoundedScanner.__init__(self)
+        yaml.parser.Parser.__init__(self)
+
+
+@dataclass
+class _Frame:
+    """A list or mapping being read."""
+
+    path: str
+    value: dict[str, Any] | list[Any]
+    key: Any = _NO_KEY  # mapping: the key whose value comes next (or _NO_KEY, _SKIP)
+    key_path: str = ""  # mapping: that value's JSON path
+    keys: int = 0  # mapping: keys met, refused ones included
+    marks: dict[str, Any] = field(default_factory=dict)  # mapping: key -> where it is
+
+
+def _at(mark: Any) -> str:
+    return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+
+
+class _DocReader:
+    """Builds the document from PyYAML's events within the bounds above, noting a fault, with
+    its JSON path, for whatever a config cannot hold: aliases, tags, keys that are not names or
+    come twice, integers in anything but decimal digits, dates, lone surrogates. A passed bound
+    stops reading at once (_Stop); anything else is noted and reading goes on, so that one run
+    says every such fault."""
+
+    def __init__(self) -> None:
+        self.faults: list[Fault] = []
+        self.stack: list[_Frame] = []
+        self.root: Any = _ABSENT
+        self.nodes = 0
+        self.documents = 0
+
+    def read(self, text: str) -> dict[str, Any]:
+        events: _EventReader | None = None
+        try:
+            while True:
+                try:
+                    if events is None:  # the reader checks every character here: NUL, ...
+                        events = _EventReader(text)
+                    event = events.get_event()
+                except _TooDeep as e:
+                    raise _Stop(Fault(self._here(),
+                                      f"nests deeper than {MAX_DEPTH} levels{_at(e.mark)}; "
+                                      "a config has 3")) from None
+                except yaml.YAMLError as e:
+                    raise _Stop(Fault("$", f"not valid YAML: {_yaml_message(e, text)}")
+                                ) from None
+                except Exception as e:
+                    # PyYAML raises more than YAMLError on some input ("\UFFFFFFFF" is an
+                    # OverflowError): whatever its reader, scanner or parser cannot read is not
+                    # valid YAML, and must not be a traceback.
+                    raise _Stop(Fault("$", f"not valid YAML: {type(e).__name__}: {e}")) from None
+                if event is None:
+                    break
+                self._event(event)
+        except _Stop as e:
+            self.faults.append(e.fault)
+        finally:
+            if events is not None:
+                events.dispose()
+        if self.faults:
+            raise ConfigError(self.faults)
+        if not isinstance(self.root, dict):  # no document at all
+            raise ConfigError([Fault("$", "config is empty")])
+        return self.root
+
+    def _here(self) -> str:
+        return self.stack[-1].path if self.stack else "$"
+
+    def _fault(self, path: str, message: str) -> None:
+        self.faults.append(Fault(path, message))
+
+    def _event(self, event: Any) -> None:
+        if isinstance(event, yaml.DocumentStartEvent):
+            self.documents += 1
+            if self.documents > 1:
+                raise _Stop(Fault("$", f"more than one YAML document{_at(event.start_mark)}"))
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            self._place(self.stack.pop().value)
+        elif isinstance(event, yaml.NodeEvent):
+            self._node(event)
+        # StreamStart, StreamEnd, DocumentEnd: nothing to do
+
+    def _node(self, event: Any) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _Stop(Fault("$", f"more than {MAX_NODES} keys and values"
+                                   f"{_at(event.start_mark)}; a config has about 100"))
+        at = _at(event.start_mark)
+        if not self.stack:
+            self._root(event)
+            return
+        parent = self.stack[-1]
+        if isinstance(parent.value, dict):
+            if parent.key is _NO_KEY:
+                self._key(parent, event)
+                return
+            path = parent.key_path
+        else:
+            if len(parent.value) >= MAX_ITEMS:
+                raise _Stop(Fault(parent.path, f"more than {MAX_ITEMS} items{at}; the longest "
+                                               "list of a config has 16"))
+            path = f"{parent.path}[{len(parent.value)}]"
+        if isinstance(event, yaml.AliasEvent):
+            # An alias lets a 1 KiB file stand for a huge document; a config never needs one.
+            self._fault(path, f"YAML aliases are not allowed{at}")
+            self._place(None)
+        elif isinstance(event, yaml.ScalarEvent):
+            self._place(self._scalar(event, path))
+        else:
+            self._open(event, path)
+
+    def _root(self, event: Any) -> None:
+        if isinstance(event, yaml.MappingStartEvent):
+            self._open(event, "$")
+            return
+        if isinstance(event, yaml.ScalarEvent):
+            tag = self._tag(event)
+            if tag == _NULL:
+                raise _Stop(Fault("$", "config is empty"))
+            kind = _TAG_NAMES.get(tag, "a string")
+        else:
+            kind = "an alias" if isinstance(event, yaml.AliasEvent) else "a list"
+        raise _Stop(Fault("$", f"config must be a mapping, not {kind}"))
+
+    def _open(self, event: Any, path: str) -> None:
+        if len(self.stack) >= MAX_DEPTH:
+            raise _Stop(Fault(self._here(), f"nests deeper than {MAX_DEPTH} levels"
+                                            f"{_at(event.start_mark)}; a config has 3"))
+        mapping = isinstance(event, yaml.MappingStartEvent)
+        if event.tag not in (None, "!", _MAP if mapping else _SEQ):
+            self._fault(path, f"YAML tag {event.tag} is not allowed{_at(event.start_mark)}")
+        self.stack.append(_Frame(path, {} if mapping else []))
+
+    def _place(self, value: Any) -> None:
+        if not self.stack:
+            self.root = value
+            return
+        top = self.stack[-1]
+        if isinstance(top.value, dict):
+            if top.key is not _SKIP:
+                top.value[top.key] = value
+            top.key = _NO_KEY
+        else:
+            top.value.append(value)
+
+    def _key(self, m: _Frame, event: Any) -> None:
+        at = _at(event.start_mark)
+        m.keys += 1
+        if m.keys > MAX_ITEMS:
+            raise _Stop(Fault(m.path, f"more than {MAX_ITEMS} keys{at}; a mapping of a config "
+                                      "has at most 11"))
+        if not isinstance(event, yaml.ScalarEvent):
+            what = {yaml.AliasEvent: "an alias", yaml.SequenceStartEvent: "a list"}.get(
+                type(event), "a mapping")
+            # Skipping a key's whole subtree (and its value) is not worth it for what no
+            # config has: stop.
+            raise _Stop(Fault(m.path, f"a key must be a name, not {what}{at}"))
+        name = event.value
+        m.key, m.key_path = _SKIP, _child(m.path, name[:MAX_KEY_CHARS])
+        if len(name) > MAX_KEY_CHARS:
+            self._fault(m.path, f"a key of {len(name)} characters{at}; no key is longer "
+                                f"than {MAX_KEY_CHARS}")
+            return
+        if _SURROGATE.search(name):
+            self._fault(m.path, f"key {_show(name)}{at} holds a lone surrogate, which is not "
+                                "text (it has no UTF-8 form)")
+            return
+        tag = self._tag(event)
+        if tag == _MERGE:
+            self._fault(m.path, f"YAML merge keys (<<) are not allowed{at}")
+            return
+        if tag not in (_STR, _VALUE):
+            self._fault(m.path, f"key {_show(name)}{at} is read by YAML as "
+                                f"{_TAG_NAMES.get(tag, 'a tagged value')}, not a name")
+            return
+        if name in m.marks:
+            where = _two_places(m.marks[name], event.start_mark)
+            self._fault(m.key_path, f"key given twice ({where})")
+            return
+        m.marks[name] = event.start_mark
+        m.key = name
+
+    @staticmethod
+    def _tag(event: Any) -> str:
+        # As PyYAML's composer does: a plain scalar, or one tagged "!", gets its type from
+        # its text.
+        if event.tag is None or event.tag == "!":
+            return str(_RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit))
+        return str(event.tag)
+
+    def _scalar(self, event: Any, path: str) -> Any:
+        text: str = event.value
+        at = _at(event.start_mark)
+        if len(text) > MAX_STRING_CHARS:
+            self._fault(path, f"a value of {len(text)} characters{at}; no field takes more "
+                              f"than {MAX_STRING_CHARS}")
+            return None
+        if _SURROGATE.search(text):
+            self._fault(path, f"{_show(text)}{at} holds a lone surrogate, which is not text "
+                              "(it has no UTF-8 form)")
+            return None
+        tag = self._tag(event)
+        if tag in (_STR, _VALUE, _MERGE):
+            return text
+        if tag == _NULL:
+            return None
+        if tag == _BOOL:
+            if text.lower() not in _BOOLS:
+                self._fault(path, f"{_show(text)}{at} is not a boolean")
+            return _BOOLS.get(text.lower())
+        if tag == _INT:
+            return self._int(text, path, at)
+        if tag == _FLOAT:
+            return self._float(text, path, at)
+        if tag == _TIMESTAMP:
+            self._fault(path, f"{_show(text)}{at} is read by YAML as a date; quote it if it is "
+                              "meant as text")
+            return None
+        self._fault(path, f"YAML tag {event.tag} is not allowed{at}")
+        return None
+
+    def _int(self, text: str, path: str, at: str) -> int | None:
+        digits = text.replace("_", "")  # YAML 1.1: 1_000 is 1000
+        if not _DECIMAL.fullmatch(digits):
+            self._fault(path, f"{_show(text)}{at} is {_int_form(digits)}; write integers in "
+                              "decimal digits, without leading zeros")
+            return None
+        count = len(digits.lstrip("+-"))
+        if count > MAX_INT_DIGITS:
+            self._fault(path, f"a number of {count} digits{at}; no field takes one of more "
+                              "than 10")
+            return None
+        return int(digits)
+
+    def _float(self, text: str, path: str, at: str) -> float | None:
+        # Kept as a float (the schema then says which field wanted an integer or a string).
+        t = text.replace("_", "").lower()
+        sign = -1.0 if t.startswith("-") else 1.0
+        t = t.lstrip("+-")
+        try:
+            if t in (".inf", ".nan"):
+                return sign * math.inf if t == ".inf" else math.nan
+            value = 0.0
+            for part in t.split(":"):  # YAML 1.1 base 60: 1:30.5 is 90.5
+                value = value * 60 + float(part)
+            return sign * value
+        except ValueError:
+            self._fault(path, f"{_show(text)}{at} is not a number")
+            return None
+
+
+def _two_places(first: Any, second: Any) -> str:
+    if first.line != second.line:
+        return f"lines {first.line + 1} and {second.line + 1}"
+    return f"line {first.line + 1}, columns {first.column + 1} and {second.column + 1}"
+
+
+def _int_form(digits: str) -> str:
+    body = digits.lstrip("+-")
+    if body.startswith("0b"):
+        return "a binary number in YAML 1.1"
+    if body.startswith("0x"):
+        return "a hexadecimal number in YAML 1.1"
+    if ":" in body:
+        return "a base-60 number in YAML 1.1 (1:30 is 90)"
+    if body.startswith("0"):
+        return "an octal number in YAML 1.1 (010 is 8)"
+    return "not an integer"
 
 
 def _parse_yaml(text: str) -> dict[str, Any]:
     if not text.strip():
         raise ConfigError([Fault("$", "config is empty")])
-    try:
-        # Aliases let a 1 KiB file expand into a huge document for the validator to walk; a
-        # config never needs them.
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                mark = event.start_mark
-                where = f" (line {mark.line + 1})" if mark else ""
-                raise ConfigError([Fault("$", f"YAML aliases are not allowed{where}")])
-        doc = yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as e:
-        raise ConfigError([Fault("$", f"not valid YAML: {_yaml_message(e)}")]) from None
-    if doc is None:
-        raise ConfigError([Fault("$", "config is empty")])
-    if not isinstance(doc, dict):
-        raise ConfigError([Fault("$", f"config must be a mapping, not {_type_name(doc)}")])
-    return doc
+    return _DocReader().read(text)
 
 
-def _yaml_message(e: yaml.YAMLError) -> str:
+def _yaml_message(e: yaml.YAMLError, text: str = "") -> str:
+    if isinstance(e, yaml.reader.ReaderError) and isinstance(e.character, int):
+        # It has a position in the text, not a mark (and a message over several lines).
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        return (f"character #x{e.character:04x} is not allowed in YAML (line {line}, "
+                f"column {column})")
     mark = getattr(e, "problem_mark", None)
     problem = getattr(e, "problem", None) or str(e)
     if mark is not None:
@@ -266,7 +636,49 @@ def _yaml_message(e: yaml.YAMLError) -> str:
 
 def _type_name(v: Any) -> str:
     return {list: "a list", str: "a string", int: "a number", float: "a number",
-            bool: "a boolean"}.get(type(v), type(v).__name__)
+            bool: "a boolean", dict: "a mapping", type(None): "null"}.get(
+        type(v), type(v).__name__)
+
+
+def _show(v: Any, width: int = 60) -> str:
+    """A value as a fault message quotes it: short, and escaped (repr) so that a control
+    character in a config cannot reach the operator's terminal raw."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, list):
+        return "a list"
+    text = repr(v)
+    return text if len(text) <= width else f"{text[:width - 3]}..."
+
+
+def _describe(v: Any) -> str:
+    if v is None or isinstance(v, (dict, list)):
+        return _show(v)
+    if isinstance(v, bool):
+        return f"the boolean {_show(v)}"
+    if isinstance(v, int):
+        return f"the integer {_show(v)}"
+    if isinstance(v, float):
+        return f"the float {_show(v)}"
+    if isinstance(v, str):
+        return f"the string {_show(v)}"
+    return type(v).__name__
+
+
+_EXPECTED = {"integer": "an integer", "string": "a string", "boolean": "true or false",
+             "object": "a mapping", "array": "a list", "number": "a number", "null": "null"}
+
+
+def _type_message(v: Any, expected: Any) -> str:
+    wanted = [expected] if isinstance(expected, str) else list(expected)
+    message = f"expected {' or '.join(_EXPECTED.get(t, t) for t in wanted)}, not {_describe(v)}"
+    if "integer" in wanted and isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        message += f" (write {int(v)}: an integer has no decimal point)"
+    return message
 
 
 @lru_cache(maxsize=1)
@@ -276,25 +688,43 @@ def load_schema() -> dict[str, Any]:
     return schema
 
 
+def _strict_integer(_checker: Any, v: Any) -> bool:
+    # JSON Schema counts 64.0 as an integer; a config does not: `version: 2.0` would be
+    # stored as 2.0.yml, `port: 11211.0` reach the data plane as a float. (bool is not one
+    # either, as in jsonschema's own check.)
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.protocols.Validator:
-    cls = jsonschema.validators.validator_for(load_schema())
-    cls.check_schema(load_schema())
-    return cls(load_schema(), format_checker=cls.FORMAT_CHECKER)
+    base = jsonschema.validators.validator_for(load_schema())
+    base.check_schema(load_schema())
+    strict = jsonschema.validators.extend(
+        base, type_checker=base.TYPE_CHECKER.redefine("integer", _strict_integer))
+    return strict(load_schema(), format_checker=base.FORMAT_CHECKER)
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def _child(path: str, key: str) -> str:
+    """The JSON path of a mapping's key: `.name`, or `["a key"]` when it is not a plain name
+    (JSON-quoted, ASCII: a key can hold anything, the path printed must not)."""
+    return f"{path}.{key}" if _NAME.fullmatch(key) else f"{path}[{json.dumps(key)}]"
 
 
 def json_path(parts: Any) -> str:
     out = "$"
     for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else f".{p}"
+        out = f"{out}[{p}]" if isinstance(p, int) else _child(out, str(p))
     return out
 
 
 def _fault_sort_key(f: Fault) -> tuple[list[tuple[int, str | int]], str]:
     # Sort [10] after [9]: compare path components, numbers as numbers.
     parts: list[tuple[int, str | int]] = []
-    for tok in re.findall(r"\[(\d+)\]|\.([^.\[]+)", f.path):
-        parts.append((0, int(tok[0])) if tok[0] else (1, tok[1]))
+    for tok in re.findall(r'\[(\d+)\]|\.([^.\[]+)|\[("(?:[^"\\]|\\.)*")\]', f.path):
+        parts.append((0, int(tok[0])) if tok[0] else (1, tok[1] or tok[2]))
     return parts, f.message
 
 
@@ -302,34 +732,131 @@ def schema_faults(doc: Any) -> list[Fault]:
     faults: list[Fault] = []
     for err in _validator().iter_errors(doc):
         faults.extend(_faults_from_error(err))
+    # A value of the wrong type fails its other keywords too (true is not one of the entries),
+    # as an empty one does its pattern: the first says it.
+    for first in ("expected ", "must not be empty"):
+        said = {f.path for f in faults if f.message.startswith(first)}
+        faults = [f for f in faults if f.path not in said or f.message.startswith(first)]
     return sorted(set(faults), key=_fault_sort_key)
 
 
 def _faults_from_error(err: jsonschema.ValidationError) -> list[Fault]:
     path = list(err.absolute_path)
-    if err.validator == "required":
+    where = json_path(path)
+    inst, kind, value = err.instance, err.validator, err.validator_value
+    if kind == "required":
         m = re.match(r"^'(.+)' is a required property$", err.message)
         name = m.group(1) if m else "?"
         return [Fault(json_path([*path, name]), "required key is missing")]
-    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+    if kind == "additionalProperties" and isinstance(inst, dict):
         allowed = sorted(err.schema.get("properties", {}))
-        extras = [k for k in err.instance if k not in err.schema.get("properties", {})]
+        extras = [k for k in inst if k not in err.schema.get("properties", {})]
         return [
             Fault(json_path([*path, str(k)]), f"unknown key (allowed: {', '.join(allowed)})")
             for k in extras
         ]
     schema = err.schema if isinstance(err.schema, dict) else {}
-    if err.validator in ("enum", "anyOf") and "x-fault" in schema:
-        return [Fault(json_path(path), f"{err.instance!r} {schema['x-fault']}")]
-    if err.validator == "pattern":
-        expected = schema.get("description", err.message)
-        return [Fault(json_path(path),
-                      f"{err.instance!r} is not in the expected form ({expected})")]
-    return [Fault(json_path(path), err.message)]
+    # Messages of our own: jsonschema's quote the whole instance (a list of 64 items, a string
+    # of 4096 characters), ours quote at most 60 characters of it.
+    if kind == "type":
+        return [Fault(where, _type_message(inst, value))]
+    if kind in ("enum", "anyOf") and "x-fault" in schema:
+        return [Fault(where, f"{_show(inst)} {schema['x-fault']}")]
+    if kind == "pattern":
+        expected = schema.get("description", "see the schema")
+        return [Fault(where, f"{_show(inst)} is not in the expected form ({expected})")]
+    if kind == "const":
+        return [Fault(where, f"must be {value!r}, not {_show(inst)}")]
+    if kind == "enum":
+        return [Fault(where, f"{_show(inst)} is not one of {', '.join(map(repr, value))}")]
+    if kind in ("maxItems", "minItems") and isinstance(inst, list):
+        bound = "at most" if kind == "maxItems" else "at least"
+        return [Fault(where, f"{len(inst)} items; {bound} {value}")]
+    if kind == "uniqueItems" and isinstance(inst, list):
+        dup = next((a for i, a in enumerate(inst) for b in inst[:i] if _same(a, b)), None)
+        return [Fault(where, f"{_show(dup)} is listed more than once")]
+    if kind in ("maxLength", "minLength") and isinstance(inst, str):
+        if kind == "minLength" and value == 1:
+            return [Fault(where, "must not be empty")]
+        bound = "at most" if kind == "maxLength" else "at least"
+        return [Fault(where, f"{_show(inst)} is {len(inst)} characters; {bound} {value}")]
+    return [Fault(where, err.message)]
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def interface_name_fault(name: str) -> str:
+    """Why the kernel would refuse `name` for a network interface ("" when it would not), after
+    net/core/dev.c dev_valid_name(): 1 to 15 bytes (IFNAMSIZ - 1), not "." or "..", no '/', ':'
+    or space (the kernel's isspace(), which takes byte 0xa0 for one). Control characters the
+    kernel allows, but no interface is named with one: refused too, as is any Unicode space
+    (the schema's \\s)."""
+    if name in (".", ".."):
+        return "is not an interface name: the kernel refuses '.' and '..'"
+    raw = name.encode("utf-8", "surrogatepass")
+    if not raw:
+        return "is empty: an interface name is 1 to 15 bytes"
+    if len(raw) > 15:
+        return f"is {len(raw)} bytes; the kernel's limit for an interface name is 15"
+    for c in name:
+        if c in "/:" or c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F:
+            return f"holds {c!r}, which the kernel refuses in an interface name"
+        if b"\xa0" in c.encode("utf-8", "surrogatepass"):
+            return (f"holds {c!r}, whose UTF-8 form has byte 0xa0, which the kernel takes for "
+                    "a space")
+    return ""
+
+
+# metrics.listen: IPv4:port, [IPv6]:port or :port (every IPv4 address), port 1-65535 written
+# without leading zeros (the schema's pattern is the same).
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_LISTEN = re.compile(r"(?:(?P<v4>[0-9.]+)|\[(?P<v6>[0-9A-Fa-f:.]+)\])?:(?P<port>[0-9]+)")
+
+
+def listen_address(listen: str) -> tuple[str, int]:
+    """metrics.listen to (host, port) for the metrics server; ValueError saying why not."""
+    m = _LISTEN.fullmatch(listen)
+    if m is None:
+        raise ValueError("is not IPv4:port, [IPv6]:port or :port (a host name or a path is not "
+                         "taken)")
+    if not re.fullmatch(_PORT, m["port"]):
+        raise ValueError(f"has port {m['port']}: a port is 1 to 65535, without leading zeros")
+    if m["v6"] is not None:
+        try:
+            return str(ipaddress.IPv6Address(m["v6"])), int(m["port"])
+        except ValueError:
+            raise ValueError(f"has {m['v6']!r} in brackets, which is not an IPv6 address"
+                             ) from None
+    if m["v4"]:
+        try:
+            return str(ipaddress.IPv4Address(m["v4"])), int(m["port"])
+        except ValueError:
+            raise ValueError(f"has {m['v4']!r}, which is not an IPv4 address") from None
+    return "0.0.0.0", int(m["port"])
+
+
+PATH_MAX, NAME_MAX = 4096, 255
+
+
+def _cgroup_path_fault(path: str) -> str:
+    """Why a cgroup path cannot name a directory, by length alone ("" when it can)."""
+    size = len(path.encode("utf-8", "surrogatepass"))
+    if size >= PATH_MAX:
+        return f"is {size} bytes; a path is at most {PATH_MAX - 1} (PATH_MAX)"
+    longest = max((len(p.encode("utf-8", "surrogatepass")) for p in path.split("/")), default=0)
+    if longest > NAME_MAX:
+        return f"has a component of {longest} bytes; the limit is {NAME_MAX} (NAME_MAX)"
+    return ""
 
 
 def _structural_faults(doc: dict[str, Any]) -> list[Fault]:
-    """Rules JSON Schema cannot say but that do not depend on the host."""
+    """Rules JSON Schema cannot say but that do not depend on the host. Total on any document
+    _parse_yaml gives (the schema may have refused it): every value is type-checked first."""
     faults: list[Fault] = []
     seen: dict[str, int] = {}
     interfaces = doc.get("interfaces")
@@ -337,12 +864,38 @@ def _structural_faults(doc: dict[str, Any]) -> list[Fault]:
         name = itf.get("name") if isinstance(itf, dict) else None
         if not isinstance(name, str):
             continue
+        why = interface_name_fault(name)
+        if why:
+            faults.append(Fault(f"$.interfaces[{i}].name", f"{_show(name)} {why}"))
+            continue
         if name in seen:
             first = f"$.interfaces[{seen[name]}]"
             faults.append(Fault(f"$.interfaces[{i}].name",
                                 f"interface {name!r} is already listed at {first}"))
         seen.setdefault(name, i)
+    listen = _get(doc, "metrics", "listen")
+    if isinstance(listen, str) and listen:
+        try:
+            listen_address(listen)
+        except ValueError as e:
+            faults.append(Fault("$.metrics.listen", f"{_show(listen)} {e}"))
+    cgroup = _get(doc, "local_bypass", "cgroup")
+    if isinstance(cgroup, str) and cgroup.startswith("/"):
+        why = _cgroup_path_fault(cgroup)
+        if why:
+            faults.append(Fault("$.local_bypass.cgroup", f"{_show(cgroup)} {why}"))
+    key = _get(doc, "probe", "key")
+    if isinstance(key, str) and len(key.encode("utf-8", "surrogatepass")) > 250:
+        # memcached's key limit is 250 bytes; the schema's maxLength counts characters.
+        faults.append(Fault("$.probe.key", f"{_show(key)} is "
+                                           f"{len(key.encode('utf-8', 'surrogatepass'))} bytes; "
+                                           "memcached takes keys of at most 250"))
     return faults
+
+
+def _get(doc: dict[str, Any], section: str, key: str) -> Any:
+    part = doc.get(section)
+    return part.get(key) if isinstance(part, dict) else None
 
 
 def _build(doc: dict[str, Any], text: str) -> Config:
@@ -359,6 +912,8 @@ def _build(doc: dict[str, Any], text: str) -> Config:
         protocols=tuple(c.get("protocols", d.protocols)),
         key_prefix=c.get("key_prefix", d.key_prefix),
         allowed_clients=tuple(c.get("allowed_clients", d.allowed_clients)),
+        amplification_guard=c.get("amplification_guard", d.amplification_guard),
+        allow_wide_networks=c.get("allow_wide_networks", d.allow_wide_networks),
     )
     probe = doc.get("probe", {})
     bypass = doc.get("local_bypass", {})
@@ -440,6 +995,8 @@ def _address_faults(cfg: Config) -> list[Fault]:
         faults.append(Fault("$.memcached.address", f"{address!r} {why}"))
     for i, cidr in enumerate(cfg.cache.allowed_clients):
         why = _cidr_fault(cidr)
+        if not why and not cfg.cache.allow_wide_networks:
+            why = _wide_network_fault(cidr)
         if why:
             faults.append(Fault(f"$.cache.allowed_clients[{i}]", f"{cidr!r} {why}"))
     return faults
@@ -480,6 +1037,35 @@ def _cidr_fault(cidr: str) -> str:
         ipv4 = ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
         return (f"is an IPv4-mapped IPv6 network, which no packet comes from: IPv4 clients "
                 f"are matched by IPv4 networks; did you mean {ipv4}?")
+    return ""
+
+
+# What a client network is not: the networks no client sends from, and what is wider than any
+# client network (IPv6 fc00::/7, unique local addresses, is one site's: wide prefixes there are).
+_MULTICAST = (ipaddress.ip_network("224.0.0.0/4"), ipaddress.ip_network("ff00::/8"))
+_LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+_UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
+WIDEST_PREFIX = {4: 8, 6: 16}
+
+
+def _wide_network_fault(cidr: str) -> str:
+    """Why an allowed_clients item is refused unless cache.allow_wide_networks is true ("" when
+    it is not): every client reading the cache is one the cache answers over UDP, in replies
+    much larger than the requests (an amplifier for forged sources)."""
+    net = ipaddress.ip_network(cidr)
+    unless = "; set cache.allow_wide_networks: true if it is meant"
+    if net.prefixlen == 0:
+        return f"is every IPv{net.version} address: anyone could read the cache{unless}"
+    if any(net.version == m.version and net.overlaps(m) for m in _MULTICAST):
+        return ("is a multicast network: no client sends from a multicast address, only a "
+                f"forged packet does{unless}")
+    if any(net.version == m.version and net.overlaps(m) for m in _LINK_LOCAL):
+        return ("is a link-local network: its addresses mean something only on one link, and "
+                f"the cache cannot tell which{unless}")
+    widest = WIDEST_PREFIX[net.version]
+    if net.prefixlen < widest and not (net.version == 6 and net.subnet_of(_UNIQUE_LOCAL)):
+        return (f"is a /{net.prefixlen}: wider than any client network (/{widest} is the widest "
+                f"taken){unless}")
     return ""
 
 
@@ -548,10 +1134,16 @@ def _family_names(versions: tuple[int, ...]) -> str:
 
 
 def interface_exists(name: str) -> bool:
+    if interface_name_fault(name):
+        # "." and ".." are in /sys/class/net too (the directory itself and its parent)
+        return False
     try:
         socket.if_nametoindex(name)
-    except OSError:
-        return Path("/sys/class/net", name).exists()
+    except (OSError, ValueError):
+        try:
+            return Path("/sys/class/net", name).exists()
+        except (OSError, ValueError):
+            return False
     return True
 
 
@@ -572,7 +1164,10 @@ def host_faults(cfg: Config, interfaces: dict[str, dict[str, Any]] | None = None
     if not cfg.cache.allowed_clients:
         faults += _interface_network_faults(cfg, host)
     if cfg.local_bypass.enabled:
-        why = cgroups.cgroup_fault(cfg.local_bypass.cgroup)
+        try:
+            why = cgroups.cgroup_fault(cfg.local_bypass.cgroup)
+        except (OSError, ValueError, RuntimeError) as e:  # ENAMETOOLONG, a symlink loop
+            why = f"cannot look at it: {e}"
         if why:
             where = "cgroup" if cfg.local_bypass.cgroup else "enabled"
             faults.append(Fault(f"$.local_bypass.{where}",

@@ -45,6 +45,12 @@ def paths() -> tuple[str, ...]:
 
 
 @cache
+def flush_reasons() -> tuple[str, ...]:
+    """Why the scanner emptied the cache, by index: MC_FR_CUT_LINE = 0 -> "cut_line", ..."""
+    return _enum("mc_flush_reason", "MC_FR_")
+
+
+@cache
 def capture_stages() -> tuple[str, ...]:
     """Where a captured frame was seen: MC_CAP_IN = 0 -> "in", ..."""
     return _enum("mc_cap_stage", "MC_CAP_")

@@ -95,6 +95,8 @@ def status_document(
         "counters_by_path": {
             p: n for p, c in (total.by_path if total else {}).items() if (n := _nonzero(c))
         },
+        # why the write scanner emptied the cache: real traffic it could not read
+        "flush_reasons": ask("flush_reasons", {}),
         "hit_ratio": round(hit / (hit + miss), 4) if hit + miss else None,
         "cache": {
             "entries": usage.entries if usage else None,
@@ -152,7 +154,11 @@ class Agent:
         self.stop_event = threading.Event()
         self.torn_down = False
         self.on_stop: Any = None
+        # Called after each committed apply with (new, previous); returns a warning (str) when
+        # something beside the data plane could not follow (the metrics endpoint), else None.
         self.on_config: Any = None
+        # The metrics endpoint as status reports it: {"listen", "serving", "error"}.
+        self.metrics: dict[str, Any] | None = None
         self._watch = _MemcachedWatch(self)
 
     # ------------------------------------------------------------------ start
@@ -187,13 +193,16 @@ class Agent:
             # outcome: the kernel runs the attempted version, so that is the current one.
             log.warning("version %d was committed to the kernel by an apply that did not "
                         "finish: adopting it", pinned)
-            outcome = dict(self.store.outcome(pinned) or {})
-            outcome.update(result="ok", error=None, note="adopted after an interrupted apply")
-            self.store.store(load_config(self.store.get(pinned)), outcome)
-            self.store.set_current(pinned)
-            current = pinned
-        if pinned is not None and pinned == current:
-            self.running = load_config(self.store.get(current))
+            attempted = self._stored(pinned)
+            if attempted is not None:
+                outcome = dict(self.store.outcome(pinned) or {})
+                outcome.update(result="ok", error=None, note="adopted after an interrupted apply")
+                self.store.store(attempted, outcome)
+                self.store.set_current(pinned)
+                current = pinned
+        adopted = self._stored(current) if pinned is not None and pinned == current else None
+        if adopted is not None:
+            self.running = adopted
             self.last_apply = self.store.outcome(current)
             # Redo what an interrupted apply may have left half done; no reload.
             self.dataplane.reconcile(self.running)
@@ -201,6 +210,20 @@ class Agent:
         elif pinned is not None:
             log.warning("pinned version %s is not the stored current one (%s): re-applying",
                         pinned, current)
+
+    def _stored(self, version: int | None) -> Config | None:
+        """A stored version as this agent reads it, or None when its checks refuse it: an older
+        agent, with looser ones, may have stored it (a metrics port of 99999). The kernel keeps
+        serving it; the config file, or the next apply, replaces it (as when the pins and the
+        store disagree)."""
+        if version is None:
+            return None
+        try:
+            return parse_config(self.store.get(version))
+        except ConfigError as e:
+            log.warning("stored version %d is refused by this agent's checks, not adopted: %s",
+                        version, e)
+            return None
 
     def _bring_in(self, cfg: Config | None, path: str, faults: list[Fault]) -> dict[str, Any]:
         def report(result: str, message: str, fault_list: list[dict[str, str]] | None = None,
@@ -347,10 +370,27 @@ class Agent:
             self.in_progress = None
         log.info("applied version %d (%s, %.1f ms)", cfg.version, outcome["strategy"],
                  outcome["duration_ms"] or 0)
-        if self.on_config is not None:
-            self.on_config(cfg, running)
+        # Committed: whatever follows is reported beside the success, never instead of it (a
+        # committed apply reported failed would be retried, or rolled back, for nothing).
+        warnings = self._after_commit(cfg, running)
+        if warnings:
+            self.last_apply = {**self.last_apply, "warnings": warnings}
         return ok({"version": cfg.version, "changed": True, "check": False,
-                   "previous_version": running.version if running else None, **outcome})
+                   "previous_version": running.version if running else None, **outcome,
+                   "warnings": warnings})
+
+    def _after_commit(self, cfg: Config, running: Config | None) -> list[str]:
+        if self.on_config is None:
+            return []
+        try:
+            warning = self.on_config(cfg, running)
+        except Exception as e:  # on_config reports its own; this is a last guard
+            log.exception("after the apply of version %d", cfg.version)
+            warning = f"after the apply: {type(e).__name__}: {e}"
+        if warning:
+            log.warning("version %d applied, but %s", cfg.version, warning)
+            return [str(warning)]
+        return []
 
     def rollback(self, to: int | None) -> Response:
         with self.lock:
@@ -404,6 +444,10 @@ class Agent:
         )
         doc["starting"] = self.starting
         doc["started_at_unix"] = self.started_at
+        metrics = self.metrics
+        doc["metrics"] = metrics
+        if metrics and metrics.get("error"):
+            doc["errors"] = [*doc.get("errors", []), f"metrics: {metrics['error']}"]
         return doc
 
     def probe_forever(self) -> None:
@@ -560,26 +604,9 @@ def run(config: Path, state_dir: Path, socket_path: Path, bpffs: Path,
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    def start() -> None:
-        cfg, faults = None, []
-        try:
-            # A host being prepared has no config yet: serve what is pinned (or nothing) until
-            # one is applied through the socket.
-            if Path(config).exists():
-                cfg = load_config(Path(config))
-                faults = check_semantics(cfg, None)
-        except ConfigError as e:
-            faults = e.faults
-        agent.start(None if faults else cfg, path=str(config), faults=faults)
-        metrics.reconfigure(agent.running, None)
-        threading.Thread(target=agent.watch_forever, name="memcached-watch",
-                         daemon=True).start()
-        threading.Thread(target=agent.probe_forever, name="probe", daemon=True).start()
-        log.info("serving %s (version %s)", socket_path,
-                 agent.running.version if agent.running else "none")
-
     # The socket answers from the start: status during a first apply says what is going on.
-    threading.Thread(target=start, name="start", daemon=True).start()
+    threading.Thread(target=start_up, args=(agent, metrics, Path(config), socket_path),
+                     name="start", daemon=True).start()
     server.serve_forever()
     agent.stop_event.set()
     # Without --detach-on-exit the pinned data plane keeps serving after we are gone.
@@ -591,28 +618,78 @@ def run(config: Path, state_dir: Path, socket_path: Path, bpffs: Path,
     return 0
 
 
+def start_up(agent: Agent, metrics: _Metrics, config: Path, socket_path: Path) -> None:
+    """The start-up thread. Whatever goes wrong bringing the config in, the memcached watch and
+    the probe threads start: the watch is what empties the cache when memcached restarts."""
+    try:
+        bring_up(agent, metrics, config)
+    except Exception:  # the agent keeps serving its socket; status says what it can
+        log.exception("start-up failed")
+    finally:
+        agent.starting = False
+        threading.Thread(target=agent.watch_forever, name="memcached-watch",
+                         daemon=True).start()
+        threading.Thread(target=agent.probe_forever, name="probe", daemon=True).start()
+    log.info("serving %s (version %s)", socket_path,
+             agent.running.version if agent.running else "none")
+
+
+def bring_up(agent: Agent, metrics: _Metrics, config: Path) -> None:
+    """The start-up: the config file checked, the agent started with it, the metrics endpoint
+    of what runs then. Raises nothing the agent cannot say in status (its caller logs the
+    rest)."""
+    cfg, faults = None, []
+    try:
+        # A host being prepared has no config yet: serve what is pinned (or nothing) until
+        # one is applied through the socket.
+        if config.exists():
+            cfg = load_config(config)
+            faults = check_semantics(cfg, None)
+    except ConfigError as e:
+        faults = e.faults
+    except Exception as e:  # say it in status, as a refused file
+        log.exception("checking the config file %s", config)
+        faults = [Fault("$", f"cannot check the config file: {type(e).__name__}: {e}")]
+    agent.start(None if faults else cfg, path=str(config), faults=faults)
+    metrics.reconfigure(agent.running, None)
+
+
 class _Metrics:
+    """The metrics endpoint, following the running config's metrics.listen. It never raises:
+    an endpoint that cannot be served (the port taken, an address not on this host) is
+    logged, shown in status, and returned as a warning to the apply that asked for it."""
+
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.listen = ""
         self.server: Any = None
 
-    def reconfigure(self, cfg: Config | None, _previous: Config | None) -> None:
+    def reconfigure(self, cfg: Config | None, _previous: Config | None) -> str | None:
         listen = cfg.metrics_listen if cfg else ""
-        if listen == self.listen:
-            return
+        if listen == self.listen and (self.server is not None or not listen):
+            return None
         self.close()
         self.listen = listen
-        if listen:
+        if not listen:
+            self.agent.metrics = None
+            return None
+        try:
             from mcache_agent.metrics import start_metrics
 
-            try:
-                self.server = start_metrics(listen, self.agent.status)
-            except OSError as e:
-                log.error("metrics on %s: %s", listen, e)
+            self.server = start_metrics(listen, self.agent.status)
+        except Exception as e:  # OSError, but any: see the class
+            error = f"cannot serve metrics on {listen}: {type(e).__name__}: {e}"
+            log.error("%s", error)
+            self.agent.metrics = {"listen": listen, "serving": False, "error": error}
+            return error
+        self.agent.metrics = {"listen": listen, "serving": True, "error": None}
+        return None
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        server, self.server = self.server, None
+        if server is not None:
+            try:
+                server.shutdown()
+                server.server_close()
+            except Exception:  # closing is best effort; the next bind says
+                log.exception("closing the metrics endpoint")

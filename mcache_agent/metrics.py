@@ -11,6 +11,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mcache_agent.config import listen_address
+
 log = logging.getLogger(__name__)
 
 # The status document (daemon.Agent.status()) is the single source for both status and metrics.
@@ -39,6 +41,13 @@ class AgentCollector(Collector):
         yield _by_verdict("mcache_version_verdicts",
                           "Verdicts by the config version that decided.", "version",
                           st.get("counters_by_version"))
+        flushes = CounterMetricFamily(
+            "mcache_fallback_flushes",
+            "Fallback flushes by reason: traffic the write scanner could not read emptied "
+            "the cache (docs/HOSTILE_INPUT.md).", labels=["reason"])
+        for reason, value in sorted((st.get("flush_reasons") or {}).items()):
+            flushes.add_metric([reason], float(value))
+        yield flushes
         yield _gauge("mcache_hit_ratio", "hit / (hit + miss) since the counters were created.",
                      st.get("hit_ratio"))
         cache = st.get("cache") or {}
@@ -120,12 +129,15 @@ def make_registry(source: StatusSource) -> CollectorRegistry:
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    host, _colon, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    """metrics.listen ("IPv4:port", "[IPv6]:port", ":port") to (host, port), by the config's
+    own rule (the one validation applies); ValueError when it is none of those."""
+    return listen_address(listen)
 
 
 def start_metrics(listen: str, source: StatusSource) -> Any | None:
-    """Serve /metrics on listen ("host:port"); nothing when listen is empty."""
+    """Serve /metrics on listen; nothing when listen is empty. Raises what binding raises
+    (OSError: the port taken, the address not this host's; ValueError: not a listen address):
+    the caller reports it, and the agent goes on without the endpoint."""
     if not listen:
         return None
     host, port = parse_listen(listen)

@@ -88,6 +88,7 @@ def config_value(cfg: Config, layout: Layout, *, stats_slot: int) -> bytes:
         "probe_hash": key_hash(cfg.probe_key.encode()),
         "stats_slot": stats_slot,
         "bypass": 1 if cfg.local_bypass.enabled else 0,
+        "guard": 1 if cfg.cache.amplification_guard else 0,
         # the namespace of the agent applying it: the sockops program sees every namespace's
         # connections, and only this one's are memcached's
         "netns_cookie": bypass.netns_cookie(),

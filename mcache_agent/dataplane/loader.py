@@ -6,8 +6,10 @@ starts workers (the XDP and TC halves compile in parallel), each compiles, loads
 own fresh prog array, pins what it made under <bpffs>/sets/<id>/, prints a JSON line with
 what the daemon needs (struct layouts), and exits. The pins keep everything alive.
 
-    python -m mcache_agent.dataplane.loader {xdp|tc|sock|root|maps|layout} --bpffs DIR [--set ID]
-        [--cflag F]...
+    python -I -c BOOT PKG_DIR {xdp|tc|sock|root|maps|layout} --bpffs DIR [--set ID] [--cflag F]...
+
+(spawn() builds that line: the worker runs as root, so it imports only the mcache_agent the
+daemon itself runs, never one found in the working directory or through PYTHONPATH.)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import ctypes as ct
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,39 @@ int mc_maps(void *ctx)
     return slot ? slot->valid : 0;
 }
 """
+
+
+# The package directory the daemon imported mcache_agent from (site-packages, or a source tree
+# given by PYTHONPATH as the benchmarks do): the worker runs the same code.
+PKG_DIR = Path(__file__).resolve().parents[2]
+# -I (isolated): neither the working directory nor the script's directory goes on sys.path,
+# PYTHON* variables and the user's site-packages are ignored. `python -m` from a directory
+# another user can write would import their mcache_agent/ as root; this puts only PKG_DIR
+# (passed as the first argument) in front of the interpreter's own site-packages.
+_BOOT = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+         "from mcache_agent.dataplane.loader import main; sys.exit(main())")
+
+
+def worker_argv(kind: str, bpffs: Path, set_id: str, cflags: list[str]) -> list[str]:
+    argv = [sys.executable, "-I", "-c", _BOOT, str(PKG_DIR), kind, "--bpffs", str(bpffs)]
+    if set_id:
+        argv += ["--set", set_id]
+    return argv + [f"--cflag={f}" for f in cflags]
+
+
+def worker_env() -> dict[str, str]:
+    """The daemon's environment without PYTHON* (-I ignores them; nothing the worker starts
+    should see them either)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+
+
+def spawn(kind: str, bpffs: Path, set_id: str, cflags: list[str]) -> subprocess.Popen[str]:
+    """Start one worker; its JSON result comes on stdout, its failure on stderr."""
+    # cwd "/": nothing relative resolves in a directory the daemon happened to start in (so
+    # a relative --bpffs is made absolute here, where it means what the daemon meant).
+    return subprocess.Popen(worker_argv(kind, Path(bpffs).absolute(), set_id, cflags),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd="/", env=worker_env())
 
 
 def _pin(fd: int, path: Path) -> None:

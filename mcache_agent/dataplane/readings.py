@@ -42,6 +42,13 @@ def counters(pins: PinDir, record: Record | None) -> dict[str, int]:
     return stats(pins, record).total().by_verdict()
 
 
+def flush_reasons(pins: PinDir, record: Record | None) -> dict[str, int]:
+    """Fallback flushes by reason: real traffic the write scanner could not read."""
+    if record is None:
+        return {}
+    return dataplane_stats.flush_reasons(pins.state_dir(record.abi))
+
+
 def generation(pins: PinDir, record: Record | None) -> int:
     if record is None:
         return 0

@@ -12,13 +12,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcache_agent.dataplane import libbpf
+from mcache_agent.dataplane import libbpf, loader
 from mcache_agent.dataplane.layout import Layout
 from mcache_agent.dataplane.pins import PinDir
 
@@ -41,13 +40,7 @@ def run_workers(pins: PinDir, kinds: list[str], cflags: list[str], set_id: str =
     """Run loader workers in parallel; their JSON results, in order."""
     procs = []
     for kind in kinds:
-        argv = [sys.executable, "-m", "mcache_agent.dataplane.loader", kind,
-                "--bpffs", str(pins.root)]
-        if set_id:
-            argv += ["--set", set_id]
-        argv += [f"--cflag={f}" for f in cflags]
-        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
+        procs.append(loader.spawn(kind, pins.root, set_id, cflags))
     results, errors = [], []
     for kind, proc in zip(kinds, procs, strict=True):
         try:

@@ -9,6 +9,7 @@ from functools import cache
 from pathlib import Path
 
 from mcache_agent import constants
+from mcache_agent.dataplane import kernel_btf
 
 # What the pinned state maps look like: their structs, sizes and names. A program set built
 # from other layouts must not use maps made for these (mcache_maps.h).
@@ -55,7 +56,7 @@ def cflags(pin_dir: Path, state_dir: Path, shape: tuple[int, int, int] | None,
            extra: Iterable[str] = ()) -> list[str]:
     """bcc's flags for a program set: where its maps are pinned, and the cache's shape."""
     flags = [f'-DMC_PIN_DIR="{pin_dir}"', f'-DMC_STATE_DIR="{state_dir}"',
-             "-Wno-unused-function", *extra]
+             "-Wno-unused-function", *kernel_btf.cflags(), *extra]
     if shape is not None:
         e, k, v = shape
         flags += [f"-DMC_CACHE_ENTRIES={e}", f"-DMC_MAX_KEY={k}", f"-DMC_MAX_VALUE={v}",

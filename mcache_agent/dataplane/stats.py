@@ -90,6 +90,23 @@ def _lines(state_dir: Path) -> list[list[int]]:
     return [total[s * n : (s + 1) * n] for s in range(_slots())]
 
 
+def flush_reasons(state_dir: Path) -> dict[str, int]:
+    """Fallback flushes by reason (mc_flush_why), summed over CPUs; every reason present."""
+    ncpu = libbpf.num_possible_cpus()
+    names = constants.flush_reasons()
+    out = dict.fromkeys(names, 0)
+    pin = state_dir / "flush_why"
+    if not pin.exists():  # maps made by a release without it
+        return out
+    with libbpf.opened(pin) as fd:
+        for key, value in libbpf.map_lookup_batch(fd, U32, U64 * ncpu, len(names)):
+            i = int.from_bytes(key, "little")
+            if i < len(names):
+                out[names[i]] = sum(int.from_bytes(value[c * U64:(c + 1) * U64], "little")
+                                    for c in range(ncpu))
+    return out
+
+
 def _slot_versions(state_dir: Path) -> dict[int, int]:
     """Line -> version, for the lines in use."""
     out = {}

@@ -106,6 +106,10 @@ class Dataplane:
         """Counters by config version and path."""
         return readings.stats(self.pins, self.record())
 
+    def flush_reasons(self) -> dict[str, int]:
+        """Fallback flushes by reason."""
+        return readings.flush_reasons(self.pins, self.record())
+
     def cache_usage(self) -> CacheUsage | None:
         return readings.cache_usage(self.pins, self.record())
 

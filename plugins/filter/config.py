@@ -31,10 +31,22 @@ def config_faults(text):
             raise AnsibleFilterError("mcache.fleet.config_faults needs the agent's sources "
                                      "and PyYAML and jsonschema on the controller: %s" % e
                                      ) from e
+    if isinstance(text, bytes):
+        # A lookup may hand over bytes; the agent reads files as UTF-8, and so does this.
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return ["$: not UTF-8 text: %s" % e]
     try:
+        # parse_config takes anything (a non-str is a fault at $) and bounds the work any text
+        # costs (docs/CONFIG_LIMITS.md): a rendering gives faults, never a traceback.
         faults = check_semantics(parse_config(text), None, host_checks=False)
     except ConfigError as e:
         faults = e.faults
+    except Exception as e:
+        # A bug of the checks, not a fault of the config: fail the task, saying so.
+        raise AnsibleFilterError("mcache.fleet.config_faults could not check the config: "
+                                 "%s: %s" % (type(e).__name__, e)) from e
     return ["%s: %s" % (f.path, f.message) for f in faults]
 
 

@@ -12,8 +12,11 @@ lengths, TCP writes split at random points, spoofed and out-of-list sources, ran
 
 Invariant (XDP): XDP_PASS with the frame unchanged, or XDP_TX of a well-formed reply (L2-L4
 mirrored, checksums right, the request id, "0 of 1") to an allowed client's plain GET that
-carries exactly the cached bytes of cached keys, in order. Nothing else (no XDP_DROP,
-no XDP_ABORTED, no changed pass). TC: TC_ACT_OK, frame unchanged.
+carries exactly the cached bytes of cached keys, in order, or XDP_DROP of a frame that would
+hide a write from the scanner (docs/HOSTILE_INPUT.md: a first fragment of TCP to memcached's
+port or one too short for its TCP/UDP header, an IPv6 chain longer than the scanner walks,
+data on a SYN). Nothing else (no XDP_ABORTED, no changed pass). TC: TC_ACT_OK, frame
+unchanged.
 """
 
 from __future__ import annotations
@@ -191,10 +194,77 @@ class Env:
 
 # ---------------------------------------------------------------- the oracle
 
+def may_drop(env: Env, frame: bytes) -> bool:
+    """The frame is one XDP drops because it would hide a write (mirrors ipv4_l3, ipv6_l3
+    and tcp_segment of bpf/xdp_ingress.c, in their order)."""
+    n = len(frame)
+    if n < 14:
+        return False
+    etype = frame[12:14]
+    if etype == b"\x08\x00":
+        if n < 34:
+            return False
+        ihl, proto = (frame[14] & 0x0F) * 4, frame[23]
+        if not env.dual and frame[30:34] != socket.inet_aton(L.SADDR):
+            return False
+        if frame[14] >> 4 != 4 or ihl < 20 or proto not in (6, 17):
+            return False
+        frag = struct.unpack_from("!H", frame, 20)[0]
+        if frag & 0x1FFF:
+            return False
+        tot = struct.unpack_from("!H", frame, 16)[0]
+        if tot < ihl or 14 + tot > n:
+            return False
+        l4, mf = 14 + ihl, bool(frag & 0x2000)
+        end = 14 + tot
+    elif etype == b"\x86\xdd":
+        if n < 54 or frame[14] >> 4 != 6:
+            return False
+        end = 54 + struct.unpack_from("!H", frame, 18)[0]
+        if end > n:
+            return False
+        proto, l4, mf = frame[20], 54, False
+        for _ in range(4):
+            if proto in (6, 17):
+                break
+            if proto in (0, 43, 60):
+                if l4 + 2 > n:
+                    return False
+                proto, l4 = frame[l4], l4 + (frame[l4 + 1] + 1) * 8
+            elif proto == 44:
+                if l4 + 8 > n or struct.unpack_from("!H", frame, l4 + 2)[0] & 0xFFF8:
+                    return False
+                proto, l4, mf = frame[l4], l4 + 8, True
+            else:
+                return False
+        if proto not in (6, 17):
+            return True  # a chain longer than walked
+        if l4 > end or l4 > 0xFFFF:
+            return False
+        ihl = 0
+    else:
+        return False
+    hdr = 20 if proto == 6 else 8
+    if l4 + hdr > n:
+        return mf  # a first fragment too short for its header
+    if struct.unpack_from("!H", frame, l4 + 2)[0] != L.PORT:
+        return False
+    if proto == 17:
+        return False  # the guard is off here
+    doff = (frame[l4 + 12] >> 4) * 4
+    if doff < 20 or l4 + doff > end:
+        return False
+    if mf:
+        return True  # a first fragment of TCP to memcached
+    return end - l4 - doff > 0 and bool(frame[l4 + 13] & 0x02)  # data on a SYN
+
+
 def check_xdp(env: Env, frame: bytes, rc: int, out: bytes) -> str | None:
     """None if the outcome is allowed, else what is wrong."""
     if rc == XDP_PASS:
         return None if out == frame else "XDP_PASS with a changed frame"
+    if rc == XDP_DROP:
+        return None if may_drop(env, frame) else "XDP_DROP of a frame that hides nothing"
     if rc != XDP_TX:
         return f"verdict {rc}"
     # A TX must answer a well-formed, allowed, plain IPv4 or IPv6 UDP GET to memcached, sent

@@ -35,7 +35,8 @@ ALLOWED6 = "fd00:100::/64"
 def config_text(version: int, iface: str, *, ttl_ms: int = 60000, hold_ms: int = 50,
                 entries: int = 4096, enabled: bool = True, protocols=("ascii", "binary"),
                 prefix: str = "", allowed: str | None = ALLOWED, extra_ifaces=(),
-                ipv6: bool = False, allowed6: str = ALLOWED6, bypass: bool = False) -> str:
+                ipv6: bool = False, allowed6: str = ALLOWED6, bypass: bool = False,
+                guard: bool = False) -> str:
     ifs = ", ".join(f"{{name: {n}, xdp_mode: auto}}" for n in (iface, *extra_ifaces))
     address = "'::'" if ipv6 else SADDR
     if ipv6 and allowed:
@@ -56,6 +57,8 @@ def config_text(version: int, iface: str, *, ttl_ms: int = 60000, hold_ms: int =
         lines.append(f"  key_prefix: {prefix!r}")
     if allowed:
         lines.append(f"  allowed_clients: [{allowed}]")
+    if guard:
+        lines.append("  amplification_guard: true")
     if bypass:
         lines.append("local_bypass: {enabled: true}")
     return "\n".join(lines) + "\n"

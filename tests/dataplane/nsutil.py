@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import textwrap
 import time
 from pathlib import Path
@@ -16,9 +17,8 @@ from harness.netns import in_ns, sh
 from mcache_agent import udp_client as uc
 from mcache_agent.dataplane.layout import bucket, key_hash
 
-__all__ = ["NsClient", "Pair", "agent_owned", "in_ns", "make_config", "same_bucket_keys", "sh",
-           "start_memcached",
-           "stop_pid"]
+__all__ = ["NsClient", "Pair", "TcpStream", "agent_owned", "in_ns", "make_config",
+           "same_bucket_keys", "sh", "start_memcached", "stop_pid"]
 
 
 def make_config(text: str):
@@ -38,6 +38,57 @@ def start_memcached(ns: str, addr: str, pidfile: Path, *more: str) -> int:
             return int(pidfile.read_text())
         time.sleep(0.05)
     raise RuntimeError("memcached did not start")
+
+
+TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_SEND_QUEUE = 19, 20, 21, 2
+
+
+class TcpStream:
+    """A real TCP connection to memcached's port inside a namespace, for hand-built segments
+    the write scanner must take as that connection's: the scanner reads only data a socket of
+    the host will take, in order (bpf/xdp_ingress.c, tcp_segment). Nothing is sent over it:
+    the segments go to the programs through BPF_PROG_TEST_RUN, so the server's rcv_nxt stays
+    at the stream's first byte (seq(0)). The listener is shared by every stream of a server
+    address; close() closes the connection."""
+
+    _listeners: dict[tuple[str, str, int], socket.socket] = {}
+
+    def __init__(self, ns: str, client: str, server: str, port: int = 11211,
+                 sport: int = 0) -> None:
+        family = socket.AF_INET6 if ":" in server else socket.AF_INET
+        with in_ns(ns):
+            lkey = (ns, server, port)
+            if lkey not in self._listeners:
+                ls = socket.socket(family, socket.SOCK_STREAM)
+                ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                ls.bind((server, port))
+                ls.listen(128)
+                self._listeners[lkey] = ls
+            self.client = socket.socket(family, socket.SOCK_STREAM)
+            self.client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.client.bind((client, sport))  # a port given: the last connection on it closed
+            self.client.connect((server, port))
+            self.server, _ = self._listeners[lkey].accept()
+        self.sport = self.client.getsockname()[1]
+        # the client's next sequence number: its ISN + 1, read in repair mode (root)
+        self.client.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 1)
+        self.client.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+        self.seq0 = int.from_bytes(self.client.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ, 4),
+                                   "little")
+        self.client.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
+
+    def seq(self, offset: int = 0) -> int:
+        """The sequence number of the stream's byte at offset."""
+        return (self.seq0 + offset) & 0xFFFFFFFF
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.close()
+
+    @classmethod
+    def close_listeners(cls, ns: str) -> None:
+        for key in [k for k in cls._listeners if k[0] == ns]:
+            cls._listeners.pop(key).close()
 
 
 def stop_pid(pid: int) -> None:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from nsutil import in_ns, make_config, same_bucket_keys, sh
+from nsutil import TcpStream, in_ns, make_config, same_bucket_keys, sh
 
 from harness.frames import (
     CLIENT6,
@@ -72,6 +72,15 @@ class Env:
         self.tc = Prog(f"{PIN}/tc_root")
         self.rid = 100
         self.port = 41000
+        self.streams: list[TcpStream] = []
+
+    def stream(self, v6: bool = False) -> TcpStream:
+        """A real connection from the test client to memcached's port: the scanner reads
+        only segments a socket of the host takes."""
+        st = (TcpStream(NS, CLIENT6, SERVER6) if v6 else
+              TcpStream(NS, "198.19.9.2", "198.19.9.1"))
+        self.streams.append(st)
+        return st
 
     def reconfigure(self, **kw):
         self.version += 1
@@ -125,8 +134,16 @@ def env():
         Path("/proc/sys/net/ipv6/conf/d1/disable_ipv6").write_text("1")
     sh(f"ip -n {NS} link set d1 up && ip -n {NS} addr add 198.19.9.1/24 dev d0 && "
        f"ip -n {NS} link set d0 up && ip -n {NS} link set lo up")
+    # the test client's and server's addresses as local ones too: the segments the tests
+    # build belong to real connections between them (Env.stream)
+    sh(f"ip -n {NS} addr add 198.19.9.2/32 dev lo && "
+       f"ip -n {NS} addr add fd00:9::1/128 dev lo nodad && "
+       f"ip -n {NS} addr add fd00:9::2/128 dev lo nodad")
     e = Env()
     yield e
+    for st in e.streams:
+        st.close()
+    TcpStream.close_listeners(NS)
     e.xdp.close()
     e.tc.close()
     with in_ns(NS):
@@ -327,20 +344,21 @@ TCP_WRITES = {
 @pytest.mark.parametrize("cmd", sorted(TCP_WRITES))
 def test_tcp_write_invalidates(dp, cmd):
     key = b"t_" + cmd.encode()
-    dp.port += 1
+    st = dp.stream()
     payload = TCP_WRITES[cmd].replace(b"{k}", key)
-    _assert_invalidated(dp, key, [tcp_frame(payload, seq=1000, sport=dp.port)])
+    _assert_invalidated(dp, key, [tcp_frame(payload, seq=st.seq(), sport=st.sport)])
 
 
 def test_tcp_flush_all(dp):
-    dp.port += 1
-    _assert_invalidated(dp, b"fa", [tcp_frame(b"flush_all\r\n", seq=1, sport=dp.port)], flush=True)
+    st = dp.stream()
+    _assert_invalidated(dp, b"fa", [tcp_frame(b"flush_all\r\n", seq=st.seq(), sport=st.sport)],
+                        flush=True)
 
 
 def test_binary_set_over_tcp_invalidates(dp):
-    dp.port += 1
+    st = dp.stream()
     req = bin_req(0x01, b"bset", extras=struct.pack("!II", 0, 0), value=b"new")
-    _assert_invalidated(dp, b"bset", [tcp_frame(req, seq=5, sport=dp.port)])
+    _assert_invalidated(dp, b"bset", [tcp_frame(req, seq=st.seq(), sport=st.sport)])
 
 
 def test_binary_delete_quiet_over_udp_invalidates(dp):
@@ -357,38 +375,53 @@ def test_udp_write_invalidates(dp, payload):
 
 
 def test_pipelined_segment_invalidates_the_write(dp):
-    dp.port += 1
+    st = dp.stream()
     dp.fill_ascii(b"b", b"bee")
-    seg = tcp_frame(b"get a\r\nset k 0 0 1\r\nx\r\nget b\r\n", seq=77, sport=dp.port)
+    seg = tcp_frame(b"get a\r\nset k 0 0 1\r\nx\r\nget b\r\n", seq=st.seq(), sport=st.sport)
     _assert_invalidated(dp, b"k", [seg])
     # the gets around it changed nothing
     assert dp.get(b"b")[2] == XDP_TX
 
 
 def test_value_spanning_segments_then_write(dp):
-    dp.port += 1
+    st = dp.stream()
     dp.fill_ascii(b"victim", b"v")  # must survive: its delete is only inside value bytes
     seg1 = b"set big 0 0 30\r\n0123456789"
     seg2 = b"delete victim\r\n0123456\r\ndelete k2\r\n"  # 15 + 15 value bytes, then the write
-    f1 = tcp_frame(seg1, seq=1000, sport=dp.port)
-    f2 = tcp_frame(seg2, seq=1000 + len(seg1), sport=dp.port)
+    f1 = tcp_frame(seg1, seq=st.seq(), sport=st.sport)
+    f2 = tcp_frame(seg2, seq=st.seq(len(seg1)), sport=st.sport)
     _assert_invalidated(dp, b"k2", [f1, f2])
     assert dp.get(b"victim")[2] == XDP_TX, "value bytes were parsed as a command"
     assert "fallback_flush" not in dp.delta(lambda: None)[1]
 
 
-def test_gap_in_sequence_is_a_fallback_flush(dp):
-    dp.port += 1
-    f1 = tcp_frame(b"set big 0 0 100\r\n0123", seq=1000, sport=dp.port)
-    f2 = tcp_frame(b"delete zz\r\n", seq=5000, sport=dp.port)  # bytes we never saw
-    _assert_invalidated(dp, b"gk", [f1, f2], flush=True)
+def test_segment_past_a_gap_is_dropped_and_read_when_resent_in_order(dp):
+    """Bytes we never saw come first: the segment after them is dropped (TCP sends it again),
+    nothing is flushed, and once the gap is filled the resent segment is read."""
+    st = dp.stream()
+    dp.fill_ascii(b"gk", b"old")
+    f1 = tcp_frame(b"set big 0 0 4\r\n", seq=st.seq(), sport=st.sport)
+    f3 = tcp_frame(b"delete gk\r\n", seq=st.seq(21), sport=st.sport)  # 6 bytes unseen
+    assert dp.x(f1)[0] == XDP_PASS
+    (rc, _), d = dp.delta(lambda: dp.x(f3))
+    assert rc == XDP_DROP and d.get("out_of_order") == 1 and "fallback_flush" not in d, d
+    assert dp.get(b"gk")[2] == XDP_TX  # nothing read, nothing flushed
+    f2 = tcp_frame(b"1234\r\n", seq=st.seq(15), sport=st.sport)
+    for f in (f2, f3):
+        (rc, _), d = dp.delta(lambda f=f: dp.x(f))
+        assert rc == XDP_PASS and "fallback_flush" not in d, d
+    assert d.get("invalidate") == 1, d
+    assert dp.get(b"gk")[2] == XDP_PASS
 
 
-def test_command_line_cut_by_segment_end_flushes(dp):
-    dp.port += 1
-    f1 = tcp_frame(b"delete gc", seq=10, sport=dp.port)
-    f2 = tcp_frame(b"ut\r\n", seq=19, sport=dp.port)
-    _assert_invalidated(dp, b"gcut", [f1, f2], flush=True)
+def test_command_line_cut_by_segment_end_is_read_whole(dp):
+    """A line cut by a segment's end is kept and read with the next segment: its key is
+    invalidated, and no flush is needed."""
+    st = dp.stream()
+    f1 = tcp_frame(b"delete gc", seq=st.seq(), sport=st.sport)
+    f2 = tcp_frame(b"ut\r\n", seq=st.seq(9), sport=st.sport)
+    _assert_invalidated(dp, b"gcut", [f1, f2])
+    assert dp.get(b"gc")[2] == XDP_PASS  # only the whole key was written
 
 
 # --------------------------------------------------------------------------- passed untouched
@@ -542,16 +575,19 @@ def test_client_outside_allowed_clients_is_denied(dp):
 # --------------------------------------------------------------------------- regressions
 
 
-def test_syn_drops_the_stream_state_of_a_reused_port(dp):
+def test_new_connection_on_a_reused_port_is_a_fresh_stream(dp):
     """A connection that died mid-value (memcached killed) leaves "skip until seq S"; a new
     connection on the same port must not inherit it, or its writes would be skipped."""
-    dp.port += 1
-    old = tcp_frame(b"set big 0 0 100000\r\n0123", seq=1000, sport=dp.port)
-    assert dp.x(old)[0] == XDP_PASS
-    syn = tcp_frame(b"", seq=1500, sport=dp.port, flags=0x02)
-    assert dp.x(syn)[0] == XDP_PASS
-    # 1501 is "ahead" of nothing now: the delete must be parsed, not skipped as value bytes
-    _assert_invalidated(dp, b"synk", [tcp_frame(b"delete synk\r\n", seq=1501, sport=dp.port)])
+    old = dp.stream()
+    sport = old.sport
+    assert dp.x(tcp_frame(b"set big 0 0 100000\r\n0123", seq=old.seq(), sport=sport))[0] == XDP_PASS
+    old.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    old.close()  # with a RST: no TIME_WAIT holds the port
+    # a new connection from the same port: another first sequence number, a fresh stream
+    new = TcpStream(NS, "198.19.9.2", "198.19.9.1", sport=sport)
+    dp.streams.append(new)
+    _assert_invalidated(dp, b"synk", [tcp_frame(b"delete synk\r\n", seq=new.seq(),
+                                                sport=new.sport)])
 
 
 def test_multiget_of_eight_keys_is_answered(dp):
@@ -610,7 +646,8 @@ def test_capture_records_each_decision_with_its_frame(dp):
         dp.t(reply)
         _, req2, rc, out, _ = dp.get(b"capk")
         assert rc == XDP_TX
-        write = tcp_frame(b"delete capk\r\n", seq=9, sport=dp.port)
+        st = dp.stream()
+        write = tcp_frame(b"delete capk\r\n", seq=st.seq(), sport=st.sport)
         dp.x(write)
         frames = drain()
     got = [(f.verdicts, f.path, f.stage, f.action_name(), f.key, f.version) for f in frames]
@@ -652,7 +689,7 @@ def test_capture_filters_run_in_the_kernel(dp):
 def test_capture_never_changes_an_answer_and_stops_with_its_lease(dp):
     dp.fill_ascii(b"same", b"value")
     frames_in = [mc_udp(7, b"get same\r\n"), mc_udp(8, b"get other\r\n"),
-                 tcp_frame(b"set z 0 0 1\r\nz\r\n", seq=3, sport=dp.port),
+                 tcp_frame(b"set z 0 0 1\r\nz\r\n", seq=3, sport=dp.port),  # no connection
                  mc_udp(9, b"get same\r\n")[:-3]]  # truncated: passed as is
     off = [dp.x(f) for f in frames_in]
     with capturing(verdicts=["all"]) as (_, drain, session):
@@ -724,9 +761,10 @@ def test_counters_keep_each_versions_totals_across_swaps(dp):
 def test_paths_count_what_they_decided(dp):
     dp.fill_ascii(b"pa", b"1")
     dp.fill_ascii(b"pb", b"2")
+    st = dp.stream()  # its handshake over lo is counted before the test's delta
     before = dp.dp.stats().by_version[dp.version]
     dp.get(b"pa pb")  # multi-get: xdp_get_key twice, then xdp_reply
-    dp.x(tcp_frame(b"delete pa\r\n", seq=1, sport=dp.port))
+    dp.x(tcp_frame(b"delete pa\r\n", seq=st.seq(), sport=st.sport))
     after = dp.dp.stats().by_version[dp.version]
     diff = {(p, v): after.by_path[p][v] - before.by_path[p][v]
             for p in after.by_path for v in after.by_path[p]
@@ -827,7 +865,9 @@ def _invalidated(dp, key: bytes, frames: list[bytes], *, verdict="invalidate"):
 
 
 def test_ipv6_tcp_write_invalidates_a_key_read_over_ipv4(dp):
-    _invalidated(dp, b"v6t", [tcp6_frame(b"set v6t 0 0 3\r\nnew\r\n", seq=100)])
+    st = dp.stream(v6=True)
+    _invalidated(dp, b"v6t", [tcp6_frame(b"set v6t 0 0 3\r\nnew\r\n", seq=st.seq(),
+                                         sport=st.sport)])
 
 
 def test_ipv6_udp_write_invalidates(dp):
@@ -836,7 +876,9 @@ def test_ipv6_udp_write_invalidates(dp):
 
 def test_ipv6_extension_headers_are_walked(dp):
     ext = [(0, b"\x01\x04\0\0\0\0"), (60, b"\x01\x02\0\0"), (43, b"\0\0\0\0\0\0")]
-    _invalidated(dp, b"v6e", [tcp6_frame(b"delete v6e\r\n", seq=7, ext=ext)])
+    st = dp.stream(v6=True)
+    _invalidated(dp, b"v6e", [tcp6_frame(b"delete v6e\r\n", seq=st.seq(), sport=st.sport,
+                                         ext=ext)])
 
 
 def test_ipv6_tcp_stream_state_follows_the_ipv6_connection(dp):
@@ -844,25 +886,45 @@ def test_ipv6_tcp_stream_state_follows_the_ipv6_connection(dp):
     stream's state is kept under the IPv6 addresses)."""
     seg1 = b"set big6 0 0 10\r\n01234"
     seg2 = b"56789\r\ndelete v6s\r\n"
-    _invalidated(dp, b"v6s", [tcp6_frame(seg1, seq=1000, sport=45100),
-                              tcp6_frame(seg2, seq=1000 + len(seg1), sport=45100)])
+    st = dp.stream(v6=True)
+    _invalidated(dp, b"v6s", [tcp6_frame(seg1, seq=st.seq(), sport=st.sport),
+                              tcp6_frame(seg2, seq=st.seq(len(seg1)), sport=st.sport)])
 
 
-@pytest.mark.parametrize("frag_off,nh_tcp", [(0x0001, True), (0x0008, True), (0x0001, False)])
-def test_ipv6_fragments_to_memcached_empty_the_cache(dp, frag_off, nh_tcp):
-    """A first fragment (MF set) to memcached's port, or a later TCP fragment (port unknown):
-    a write may hide in it; the cache is emptied (fallback flush)."""
-    fh = struct.pack("!HI", frag_off, 77)
-    l4 = (tcp6_frame(b"set f6 0 0 1\r\nx\r\n", seq=5) if nh_tcp else
-          udp6_frame(struct.pack("!HHHH", 1, 0, 1, 0) + b"delete f6\r\n"))[54:]
-    frame = eth(ipv6(CLIENT6, SERVER6, 6 if nh_tcp else 17, l4, ext=[(44, fh)]), etype=0x86DD)
+def test_ipv6_udp_first_fragment_to_memcached_empties_the_cache(dp):
+    """The head of a fragmented datagram to memcached's port: a write may be in it, read
+    only once reassembled; the cache is emptied (fallback flush)."""
+    fh = struct.pack("!HI", 0x0001, 77)
+    l4 = udp6_frame(struct.pack("!HHHH", 1, 0, 1, 0) + b"delete f6\r\n")[54:]
+    frame = eth(ipv6(CLIENT6, SERVER6, 17, l4, ext=[(44, fh)]), etype=0x86DD)
+    before = dp.dp.flush_reasons()
     _invalidated(dp, b"f6", [frame], verdict="fallback_flush")
+    after = dp.dp.flush_reasons()
+    assert {r: after[r] - before[r] for r in after if after[r] != before[r]} == \
+        {"udp_fragment": 1}  # counted under its reason (status, Prometheus)
 
 
-def test_a_longer_ipv6_chain_than_walked_empties_the_cache(dp):
+@pytest.mark.parametrize("frag_off,verdict", [(0x0001, "hidden"), (0x0008, "pass")])
+def test_ipv6_tcp_fragments_never_empty_the_cache(dp, frag_off, verdict):
+    """No TCP stack fragments a segment: a first fragment to memcached's port is dropped
+    (its rest would go unread), a later one passes (the kernel cannot reassemble it without
+    its first). Neither empties the cache: a forged fragment is free to send."""
+    dp.fill_ascii(b"f6t", b"old")
+    fh = struct.pack("!HI", frag_off, 77)
+    l4 = tcp6_frame(b"set f6t 0 0 1\r\nx\r\n", seq=5)[54:]
+    frame = eth(ipv6(CLIENT6, SERVER6, 6, l4, ext=[(44, fh)]), etype=0x86DD)
+    (rc, _), d = dp.delta(lambda: dp.x(frame))
+    assert rc == (XDP_DROP if verdict == "hidden" else XDP_PASS), d
+    assert d.get(verdict) == 1 and "fallback_flush" not in d, d
+    assert dp.get(b"f6t")[2] == XDP_TX
+
+
+def test_a_longer_ipv6_chain_than_walked_is_dropped(dp):
+    dp.fill_ascii(b"c6", b"old")
     ext = [(60, b"")] * 5
-    _invalidated(dp, b"c6", [tcp6_frame(b"delete c6\r\n", seq=3, ext=ext)],
-                 verdict="fallback_flush")
+    (rc, _), d = dp.delta(lambda: dp.x(tcp6_frame(b"delete c6\r\n", seq=3, ext=ext)))
+    assert rc == XDP_DROP and d.get("hidden") == 1 and "fallback_flush" not in d, d
+    assert dp.get(b"c6")[2] == XDP_TX
 
 
 def test_ipv6_gets_pass_untouched_while_memcached_address_is_ipv4(dp):

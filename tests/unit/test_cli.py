@@ -50,6 +50,52 @@ def test_validate_faults_exit_2_with_paths(tmp_path: Path,
     assert any(line.startswith("$.interfaces[0].xdp_mode: ") for line in lines)
 
 
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (GOOD.replace("version: 3", "version: 3.0"), "$.version: expected an integer"),
+        (GOOD.replace("port: 11211", "port: 11211.0"), "$.memcached.port: expected an integer"),
+        (GOOD.replace("[127.0.0.0/8]", "[0.0.0.0/0]"),
+         "$.cache.allowed_clients[0]: '0.0.0.0/0' is every IPv4 address"),
+        (GOOD + "metrics: {listen: '0.0.0.0:99999'}\n", "$.metrics.listen: '0.0.0.0:99999' has"),
+        ("a: " + "[" * 100_000 + "]" * 100_000, "$.a: nests deeper than"),
+    ],
+)
+def test_validate_refuses_what_used_to_pass_or_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, line: str
+) -> None:
+    f = write(tmp_path, "bad.yml", text)
+    code, out, err = run_cli(capsys, "validate", str(f))
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert any(x.startswith(line) for x in err.splitlines()), err
+
+
+def test_validate_a_fifo_without_waiting(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    fifo = tmp_path / "fifo.yml"
+    os.mkfifo(fifo)
+    code, _, err = run_cli(capsys, "validate", str(fifo))
+    assert code == 2 and "$: cannot read" in err and "not a regular file (a FIFO)" in err
+    code, _, err = run_cli(capsys, "apply", str(fifo), "--socket", str(tmp_path / "x.sock"))
+    assert code == 2 and "not a regular file" in err  # refused before the socket is tried
+
+
+def test_validate_exits_1_when_the_checks_themselves_fail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object, **_kw: object) -> list[object]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "check_semantics", broken)
+    f = write(tmp_path, "good.yml", GOOD)
+    code, out, err = run_cli(capsys, "validate", "--json", str(f))
+    assert code == 1 and "Traceback" not in err
+    assert json.loads(out)["files"][0]["faults"] == [
+        {"path": "$", "message": "could not be checked: RuntimeError: a bug"}]
+
+
 def test_validate_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = write(tmp_path, "good.yml", GOOD)
     bad = write(tmp_path, "bad.yml", "not: [valid")
@@ -192,6 +238,9 @@ def test_status_lines_for_people() -> None:
     assert "local bypass  on at /sys/fs/cgroup, 6 sockets" in format_status(st)
     st["local_bypass"] = {"cgroup": "", "sockets": 2}
     assert "local bypass  off, 2 sockets leaving" in format_status(st)
+    assert "flushed for" not in format_status(st)
+    st["flush_reasons"] = {"cut_line": 0, "unknown_stream": 3, "udp_fragment": 1}
+    assert "flushed for   unknown_stream=3 udp_fragment=1" in format_status(st)
 
 
 class FakeAgentHandler:

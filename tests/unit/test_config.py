@@ -84,6 +84,12 @@ def test_defaults_are_applied() -> None:
     assert cfg.cache.key_prefix == "" and cfg.cache.allowed_clients == ()
     assert (cfg.strategy, cfg.metrics_listen) == ("auto", "")
     assert (cfg.probe_key, cfg.probe_timeout_ms) == ("mcache:probe", 2000)
+    assert cfg.cache.amplification_guard is False and cfg.cache.allow_wide_networks is False
+
+
+def test_the_production_example_guards_against_amplification() -> None:
+    cfg = load_config(REPO / "examples" / "mcache.yml")
+    assert cfg.cache.amplification_guard is True and cfg.cache.allow_wide_networks is False
 
 
 def test_memory_estimate() -> None:
@@ -168,15 +174,28 @@ def test_missing_required_keys_point_at_the_key() -> None:
         ("version: [1\n", "not valid YAML"),
         ("- a\n- b\n", "must be a mapping"),
         ("just a string", "must be a mapping"),
-        ("version: 1\nversion: 2\n", "duplicate key"),
-        ("a: &x [1, 2]\nb: *x\n", "aliases"),
-        ("!!python/object:os.system {}\n", "not valid YAML"),
+        ("!!python/object:os.system {}\n", "YAML tag"),
     ],
 )
 def test_unparseable_documents_give_one_root_fault(text: str, needle: str) -> None:
     faults = faults_of(text)
     assert len(faults) == 1
     assert faults[0][0] == "$" and needle in faults[0][1]
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "needle"),
+    [
+        # Found while reading the YAML, before the schema: each at the key or value it is about.
+        ("version: 1\nversion: 2\n", "$.version", "key given twice (lines 1 and 2)"),
+        ("a: &x [1, 2]\nb: *x\n", "$.b", "YAML aliases are not allowed"),
+        ("version: !!binary AAAA\n", "$.version", "YAML tag tag:yaml.org,2002:binary"),
+        ("version: 0x10\n", "$.version", "hexadecimal"),
+    ],
+)
+def test_yaml_faults_have_their_json_path(text: str, path: str, needle: str) -> None:
+    [(where, message)] = faults_of(text)
+    assert where == path and needle in message
 
 
 def test_huge_file_is_refused_before_parsing(tmp_path: Path) -> None:
@@ -378,10 +397,35 @@ def test_addresses_the_cache_cannot_answer_for_are_refused(address: str,
 
 
 def test_ipv4_and_ipv6_cidrs_are_accepted() -> None:
-    nets = ["10.0.0.0/8", "fd00::/8", "2001:db8::/32", "::1", "fd00:1::7", "::/0", "0.0.0.0/0"]
+    nets = ["10.0.0.0/8", "fd00::/8", "2001:db8::/32", "::1", "fd00:1::7", "fc00::/7"]
     cfg = load_config(v6_text("::1", nets))
     assert cfg.cache.allowed_clients == tuple(nets)
     assert check_semantics(cfg, None, host_checks=False) == []
+
+
+@pytest.mark.parametrize(
+    ("cidr", "needle"),
+    [
+        ("0.0.0.0/0", "every IPv4 address"),
+        ("::/0", "every IPv6 address"),
+        ("224.0.0.0/4", "multicast"),
+        ("ff02::/16", "multicast"),
+        ("169.254.0.0/16", "link-local"),
+        ("fe80::/64", "link-local"),
+        ("10.0.0.0/7", "a /7: wider than any client network"),
+        ("2000::/3", "a /3: wider than any client network"),
+    ],
+)
+def test_wide_networks_need_allow_wide_networks(cidr: str, needle: str) -> None:
+    cfg = load_config(v6_text("::1", ["fd00::/8", cidr]))
+    assert cfg.cache.allow_wide_networks is False
+    [fault] = check_semantics(cfg, None, host_checks=False)
+    assert fault.path == "$.cache.allowed_clients[1]"
+    assert needle in fault.message and "cache.allow_wide_networks: true" in fault.message
+    allowed = load_config(v6_text("::1", ["fd00::/8", cidr]).replace(
+        "cache:\n", "cache:\n  allow_wide_networks: true\n"))
+    assert allowed.cache.allow_wide_networks is True
+    assert check_semantics(allowed, None, host_checks=False) == []
 
 
 @pytest.mark.parametrize(

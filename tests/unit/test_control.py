@@ -5,8 +5,12 @@ The kernel side is a FakeDataplane here; the lead's real-kernel tests cover data
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import itertools
 import json
 import os
+import select
 import shutil
 import socket
 import stat
@@ -286,6 +290,182 @@ def test_non_root_is_refused_by_peercred_even_if_perms_are_loosened(agent: Runni
     assert "65534" in resp["error"]["message"]
     assert not agent.dp.torn_down and not agent.agent.stop_event.is_set()
     assert agent.call({"op": "status"})["ok"]
+
+
+def _connect_errno_as_nobody(sock: Path) -> int:
+    """connect() from a forked child running as nobody: 0, or the errno it failed with."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = -1
+        try:
+            os.close(r)
+            os.setgid(65534)
+            os.setgroups([])
+            os.setuid(65534)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(str(sock))
+                code = 0
+            except OSError as e:
+                code = e.errno or -1
+            os.write(w, str(code).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return int(data)
+
+
+def test_non_root_connect_gets_eacces(agent: Running) -> None:
+    assert _connect_errno_as_nobody(agent.sock) == errno.EACCES
+    # An existing directory is used as it is (see the bind tests below): even in one anybody
+    # may search, the socket itself (0600, root's) refuses the connect.
+    os.chmod(agent.sock.parent, 0o755)
+    assert _connect_errno_as_nobody(agent.sock) == errno.EACCES
+    assert agent.call({"op": "status"})["ok"]
+
+
+@pytest.mark.parametrize("payload", [
+    b"[" * 100_000 + b"]" * 100_000 + b"\n",
+    b'{"op": "status", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+    b'{"a": ' * 100_000 + b"1" + b"}" * 100_000 + b"\n",
+    b"[" * 100_000 + b"\n",  # and never closed
+], ids=["arrays", "in-a-request", "objects", "unclosed"])
+def test_deeply_nested_json_gets_an_error_answer(agent: Running, payload: bytes) -> None:
+    before = snapshot(agent)
+    resp = agent.raw(payload)
+    assert resp["ok"] is False and resp["error"]["kind"] == "invalid"
+    assert "deeper than" in resp["error"]["message"]
+    assert snapshot(agent) == before
+    assert agent.call({"op": "status"})["ok"]
+
+
+def test_depth_check_skips_strings_and_stays_linear() -> None:
+    assert not control.too_deep('{"op": "apply", "config": "' + "[" * 1000 + '"}')
+    assert not control.too_deep('["\\"' + "[" * 100 + '"]')  # an escaped quote inside
+    assert control.too_deep("[" * 33 + "]" * 33) and not control.too_deep("[" * 32 + "]" * 32)
+    t0 = time.monotonic()
+    # unterminated strings full of escaped quotes: no quote is scanned twice
+    assert control.too_deep("[" * 40 + '"' + '\\"' * 500_000) is True
+    assert not control.too_deep('"' + '\\"' * 500_000 + "[" * 40 + "\\")
+    assert time.monotonic() - t0 < 2
+
+
+@contextlib.contextmanager
+def serving(path: Path, **kw: Any) -> Iterator[control.ControlServer]:
+    """A server with a trivial handler (the transport is what is under test)."""
+    server = control.ControlServer(path, lambda req: control.ok({"op": req["op"]}), **kw)
+    server.bind()
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        t.join(10)
+
+
+def _trickle(path: Path, out: list[Any], i: int) -> None:
+    """One byte every 0.5 s of a request that never ends, until the server answers."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(path))
+        t0 = time.monotonic()
+        for b in itertools.chain(b'{"op": "status", "pad": "', itertools.repeat(ord("a"))):
+            try:
+                s.send(bytes([b]))
+            except OSError:
+                break
+            if select.select([s], [], [], 0.5)[0] or time.monotonic() - t0 > 20:
+                break
+        s.settimeout(5)
+        buf = b""
+        try:
+            while not buf.endswith(b"\n") and (chunk := s.recv(4096)):
+                buf += chunk
+        except ConnectionResetError:
+            pass  # the server closed with our last byte unread: the answer came first
+        out[i] = (time.monotonic() - t0, json.loads(buf) if buf else None)
+
+
+def test_tricklers_are_cut_off_at_the_deadline_and_their_slots_freed(tmp_path: Path) -> None:
+    """Every slot held by a client sending a byte per 0.5 s (each recv well within the read
+    timeout): each is answered and dropped REQUEST_DEADLINE_S after it connected, and then as
+    many clients as there are slots are served at once."""
+    n = control.MAX_CLIENTS
+    with serving(tmp_path / "run" / "s.sock") as server:
+        results: list[Any] = [None] * n
+        threads = [threading.Thread(target=_trickle, args=(server.path, results, i))
+                   for i in range(n)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)  # all of them connected and trickling
+        busy = control.request(server.path, {"op": "status"}, timeout=5)
+        assert busy["ok"] is False and busy["error"]["kind"] == "busy", busy
+        for t in threads:
+            t.join(30)
+        for took, resp in results:
+            assert resp is not None and resp["error"]["kind"] == "invalid", resp
+            assert "no complete request within 5 s" in resp["error"]["message"]
+            assert control.REQUEST_DEADLINE_S - 0.5 < took < control.REQUEST_DEADLINE_S + 4
+        deadline = time.monotonic() + 5
+        while server._threads and time.monotonic() < deadline:  # the slots come back
+            time.sleep(0.02)
+        answers: list[Any] = [None] * n
+        barrier = threading.Barrier(n)
+
+        def call(i: int) -> None:
+            barrier.wait()
+            answers[i] = control.request(server.path, {"op": "status"}, timeout=10)
+
+        callers = [threading.Thread(target=call, args=(i,)) for i in range(n)]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(20)
+        assert answers == [{"ok": True, "result": {"op": "status"}}] * n
+
+
+def test_bind_creates_a_missing_directory_0700(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "s.sock"
+    with serving(path):
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o750, 0o711, 0o700], ids=oct)
+def test_bind_leaves_an_existing_directory_as_it_is(tmp_path: Path, mode: int) -> None:
+    d = tmp_path / "run"
+    d.mkdir()
+    os.chmod(d, mode)
+    with serving(d / "s.sock") as server:
+        assert stat.S_IMODE(d.stat().st_mode) == mode
+        assert stat.S_IMODE(server.path.stat().st_mode) == 0o600
+        assert control.request(server.path, {"op": "status"}, timeout=5)["ok"]
+    assert stat.S_IMODE(d.stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o770, 0o722], ids=oct)
+def test_bind_refuses_a_directory_others_can_write(tmp_path: Path, mode: int) -> None:
+    d = tmp_path / "run"
+    d.mkdir()
+    os.chmod(d, mode)
+    server = control.ControlServer(d / "s.sock", lambda req: control.ok(None))
+    with pytest.raises(RuntimeError, match="writable by group or others"):
+        server.bind()
+    assert stat.S_IMODE(d.stat().st_mode) == mode and not (d / "s.sock").exists()
+
+
+def test_bind_refuses_a_directory_someone_else_owns(tmp_path: Path) -> None:
+    d = tmp_path / "run"
+    d.mkdir(mode=0o700)
+    os.chown(d, 65534, 65534)
+    server = control.ControlServer(d / "s.sock", lambda req: control.ok(None))
+    with pytest.raises(RuntimeError, match="owned by uid 65534"):
+        server.bind()
+    assert not (d / "s.sock").exists()
 
 
 # --------------------------------------------------------------------------- ops
