@@ -59,7 +59,10 @@ _Static_assert(sizeof(struct mc_bucket_meta) == 64, "the bucket summary is one c
 struct mc_slot {
 	struct mc_bucket_meta meta;
 	struct bpf_spin_lock lock;
-	__u32 valid;
+	__u8 valid;
+	__u8 has_flags;       /* the client flags are known: filled from a get, a binary GET or an
+			       * mg that asked for f; an mg fill without f answers only mg without f */
+	__u16 pad;
 	__u32 hash;
 	__u16 key_len;
 	__u16 val_len;
@@ -107,10 +110,10 @@ struct mc_pending_key {
 struct mc_pending {
 	__u64 get_ns;   /* when the GET arrived: fills older than a write are refused */
 	__u64 gen;
-	__u32 opaque;   /* binary: the reply must carry it */
-	__u16 key_len;  /* binary GET/GETQ: the reply has no key, so keep it here */
+	__u32 opaque;   /* binary: the reply must carry it; mg: the return flags asked, in order */
+	__u16 key_len;  /* binary GET/GETQ and mg: the reply has no key, so keep it here */
 	__u8 binary;
-	__u8 pad;
+	__u8 meta;      /* an mg asking for v: opaque holds its return flags (see remember_get) */
 	__u8 key[MC_KEY_LIMIT + 6];
 };
 

@@ -4,7 +4,8 @@
  *
  *   tc_main       parse L2-L4, match the reply to the GET that missed
  *                 (mc_pending), then fill: binary here, ASCII item by item
- *   tc_fill_item  fill one "VALUE key flags bytes" item (tail call per item)
+ *   tc_fill_item  fill one "VALUE key flags bytes" item (tail call per item), or an mg's
+ *                 "VA <bytes> <flags>" reply
  *
  * A fill is refused when a write to the slot arrived after the GET, or within
  * fill_hold_ns before it (the write may still be in flight inside memcached),
@@ -106,7 +107,8 @@ static __always_inline int prefix_ok(struct mc_config *cfg, const __u8 *buf, __u
  */
 static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, const __u8 *key_src,
 				 __u32 key_off, __u32 kl, __u32 val_off, __u32 vl, __u32 flags,
-				 __u32 fs_off, __u32 fs_len, __u64 cas, int has_cas, int claim)
+				 __u32 fs_off, __u32 fs_len, __u64 cas, int has_cas, int has_flags,
+				 int claim)
 {
 	if (kl == 0 || kl > MC_MAX_KEY || !prefix_ok(cfg, key_src, key_off, kl)) {
 		mc_pkt_key(&s->pkt, key_src, key_off, kl);
@@ -207,6 +209,7 @@ static __always_inline void fill(struct mc_tscratch *s, struct mc_config *cfg, c
 		slot->flags = flags;
 		slot->cas = cas;
 		slot->has_cas = has_cas;
+		slot->has_flags = has_flags;
 		slot->unservable = 0;
 		slot->gen = gen;
 		/* The value is at least as new as the GET's arrival: TTL and delayed flushes
@@ -276,9 +279,10 @@ static __always_inline int fill_binary(struct mc_tscratch *s, struct mc_config *
 	if (!fill_allowed(s, cfg))
 		return TC_ACT_OK;
 	if (klen) /* GETK/GETKQ: the key is in the reply */
-		fill(s, cfg, s->buf, key_at, klen, key_at + klen, vl, flags, 0, 0, cas, 1, 0);
+		fill(s, cfg, s->buf, key_at, klen, key_at + klen, vl, flags, 0, 0, cas, 1, 1, 0);
 	else /* GET/GETQ: the key was kept with the pending GET */
-		fill(s, cfg, s->pend.key, 0, s->pend.key_len, key_at, vl, flags, 0, 0, cas, 1, 0);
+		fill(s, cfg, s->pend.key, 0, s->pend.key_len, key_at, vl, flags, 0, 0, cas, 1, 1,
+		     0);
 	return TC_ACT_OK;
 }
 
@@ -361,7 +365,7 @@ static __always_inline int fill_one(struct mc_tscratch *s, struct mc_config *cfg
 		ke = MC_LOAD(s->one_ke);
 		fe = MC_LOAD(s->one_fe);
 		fill(s, cfg, s->buf, ko, MC_LOAD(s->one_ke) - ko, MC_LOAD(s->one_be) + 2, bytes,
-		     flags, ke + 1, fe - ke - 1, 0, 0, 1);
+		     flags, ke + 1, fe - ke - 1, 0, 0, 1, 1);
 	} else {
 		/* Answered all the same: the record is used up (a retry with the same request id
 		 * would otherwise inherit this GET's time, and be refused for the same reason). */
@@ -410,6 +414,16 @@ static __always_inline int reply_path(struct __sk_buff *skb, struct mc_tscratch 
 	if (s->buf[MC_UDP_FRAME_HDR] == MC_BIN_RES_MAGIC) {
 		mc_pending.delete(&pk);
 		return fill_binary(s, cfg);
+	}
+	if (s->pend.meta) {
+		/* An mg is answered in one message: "VA ..." fills (tc_fill_item, fill_meta);
+		 * "EN" (a miss), "HD" (no value) and errors fill nothing. */
+		mc_pending.delete(&pk);
+		if (s->buf[MC_UDP_FRAME_HDR] != 'V' || s->buf[MC_UDP_FRAME_HDR + 1] != 'A' ||
+		    s->buf[MC_UDP_FRAME_HDR + 2] != ' ' || !fill_allowed(s, cfg))
+			return TC_ACT_OK;
+		mc_tc_jmp.call(skb, TAIL_FILL_ITEM);
+		return TC_ACT_OK;
 	}
 	/* memcached sends a multi-get's items as separate messages: the GET is
 	 * answered only when "END\r\n" went out. */
@@ -513,10 +527,97 @@ int tc_main(struct __sk_buff *skb)
 	return finish(skb, s, MC_P_TC_MAIN);
 }
 
-/* One "VALUE <key> <flags> <bytes>\r\n<data>\r\n" item, then the next. */
+#define MC_MG_FIRST_FLAG 2 /* "VA" and the length, then the return flags */
+
+/*
+ * An mg's reply, "VA <bytes> <return flags>\r\n<data>\r\n", to the mg that missed (s->pend,
+ * marked meta). memcached 1.6.18 prints the return flags in the order the mg asked for them:
+ * the reply is filled from only when it carries exactly those (pend.opaque, remember_get in
+ * xdp_lookup.h), s<bytes> agreeing with the length and k with the key's length. The key is
+ * the one kept with the miss: the reply carries it only with k. With f the entry knows the
+ * client flags and answers every form; without, only mg forms without f (has_flags).
+ */
+static __always_inline void fill_meta(struct mc_tscratch *s, struct mc_config *cfg)
+{
+	__u32 len = s->len;
+	if (len > MC_BUF || len < MC_UDP_FRAME_HDR + 3)
+		return;
+	struct mc_tokens *t = &s->tok;
+	__u32 limit = MC_UDP_FRAME_HDR + MC_WIN < len ? MC_UDP_FRAME_HDR + MC_WIN : len;
+	t->eol = mc_find_crlf(s->buf, MC_UDP_FRAME_HDR, limit);
+	int eol = MC_LOAD(t->eol);
+	if (eol < 0)
+		return;
+	mc_tokenize(s->buf, MC_UDP_FRAME_HDR, eol, t);
+	__u32 n = MC_LOAD(t->n);
+	if (n < MC_MG_FIRST_FLAG || n > MC_MG_FIRST_FLAG + MC_META_RET || t->overflow ||
+	    MC_LOAD(t->len[0]) != 2)
+		return;
+	/* Which token is f and which s (0: none), each checked against what was asked. */
+	__u32 asked = s->pend.opaque;
+	__u32 f_tok = 0, s_tok = 0, want = MC_MG_FIRST_FLAG;
+	for (__u32 i = 0; i < MC_META_RET; i++) {
+		__u8 c = asked >> (8 * i);
+		if (!c)
+			break;
+		__u32 ti = MC_MG_FIRST_FLAG + i;
+		if (ti >= n)
+			return;
+		__u32 off = MC_LOAD(t->off[ti]);
+		__u32 l = MC_LOAD(t->len[ti]);
+		if (MC_AT(s->buf, off) != c)
+			return;
+		if (c == 'f')
+			f_tok = ti;
+		else if (c == 's')
+			s_tok = ti;
+		else if (c == 'k' && l != 1 + s->pend.key_len)
+			return;
+		want = ti + 1;
+	}
+	if (n != want)
+		return; /* flags nobody asked for: not this mg's reply */
+	__u32 off0 = MC_LOAD(t->off[0]);
+	if (MC_AT(s->buf, off0) != 'V' || MC_AT(s->buf, off0 + 1) != 'A')
+		return;
+	long long bytes = mc_atou(s->buf, MC_LOAD(t->off[1]), MC_LOAD(t->len[1]));
+	if (bytes < 0 || bytes > MC_BUF)
+		return;
+	if (s_tok) {
+		__u32 so = MC_LOAD(t->off[s_tok & (MC_MAX_TOK - 1)]);
+		__u32 sl = MC_LOAD(t->len[s_tok & (MC_MAX_TOK - 1)]);
+		if (sl < 2 || mc_atou(s->buf, so + 1, sl - 1) != bytes)
+			return;
+	}
+	long long flags = 0;
+	__u32 fs_off = 0, fs_len = 0;
+	if (f_tok) {
+		fs_off = MC_LOAD(t->off[f_tok & (MC_MAX_TOK - 1)]) + 1;
+		fs_len = MC_LOAD(t->len[f_tok & (MC_MAX_TOK - 1)]) - 1;
+		if (fs_len < 1 || fs_len > 10)
+			return;
+		flags = mc_atou(s->buf, fs_off, fs_len);
+		if (flags < 0)
+			return;
+	}
+	eol = MC_LOAD(t->eol);
+	len = MC_LOAD(s->len);
+	__u32 val_off = eol + 2;
+	__u32 end = val_off + bytes;
+	if (end + 2 != len || MC_AT(s->buf, end) != '\r' || MC_AT(s->buf, end + 1) != '\n')
+		return; /* not one whole reply: fill nothing */
+	fill(s, cfg, s->pend.key, 0, s->pend.key_len, val_off, bytes, flags, fs_off, fs_len, 0, 0,
+	     f_tok != 0, 0);
+}
+
+/* One "VALUE <key> <flags> <bytes>\r\n<data>\r\n" item, then the next; or an mg's reply. */
 static __always_inline int fill_item(struct __sk_buff *skb, struct mc_tscratch *s,
 				     struct mc_config *cfg)
 {
+	if (s->pend.meta) {
+		fill_meta(s, cfg);
+		return TC_ACT_OK;
+	}
 	__u32 pos = s->pos;
 	__u32 len = s->len;
 	if (pos >= len || s->items >= MC_MAX_FILL_ITEMS || len > MC_BUF)
@@ -550,7 +651,7 @@ static __always_inline int fill_item(struct __sk_buff *skb, struct mc_tscratch *
 		return TC_ACT_OK; /* not the reply we expect: fill nothing */
 	s->pos = end + 2;
 	s->items++;
-	fill(s, cfg, s->buf, key_off, kl, val_off, bytes, flags, fs_off, fs_len, 0, 0, 0);
+	fill(s, cfg, s->buf, key_off, kl, val_off, bytes, flags, fs_off, fs_len, 0, 0, 1, 0);
 	mc_tc_jmp.call(skb, TAIL_FILL_ITEM);
 	return TC_ACT_OK;
 }

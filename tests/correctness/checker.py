@@ -11,9 +11,11 @@ Every write carries a unique token ("w<writer>.<seq>"): set/add/replace/cas stor
 append adds "+<token>", prepend "<token>-". Counter keys hold unique numbers (set N*1000)
 and are changed by incr/decr (acknowledged: memcached returns the new number).
 
-Readers (threads, UDP): ASCII get of one key, ASCII multi-get of 2..4 keys, binary GET and
-GETK; each sends a burst of requests (several GETs in flight at once: that widens the race
-window the fill guard closes) and collects the replies.
+Readers (threads, UDP): ASCII get of one key, ASCII multi-get of 2..4 keys, meta get (mg),
+binary GET and GETK; each sends a burst of requests (several GETs in flight at once: that
+widens the race window the fill guard closes) and collects the replies. --reads picks one
+kind only: "get" (single-key ASCII gets) or "mg" (a meta-only client: mg with the client
+flags, and mg of the value alone).
 
 With --bypass (a lab with local_bypass on): the writers run on memcached's host (in its
 namespace), so their connections join the local bypass and every write reaches the cache
@@ -55,6 +57,7 @@ now = time.monotonic_ns
 INF = 1 << 62
 TOKEN = re.compile(rb"w\d+\.\d+")
 MG_OPAQUE = b"Oq7"  # the opaque token the checker's mg readers send
+READS = ("all", "get", "mg")  # what the UDP readers send (Reader.request)
 BIN = struct.Struct("!BBHBBHIIQ")
 
 
@@ -86,6 +89,7 @@ class History:
     reads: list[Read] = field(default_factory=list)
     lost: int = 0
     lost_at: list[int] = field(default_factory=list)
+    requests: int = 0  # UDP requests the readers sent
     malformed: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -289,8 +293,11 @@ class Writer(threading.Thread):
 class Reader(threading.Thread):
     def __init__(self, rid: int, hist: History, stop: threading.Event, ns: str, seed: int,
                  burst: int, src: str = L.CADDR, keys=ALL_KEYS, budget: list | None = None,
-                 pace: float = 0.0, server: str | None = None):
+                 pace: float = 0.0, server: str | None = None, reads: str = "all"):
         super().__init__(daemon=True, name=f"reader{rid}")
+        if reads not in READS:
+            raise ValueError(f"reads: one of {READS}, not {reads!r}")
+        self.reads = reads
         self.h, self.stop, self.ns, self.burst, self.src = hist, stop, ns, burst, src
         self.server = server or L.SADDR
         self.rng = random.Random(seed)
@@ -320,10 +327,18 @@ class Reader(threading.Thread):
 
     def request(self) -> tuple[str, list[bytes], bytes]:
         r = self.rng.random()
+        if self.reads == "get":
+            k = self.rng.choice(self.keys)
+            return "ascii", [k], b"get " + k + b"\r\n"
+        if self.reads == "mg":  # a meta-only client: mg with the flags, or the value alone
+            k = self.rng.choice(self.keys)
+            if r < 2 / 3:
+                return "mg", [k], b"mg " + k + b" s v k f " + MG_OPAQUE + b"\r\n"
+            return "mg_v", [k], b"mg " + k + b" v\r\n"
         if r < 0.35:
             k = self.rng.choice(self.keys)
             return "ascii", [k], b"get " + k + b"\r\n"
-        if r < 0.45:  # meta get: the cache answers it, memcached's replies fill nothing
+        if r < 0.45:  # meta get: the cache answers it, and memcached's replies fill it
             k = self.rng.choice(self.keys)
             return "mg", [k], b"mg " + k + b" s v k f " + MG_OPAQUE + b"\r\n"
         if r < 0.65:
@@ -342,6 +357,8 @@ class Reader(threading.Thread):
             t = now()
             s.sendto(struct.pack("!HHHH", rid, 0, 1, 0) + payload, (self.server, L.PORT))
             out[rid] = (via, keys, t, bytearray())
+        with self.h.lock:
+            self.h.requests += len(out)
         done: dict[int, int] = {}
         deadline = time.monotonic() + 1.0
         while len(done) < len(out):
@@ -362,7 +379,7 @@ class Reader(threading.Thread):
                 self.bad(f"frame seq {seq} of {count} via {out[rid][0]}: {data[:48]!r}")
             via, keys, t0, acc = out[rid]
             acc += data[8:]
-            if via.startswith("bin") or via == "mg" or acc.endswith(b"END\r\n") or \
+            if via.startswith(("bin", "mg")) or acc.endswith(b"END\r\n") or \
                     b"ERROR" in acc:
                 done[rid] = t
         with self.h.lock:
@@ -385,6 +402,17 @@ class Reader(threading.Thread):
 
     @staticmethod
     def parse(via: str, keys: list[bytes], reply: bytes) -> dict[bytes, bytes]:
+        if via == "mg_v":  # "VA <n>\r\n<data>\r\n", or "EN"
+            if reply == b"EN\r\n":
+                return {}
+            eol = reply.index(b"\r\n")
+            p = reply[:eol].split(b" ")
+            if len(p) != 2 or p[0] != b"VA" or not p[1].isdigit():
+                raise ValueError(f"mg reply line {reply[:eol]!r}")
+            n = int(p[1])
+            if reply[eol + 2 + n:] != b"\r\n":
+                raise ValueError("mg value not CRLF-terminated")
+            return {keys[0]: reply[eol + 2:eol + 2 + n]}
         if via == "mg":  # "VA <n> s<n> k<key> f<flags> O..\r\n<data>\r\n", or "EN ..."
             if reply in (b"EN\r\n", b"EN k" + keys[0] + b" " + MG_OPAQUE + b"\r\n"):
                 return {}  # memcached echoes k and O on a miss too
@@ -600,6 +628,7 @@ def check(h: History) -> dict:
             by_via[r.via] = by_via.get(r.via, 0) + 1
     return {
         "writes": len(h.writes), "reads": len(h.reads), "ops": len(h.writes) + len(h.reads),
+        "requests": h.requests,
         "values_read": values, "misses_read": misses, "unjudged": unjudged,
         "values_by_via": dict(sorted(by_via.items())),
         "lost": h.lost, "malformed": len(h.malformed), "malformed_examples": h.malformed[:5],
@@ -613,8 +642,10 @@ def check(h: History) -> dict:
 def run(ops: int, *, lab: L.Lab | None = None, writers: int = 4, readers: int = 3,
         burst: int = 6, pace: float = 0.004, read_pace: float = 0.003,
         max_seconds: float = 600, during=None, pad: int = 0, ipv6: bool = False,
-        tcp_readers: int = 0) -> dict:
+        tcp_readers: int = 0, reads: str = "all") -> dict:
     """Drive `ops` reads (key reads, counted per key) plus the writes made meanwhile.
+    reads: what the UDP readers send (READS). The report's kernel_hit_ratio: the kernel's
+    answers (hit counter) per UDP request sent.
     `during(stop_event)` runs in a thread alongside (fault injection). ipv6 (a dual-stack lab):
     every reader over IPv6, writers over both families in turn. In a lab with the local
     bypass on, the writers run in the server's namespace (they join the bypass), and
@@ -635,7 +666,7 @@ def run(ops: int, *, lab: L.Lab | None = None, writers: int = 4, readers: int = 
                for i in range(tcp_readers)]
         ts += [Reader(i + 1, h, stop, lab.c, seed=100 + i, burst=burst, budget=budget,
                       pace=read_pace, src=L.CADDR6 if ipv6 else L.CADDR,
-                      server=L.SADDR6 if ipv6 else L.SADDR)
+                      server=L.SADDR6 if ipv6 else L.SADDR, reads=reads)
                for i in range(readers)]
         before = lab.counters()
         t0 = time.monotonic()
@@ -656,6 +687,8 @@ def run(ops: int, *, lab: L.Lab | None = None, writers: int = 4, readers: int = 
         rep = check(h)
         rep["seconds"] = round(secs, 1)
         rep["counters"] = L.delta(before, after)
+        rep["kernel_hit_ratio"] = round(rep["counters"].get("hit", 0) / max(1, h.requests), 4)
+        rep["reads_kind"] = reads
         rep["hold_ms"], rep["cflags"] = lab.hold_ms, lab.extra_cflags
         return rep
     finally:
@@ -681,13 +714,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bypass", action="store_true",
                     help="local_bypass on: writers and TCP readers on memcached's host")
     ap.add_argument("--tcp-readers", type=int, default=2, help="with --bypass")
+    ap.add_argument("--reads", choices=READS, default="all",
+                    help="what the UDP readers send: every kind, single-key gets, or mg only")
     a = ap.parse_args(argv)
     lab = L.Lab("k", hold_ms=a.hold_ms, ipv6=a.ipv6, bypass=a.bypass,
                 extra_cflags="-DMC_TEST_NO_FILL_GUARD" if a.no_guard else "").up()
     try:
         rep = run(a.ops, lab=lab, writers=a.writers, readers=a.readers, burst=a.burst,
                   pace=a.pace, read_pace=a.read_pace, max_seconds=a.max_seconds, ipv6=a.ipv6,
-                  tcp_readers=a.tcp_readers if a.bypass else 0)
+                  tcp_readers=a.tcp_readers if a.bypass else 0, reads=a.reads)
     finally:
         lab.down()
     rep["no_guard"] = a.no_guard

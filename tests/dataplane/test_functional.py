@@ -320,9 +320,9 @@ def test_local_client_over_lo(pair):
 @pytest.mark.parametrize("flags", [b"v", b"", b"k", b"v f", b"s v f k Oab12 q", b"O v",
                                    b"v k s", b"q"])
 def test_meta_get_hits_match_memcached_byte_for_byte(cli, flags):
-    """memcached (1.6.18) answers an mg first: an mg fills nothing, so the key is not cached
-    yet; a get fills it; then the kernel answers the same mg, and the two replies are the
-    same bytes."""
+    """memcached (1.6.18) answers an mg first (a miss: with v its reply fills the cache, the
+    client flags known only with f); a get then fills the whole entry, or hits; then the
+    kernel answers the same mg, and the two replies are the same bytes."""
     key = b"meta_" + (flags.replace(b" ", b"_") or b"none")
     cli.mc.set(key, b"meta value", flags=77)
     req = b"mg " + key + (b" " + flags if flags else b"") + b"\r\n"
@@ -344,3 +344,59 @@ def test_meta_writes_over_udp_and_tcp_invalidate(cli):
     cli.cached(b"mw", b"new")
     cli.mc.raw_command(b"md mw", b"HD")
     assert cli.udp_raw(b"mg mw v\r\n") == b"EN\r\n"
+
+
+def udp_datagram(cli: NsClient, payload: bytes, rid: int) -> bytes:
+    """One request with request id rid, and the whole datagram that answers it (the frame
+    header included)."""
+    with in_ns(cli.ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with s:
+        s.settimeout(2)
+        s.sendto(struct.pack("!HHHH", rid, 0, 1, 0) + payload, (cli.p.saddr, 11211))
+        while True:
+            data = s.recv(65535)
+            if struct.unpack_from("!H", data)[0] == rid:
+                return data
+
+
+@pytest.mark.parametrize("flags", [b"v", b"v f", b"s v f k Oab12 q", b"v k s"])
+def test_a_meta_only_client_gets_hits(cli, flags):
+    """A key set over TCP, then the same mg five times over UDP: memcached answers the first
+    (a miss, whose reply fills), the kernel the other four, each datagram byte for byte the
+    one memcached sent; memcached's cmd_get moves once."""
+    key = b"mo_" + flags.replace(b" ", b"_")
+    cli.mc.set(key, b"meta only", flags=31)
+    req = b"mg " + key + b" " + flags + b"\r\n"
+    before, gets = cli.counters(), cli.cmd_get()
+    replies = [udp_datagram(cli, req, rid=700) for _ in range(5)]
+    after = cli.counters()
+    print(f"{flags!r}: {after['hit'] - before['hit']} of 5 answered by the kernel")
+    assert after["hit"] - before["hit"] >= 4, (before, after)
+    assert after["fill"] - before["fill"] == 1, (before, after)
+    assert cli.cmd_get() - gets <= 1
+    assert replies[0][8:].startswith(b"VA 9") and replies[0].endswith(b"\r\nmeta only\r\n")
+    assert all(r == replies[0] for r in replies), replies
+    # a get: answered by the kernel when the mg's reply carried the client flags (f), else
+    # a miss whose reply fills the whole entry; the same bytes as memcached's either way
+    from_kernel = raw_udp_get(cli, key)
+    assert from_kernel == b"VALUE %s 31 9\r\nmeta only\r\nEND\r\n" % key
+    assert cli.counters()["hit"] - after["hit"] == (1 if b"f" in flags.split() else 0)
+    before = cli.counters()
+    assert udp_datagram(cli, req, rid=700) == replies[0]  # mg after get: still a hit
+    assert cli.counters()["hit"] == before["hit"] + 1
+
+
+def test_a_write_after_an_mg_fill_is_seen_by_the_next_mg(cli):
+    """meta writes (ms, md) invalidate what an mg filled, over UDP and TCP."""
+    key = b"mo_write"
+    cli.mc.set(key, b"old")
+    assert cli.udp_raw(b"mg mo_write v\r\n") == b"VA 3\r\nold\r\n"  # memcached's, fills
+    before = cli.counters()
+    assert cli.udp_raw(b"mg mo_write v\r\n") == b"VA 3\r\nold\r\n"
+    assert cli.counters()["hit"] == before["hit"] + 1
+    assert cli.udp_raw(b"ms mo_write 3\r\nnew\r\n") == b"HD\r\n"
+    assert cli.udp_raw(b"mg mo_write v\r\n") == b"VA 3\r\nnew\r\n"
+    assert cli.udp_raw(b"mg mo_write v\r\n") == b"VA 3\r\nnew\r\n"
+    cli.mc.raw_command(b"md mo_write", b"HD")
+    assert cli.udp_raw(b"mg mo_write v\r\n") == b"EN\r\n"

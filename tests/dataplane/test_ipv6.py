@@ -94,7 +94,7 @@ def test_ipv6_hits_match_memcached_byte_for_byte(cli6, req):
     cli6.mc.set(key + b"2", b"second", flags=7)
     req = req.replace(b"{k}", key) + b"\r\n"
     from_memcached = cli6.udp_raw(req, request_id=606)
-    cli6.udp_get(key, key + b"2")  # fills both (an mg miss fills nothing)
+    cli6.udp_get(key, key + b"2")  # fills both, flags included
     before, gets = cli6.counters(), cli6.cmd_get()
     assert cli6.udp_raw(req, request_id=606) == from_memcached
     assert cli6.counters()["hit"] == before["hit"] + 1 and cli6.cmd_get() == gets

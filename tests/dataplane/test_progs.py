@@ -836,11 +836,219 @@ def test_a_meta_get_miss_passes_and_invalidates_nothing(dp):
     frame = mc_udp(dp.next_rid(), b"mg absent v f\r\n")
     (rc, out), d = dp.delta(lambda: dp.x(frame))
     assert rc == XDP_PASS and out == frame and d == {"miss": 1}, d
-    # nothing remembered for a fill: memcached's "EN" or "VA" reply fills nothing
-    (_, _), d = dp.delta(lambda: dp.t(mc_reply(dp.rid, b"VA 4 f0\r\nkept\r\n")))
-    assert "fill" not in d
+    # memcached's miss, "EN", fills nothing
+    (_, _), d = dp.delta(lambda: dp.t(mc_reply(dp.rid, b"EN\r\n")))
+    assert "fill" not in d and "fill_rejected" not in d, d
     _, _, rc, _, d = dp.get(b"other")
     assert rc == XDP_TX, d
+    (rc, _), d = dp.delta(lambda: dp.x(mc_udp(dp.next_rid(), b"mg absent v\r\n")))
+    assert rc == XDP_PASS and d == {"miss": 1}, d
+
+
+# --------------------------------------------------------------------------- mg fills
+
+
+def mg_exchange(dp, key: bytes, flags: bytes, reply: bytes, *, cport: int = 40000) -> dict:
+    """An mg that misses, then memcached's reply to it through TC egress: the counters the
+    reply moved."""
+    rid = dp.next_rid()
+    req = mc_udp(rid, b"mg " + key + b" " + flags + b"\r\n", sport=cport)
+    (rc, out), d = dp.delta(lambda: dp.x(req))
+    assert rc == XDP_PASS and out == req and d.get("miss") == 1 and "hit" not in d, d
+    (rc, _), d = dp.delta(lambda: dp.t(mc_reply(rid, reply, cport=cport)))
+    assert rc == TC_ACT_OK
+    return d
+
+
+def mg_hit(dp, key: bytes, flags: bytes) -> tuple[int, int, bytes, dict]:
+    rid = dp.next_rid()
+    req = mc_udp(rid, b"mg " + key + (b" " + flags if flags else b"") + b"\r\n")
+    (rc, out), d = dp.delta(lambda: dp.x(req))
+    return rid, rc, out, d
+
+
+# What memcached 1.6.18 sends for "mg mk <flags>" with mk = "hello", client flags 42: the
+# return flags in the order asked (tests/dataplane/test_functional.py compares with the real
+# one), v for the value, q nothing on a hit.
+MG_FORMS = [
+    (b"v", b"VA 5\r\nhello\r\n"),
+    (b"v k", b"VA 5 kmk\r\nhello\r\n"),
+    (b"s v", b"VA 5 s5\r\nhello\r\n"),
+    (b"k s v O123 q", b"VA 5 kmk s5 O123\r\nhello\r\n"),
+    (b"O v", b"VA 5 O\r\nhello\r\n"),
+    (b"k", b"HD kmk\r\n"),
+    (b"", b"HD\r\n"),
+    (b"v f", b"VA 5 f42\r\nhello\r\n"),
+    (b"v f k s Oab q", b"VA 5 f42 kmk s5 Oab\r\nhello\r\n"),
+    (b"f", b"HD f42\r\n"),
+]
+
+# The mg whose miss fills, and memcached's reply to it: with and without the client flags.
+MG_FILLS = {
+    "v": (b"v", b"VA 5\r\nhello\r\n"),
+    "v_k_s_O": (b"v k s Oz9 q", b"VA 5 kmk s5 Oz9\r\nhello\r\n"),
+    "v_f": (b"v f", b"VA 5 f42\r\nhello\r\n"),
+    "s_v_f_k_O": (b"s v f k Oab12 q", b"VA 5 s5 f42 kmk Oab12\r\nhello\r\n"),
+}
+
+
+def test_an_mg_miss_is_filled_from_memcached_s_reply(dp):
+    """An mg miss is remembered with its key (the reply has none without k); memcached's VA
+    reply fills, and the same mg is then answered by the kernel, byte for byte."""
+    d = mg_exchange(dp, b"mk", b"v", b"VA 5\r\nhello\r\n")
+    assert d.get("fill") == 1 and "fill_rejected" not in d, d
+    rid, rc, out, d = mg_hit(dp, b"mk", b"v")
+    assert rc == XDP_TX and d == {"hit": 1}, d
+    assert out == expected_reply(rid, b"VA 5\r\nhello\r\n")
+    assert csum(out[14:34]) == 0
+
+
+@pytest.mark.parametrize("fill", sorted(MG_FILLS))
+@pytest.mark.parametrize("form,body", MG_FORMS)
+def test_an_mg_filled_entry_answers_the_forms_it_has_data_for(dp, fill, form, body):
+    """An entry an mg filled answers every mg form byte for byte as memcached does, f only
+    when the filling reply carried the client flags; an mg with f is passed otherwise (a
+    miss, whose reply then fills the flags in)."""
+    fill_flags, reply = MG_FILLS[fill]
+    assert mg_exchange(dp, b"mk", fill_flags, reply).get("fill") == 1
+    knows_flags = b"f" in fill_flags.split()
+    asks_flags = b"f" in form.split()
+    rid, rc, out, d = mg_hit(dp, b"mk", form)
+    if asks_flags and not knows_flags:
+        assert rc == XDP_PASS and "hit" not in d and d.get("miss") == 1, d
+        return
+    assert rc == XDP_TX and d == {"hit": 1}, d
+    assert out == expected_reply(rid, body)
+
+
+def test_f_is_refused_without_flags_and_its_reply_fills_them(dp):
+    assert mg_exchange(dp, b"mk", b"v", b"VA 5\r\nhello\r\n").get("fill") == 1
+    d = mg_exchange(dp, b"mk", b"v f", b"VA 5 f42\r\nhello\r\n")  # the miss: asserted
+    assert d.get("fill") == 1, d
+    for form, body in ((b"v f", b"VA 5 f42\r\nhello\r\n"), (b"v", b"VA 5\r\nhello\r\n")):
+        rid, rc, out, d = mg_hit(dp, b"mk", form)
+        assert rc == XDP_TX and out == expected_reply(rid, body), d
+    rid, _req, rc, out, d = dp.get(b"mk")  # the flags are known now: get hits too
+    assert rc == XDP_TX and out == expected_reply(rid, b"VALUE mk 42 5\r\nhello\r\nEND\r\n")
+
+
+def test_get_after_an_mg_fill_without_flags_misses_and_its_reply_fills(dp):
+    assert mg_exchange(dp, b"mk", b"v k", b"VA 5 kmk\r\nhello\r\n").get("fill") == 1
+    dp.fill_ascii(b"k2", b"two", flags=1)
+    _, _, rc, _, d = dp.get(b"k2 mk")  # the multi-get path refuses it as well
+    assert rc == XDP_PASS and d.get("miss") == 1 and "hit" not in d, d
+    rid, req, rc, out, d = dp.get(b"mk")
+    assert rc == XDP_PASS and out == req and d.get("miss") == 1 and "hit" not in d, d
+    body = b"VALUE mk 42 5\r\nhello\r\nEND\r\n"
+    (_, _), d = dp.delta(lambda: dp.t(mc_reply(rid, body)))
+    assert d.get("fill") == 1, d
+    rid, _req, rc, out, d = dp.get(b"mk")
+    assert rc == XDP_TX and out == expected_reply(rid, body), d
+    rid, rc, out, d = mg_hit(dp, b"mk", b"v f")  # and the mg forms with f
+    assert rc == XDP_TX and out == expected_reply(rid, b"VA 5 f42\r\nhello\r\n"), d
+
+
+@pytest.mark.parametrize("flags,reply", [MG_FILLS["v_f"], MG_FILLS["s_v_f_k_O"],
+                                         (b"v f", b"VA 0 f4294967295\r\n\r\n")])
+def test_get_after_an_mg_fill_with_flags_hits_byte_exact(dp, flags, reply):
+    assert mg_exchange(dp, b"mk", flags, reply).get("fill") == 1
+    rid, _req, rc, out, d = dp.get(b"mk")
+    assert rc == XDP_TX and d.get("hit") == 1, d
+    value = reply.split(b"\r\n")[1]
+    fl = next(t[1:] for t in reply.split(b"\r\n")[0].split() if t.startswith(b"f"))
+    item = b"VALUE mk %s %d\r\n%s\r\n" % (fl, len(value), value)
+    assert out == expected_reply(rid, item + b"END\r\n")
+    dp.fill_ascii(b"k2", b"two", flags=1)  # a multi-get's item too
+    rid, _req, rc, out, d = dp.get(b"mk k2")
+    assert rc == XDP_TX and out == expected_reply(
+        rid, item + b"VALUE k2 1 3\r\ntwo\r\nEND\r\n"), d
+
+
+def test_binary_get_after_an_mg_fill_misses(dp):
+    """An mg's reply has no CAS: a binary GET is memcached's (as after an ASCII fill)."""
+    assert mg_exchange(dp, b"mk", *MG_FILLS["v_f"]).get("fill") == 1
+    (rc, _), d = dp.delta(lambda: dp.x(mc_udp(dp.next_rid(), bin_req(0x00, b"mk"))))
+    assert rc == XDP_PASS and d.get("miss") == 1 and "hit" not in d, d
+
+
+def test_mg_after_get_keeps_working(dp):
+    dp.fill_ascii(b"mk", b"hello", flags=42)
+    for form, body in MG_FORMS:
+        rid, rc, out, d = mg_hit(dp, b"mk", form)
+        assert rc == XDP_TX and out == expected_reply(rid, body), (form, d)
+
+
+def test_a_write_between_the_mg_and_its_reply_rejects_the_fill(dp):
+    rid = dp.next_rid()
+    (rc, _), d = dp.delta(lambda: dp.x(mc_udp(rid, b"mg race v f\r\n")))
+    assert rc == XDP_PASS and d.get("miss") == 1, d
+    time.sleep(0.001)
+    dp.x(mc_udp(dp.next_rid(), b"ms race 3\r\nnew\r\n"))
+    (_, _), d = dp.delta(lambda: dp.t(mc_reply(rid, b"VA 3 f0\r\nold\r\n")))
+    assert d.get("fill_rejected") == 1 and "fill" not in d, d
+    _, rc, _, d = mg_hit(dp, b"race", b"v")
+    assert rc == XDP_PASS and d.get("miss") == 1, d
+
+
+def test_a_flush_between_the_mg_and_its_reply_rejects_the_fill(dp):
+    rid = dp.next_rid()
+    dp.x(mc_udp(rid, b"mg fl v\r\n"))
+    time.sleep(0.001)
+    dp.x(mc_udp(dp.next_rid(), b"flush_all\r\n"))
+    (_, _), d = dp.delta(lambda: dp.t(mc_reply(rid, b"VA 3\r\nold\r\n")))
+    assert d.get("fill_rejected") == 1 and "fill" not in d, d
+
+
+@pytest.mark.parametrize("flags,reply", [
+    (b"v", b"EN\r\n"),                       # a miss
+    (b"v k Oxy", b"EN kmk Oxy\r\n"),           # memcached's miss with k and O
+    (b"v", b"HD\r\n"),                       # no value
+    (b"v", b"SERVER_ERROR out of memory\r\n"),
+    (b"v k", b"VA 5 f42\r\nhello\r\n"),       # not the flags asked for
+    (b"v k", b"VA 5\r\nhello\r\n"),           # a flag missing
+    (b"v k", b"VA 5 kmk s5\r\nhello\r\n"),    # one more
+    (b"v k", b"VA 5 kother\r\nhello\r\n"),    # another key's length
+    (b"v s", b"VA 5 s4\r\nhello\r\n"),        # s and the length disagree
+    (b"v", b"VA 5\r\nhell\r\n"),              # cut
+    (b"v", b"VA 5\r\nhello\r\nVA 1\r\nx\r\n"),  # more than one reply
+    (b"v", b"VALUE mk 0 5\r\nhello\r\nEND\r\n"),  # a get's reply
+])
+def test_replies_an_mg_fill_cannot_trust_fill_nothing(dp, flags, reply):
+    d = mg_exchange(dp, b"mk", flags, reply)
+    assert "fill" not in d, d
+    _, rc, _, d = mg_hit(dp, b"mk", b"v")
+    assert rc == XDP_PASS and d.get("miss") == 1, d
+
+
+def test_an_mg_without_v_or_quiet_fills_nothing(dp):
+    """Without v memcached answers HD (no value): the miss is not remembered, and a VA reply
+    with its request id fills nothing; a quiet mg's miss has no reply at all."""
+    d = mg_exchange(dp, b"mk", b"k s", b"VA 5 kmk s5\r\nhello\r\n")
+    assert "fill" not in d, d
+    _, rc, _, d = mg_hit(dp, b"mk", b"v")
+    assert rc == XDP_PASS and d.get("miss") == 1, d
+
+
+def test_an_mg_reply_to_another_client_port_fills_nothing(dp):
+    rid = dp.next_rid()
+    dp.x(mc_udp(rid, b"mg mk v\r\n", sport=40000))
+    (_, _), d = dp.delta(lambda: dp.t(mc_reply(rid, b"VA 5\r\nhello\r\n", cport=40001)))
+    assert "fill" not in d, d
+    (_, _), d = dp.delta(lambda: dp.t(mc_reply(rid, b"VA 5\r\nhello\r\n")))
+    assert d.get("fill") == 1, d
+
+
+@pytest.mark.parametrize("klen,vlen", [(1, 0), (8, 7), (9, 8), (64, 256)])
+def test_mg_fills_for_every_length(dp, klen, vlen):
+    key = bytes(97 + i % 26 for i in range(klen))
+    value = bytes(33 + i % 90 for i in range(vlen))
+    reply = b"VA %d f7 k%s\r\n%s\r\n" % (vlen, key, value)
+    assert mg_exchange(dp, key, b"v f k", reply).get("fill") == 1
+    rid, rc, out, d = mg_hit(dp, key, b"v f k")
+    assert rc == XDP_TX and out == expected_reply(rid, reply), d
+    rid, _req, rc, out, d = dp.get(key)
+    assert rc == XDP_TX and out == expected_reply(
+        rid, b"VALUE %s 7 %d\r\n%s\r\nEND\r\n" % (key, vlen, value)), d
 
 
 @pytest.mark.parametrize("cut", [3, 6, 9, 12])
@@ -1018,6 +1226,25 @@ def test_ipv6_multiget_miss_fills_from_the_ipv6_reply(dp6):
     rid = dp6.next_rid()
     rc, out = dp6.x(mc_udp6(rid, b"get p6b\r\n"))
     assert rc == XDP_TX and out == mc_reply6(rid, b"VALUE p6b 0 1\r\nB\r\nEND\r\n")
+
+
+@pytest.mark.parametrize("flags,reply", [(b"v", b"VA 3\r\nmg6\r\n"),
+                                         (b"s v f k O6", b"VA 3 s3 f9 km6 O6\r\nmg6\r\n")])
+def test_ipv6_mg_miss_fills_from_the_ipv6_reply(dp6, flags, reply):
+    """An mg miss over IPv6 waits under the client's IPv6 address; memcached's IPv6 reply
+    fills; the same mg is answered over IPv6 byte for byte, and over IPv4 too (one cache)."""
+    req = mc_udp6(dp6.next_rid(), b"mg m6 " + flags + b"\r\n")
+    d = exchange6(dp6, req, reply)
+    assert d.get("fill") == 1, d
+    rid = dp6.next_rid()
+    (rc, out), d = dp6.delta(lambda: dp6.x(mc_udp6(rid, b"mg m6 " + flags + b"\r\n")))
+    assert rc == XDP_TX and d.get("hit") == 1, d
+    assert out == mc_reply6(rid, reply) and udp6_checksum_ok(out)
+    rid = dp6.next_rid()
+    rc, out = dp6.x(mc_udp(rid, b"mg m6 " + flags + b"\r\n"))
+    assert rc == XDP_TX and out == expected_reply(rid, reply)
+    rid, _req, rc, _out, d = dp6.get(b"m6")  # with the flags known (f), get hits too
+    assert (rc == XDP_TX) == (b"f" in flags.split()), d
 
 
 def test_ipv6_binary_getk_miss_fill_hit(dp6):
