@@ -9,6 +9,16 @@
 #ifndef MC_XDP_L3_H
 #define MC_XDP_L3_H
 
+/* The TCP or UDP header could not be read: a first fragment too short for it would hide its
+ * port from us (RFC 1858's tiny fragments) and is dropped; any other such frame is not ours. */
+static __always_inline int l4_unread(int first_fragment)
+{
+	if (!first_fragment)
+		return XDP_PASS;
+	mc_count(MC_V_HIDDEN);
+	return XDP_DROP;
+}
+
 /* IPv6 extension headers that may come before TCP or UDP. */
 #define MC_NH_HOP 0
 #define MC_NH_ROUTING 43
@@ -86,12 +96,8 @@ static __always_inline int ipv6_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 	__builtin_memcpy(s->ck.daddr, &ip6.daddr, 16);
 	if (nh == IPPROTO_TCP) {
 		struct tcphdr th;
-		if (bpf_xdp_load_bytes(ctx, off, &th, sizeof(th))) {
-			if (!fragment)
-				return XDP_PASS;
-			mc_count(MC_V_HIDDEN); /* a first fragment too short for its TCP header */
-			return XDP_DROP;
-		}
+		if (bpf_xdp_load_bytes(ctx, off, &th, sizeof(th)))
+			return l4_unread(fragment);
 		if (th.dest != cfg->port) {
 			mc_count(MC_V_PASS);
 			return XDP_PASS;
@@ -114,12 +120,8 @@ static __always_inline int ipv6_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 		return tcp_segment(ctx, s, &th, &ip6, sizeof(ip6));
 	}
 	struct udphdr uh;
-	if (bpf_xdp_load_bytes(ctx, off, &uh, sizeof(uh))) {
-		if (!fragment)
-			return XDP_PASS;
-		mc_count(MC_V_HIDDEN); /* a first fragment too short for its UDP header */
-		return XDP_DROP;
-	}
+	if (bpf_xdp_load_bytes(ctx, off, &uh, sizeof(uh)))
+		return l4_unread(fragment);
 	if (uh.dest != cfg->port) {
 		mc_count(MC_V_PASS);
 		return XDP_PASS;
@@ -197,12 +199,8 @@ static __always_inline int ipv4_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 
 	if (iph->protocol == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
-		if ((void *)(th + 1) > data_end) {
-			if (!(frag & 0x2000))
-				return XDP_PASS;
-			mc_count(MC_V_HIDDEN); /* a first fragment too short for its TCP header */
-			return XDP_DROP;
-		}
+		if ((void *)(th + 1) > data_end)
+			return l4_unread(frag & 0x2000);
 		if (th->dest != cfg->port) {
 			mc_count(MC_V_PASS);
 			return XDP_PASS;
@@ -226,12 +224,8 @@ static __always_inline int ipv4_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 	}
 
 	struct udphdr *uh = l4;
-	if ((void *)(uh + 1) > data_end) {
-		if (!(frag & 0x2000))
-			return XDP_PASS;
-		mc_count(MC_V_HIDDEN); /* a first fragment too short for its UDP header */
-		return XDP_DROP;
-	}
+	if ((void *)(uh + 1) > data_end)
+		return l4_unread(frag & 0x2000);
 	if (uh->dest != cfg->port) {
 		mc_count(MC_V_PASS);
 		return XDP_PASS;
