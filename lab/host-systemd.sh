@@ -32,20 +32,24 @@ mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
 # Read-only /sys: systemd and udev then treat the host as a container and leave devices alone.
 mount -o remount,ro /sys
 
-# --- identity
-systemd-id128 new >/etc/machine-id
+# --- identity (kept across a reboot)
+[ "${MODE:-fresh}" = reboot ] && [ -s /etc/machine-id ] || systemd-id128 new >/etc/machine-id
 : >/etc/fstab
 
 # --- only what the host needs
 mask_dir=/etc/systemd/system
-for wants in /lib/systemd/system/*.target.wants /etc/systemd/system/*.target.wants; do
-    [ -d "$wants" ] || continue
-    for unit in "$wants"/*; do
-        name="$(basename "$unit")"
-        case "$name" in systemd-journald*) continue ;; esac
-        ln -sfn /dev/null "$mask_dir/$name"
+if [ "${MODE:-fresh}" != reboot ]; then
+    # The machine's units, once: at a reboot the wants dirs also hold what the host enabled
+    # itself (the fleet's units), which must start, not be masked.
+    for wants in /lib/systemd/system/*.target.wants /etc/systemd/system/*.target.wants; do
+        [ -d "$wants" ] || continue
+        for unit in "$wants"/*; do
+            name="$(basename "$unit")"
+            case "$name" in systemd-journald*) continue ;; esac
+            ln -sfn /dev/null "$mask_dir/$name"
+        done
     done
-done
+fi
 for name in systemd-udevd.service systemd-udev-trigger.service systemd-udev-settle.service \
     systemd-sysctl.service systemd-modules-load.service systemd-tmpfiles-setup.service \
     systemd-tmpfiles-setup-dev.service systemd-tmpfiles-clean.timer systemd-remount-fs.service \
@@ -58,11 +62,21 @@ for name in systemd-udevd.service systemd-udev-trigger.service systemd-udev-sett
     ln -sfn /dev/null "$mask_dir/$name"
 done
 
+# What the host enabled itself (systemctl enable: multi-user.target.wants in its own /etc, not
+# masked) starts at boot as multi-user.target would start it; multi-user.target itself would
+# pull in the machine's boot (see above).
+enabled=""
+for unit in /etc/systemd/system/multi-user.target.wants/*; do
+    [ -e "$unit" ] || continue
+    name="$(basename "$unit")"
+    [ "$(readlink "$mask_dir/$name" 2>/dev/null)" = /dev/null ] && continue
+    enabled="$enabled $name"
+done
 cat >"$mask_dir/mclab.target" <<UNIT
 [Unit]
 Description=mcache lab host $NAME
 AllowIsolate=yes
-Wants=systemd-journald.service mclab-sshd.service mclab-ready.service
+Wants=systemd-journald.service mclab-sshd.service mclab-ready.service$enabled
 UNIT
 cat >"$mask_dir/mclab-sshd.service" <<UNIT
 [Unit]

@@ -8,6 +8,10 @@
 #   lab/lab.sh down              tear everything down (idempotent)
 #   lab/lab.sh status            one line per host: index name address init-pid state init
 #   lab/lab.sh pid N             the host's init pid (in the machine's PID namespace)
+#   lab/lab.sh reboot N          reboot host N: every process ends, what a reboot drops goes
+#                                (pins, XDP and TC attachments, /run), its disk (/etc, /var,
+#                                /opt, ...) stays, and its init starts again with the services
+#                                the host enabled (rc2.d links or systemd units)
 #   lab/lab.sh exec N -- CMD...  run CMD inside host N (nsenter -n -m -u -p)
 #   lab/lab.sh ssh N [CMD...]    ssh root@host N with the lab key
 #   lab/lab.sh inventory         (re)write inventory/lab/hosts.yml for the hosts that are up
@@ -154,11 +158,11 @@ remove_cgroups() {
     done
 }
 
-# Remove every trace of host i (idempotent).
-host_down() {
-    local i="$1" ns veth hd pid n
+# End every process of host i: its init (systemd powers off first: units stop), and with it its
+# PID namespace, then the `unshare` that waited for it. Idempotent.
+host_stop() {
+    local i="$1" ns hd pid n
     ns="$(name_of "$i")"
-    veth="$(veth_of "$i")"
     hd="$(hostdir "$i")"
     pid="$(init_pid "$i")"
     if [ -n "$pid" ] && [ "$(init_of "$i")" = systemd ]; then
@@ -189,6 +193,15 @@ host_down() {
         done
         if alive "$upid"; then kill -TERM "$upid" 2>/dev/null || true; fi
     fi
+}
+
+# Remove every trace of host i (idempotent).
+host_down() {
+    local i="$1" ns veth hd
+    ns="$(name_of "$i")"
+    veth="$(veth_of "$i")"
+    hd="$(hostdir "$i")"
+    host_stop "$i"
     ip link del "$veth" >/dev/null 2>&1 || true
     ip netns del "$ns" >/dev/null 2>&1 || true
     remove_cgroups "$i"
@@ -244,7 +257,16 @@ host_start() {
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
 
-    if [ "$INIT" = systemd ]; then
+    host_boot "$i" fresh
+}
+
+# Boot host i's init in its network namespace (fresh: a new host; reboot: its disk is kept).
+host_boot() {
+    local i="$1" mode="$2" ns hd init
+    ns="$(name_of "$i")"
+    hd="$(hostdir "$i")"
+    init="$(init_of "$i")"
+    if [ "$init" = systemd ]; then
         # systemd manages the cgroup it starts in: a cgroup of the host's own, entered before
         # the namespaces are made, and a cgroup namespace that makes it the host's root.
         local d procs=()
@@ -253,13 +275,13 @@ host_start() {
             sh "${procs[@]}" -- ip netns exec "$ns" \
             unshare --cgroup --uts --pid --mount --fork --mount-proc --propagation private \
             env MCLAB_CGROUP_MODE="$(cgroup_mode)" \
-            /bin/bash "$HERE/host-boot.sh" "$i" "$LAB_DIR" systemd \
-            </dev/null >"$hd/boot.log" 2>&1 &
+            /bin/bash "$HERE/host-boot.sh" "$i" "$LAB_DIR" systemd "$mode" \
+            </dev/null >>"$hd/boot.log" 2>&1 &
     else
         setsid ip netns exec "$ns" \
             unshare --uts --pid --mount --fork --mount-proc --propagation private \
-            /bin/bash "$HERE/host-boot.sh" "$i" "$LAB_DIR" \
-            </dev/null >"$hd/boot.log" 2>&1 &
+            /bin/bash "$HERE/host-boot.sh" "$i" "$LAB_DIR" plain "$mode" \
+            </dev/null >>"$hd/boot.log" 2>&1 &
     fi
     echo $! >"$hd/unshare.pid"
 }
@@ -408,6 +430,51 @@ cmd_pid() {
     printf '%s\n' "$pid"
 }
 
+# What the kernel keeps of a host whose processes all ended: its network namespace (held by
+# /run/netns), and there the XDP programs and TC filters attached to its links. A reboot drops
+# them (its bpffs, with the pins, went with its mount namespace; its cgroups go below).
+drop_attachments() {
+    local ns link
+    ns="$(name_of "$1")"
+    for link in $(ip -n "$ns" -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+        ip -n "$ns" link set dev "$link" xdpgeneric off 2>/dev/null || true
+        ip -n "$ns" link set dev "$link" xdpdrv off 2>/dev/null || true
+        tc -n "$ns" qdisc del dev "$link" clsact 2>/dev/null || true
+    done
+}
+
+cmd_reboot() {
+    local i="${1:-}" hd ns n left pid
+    check_index "$i"
+    [ "$(id -u)" -eq 0 ] || die "must run as root"
+    host_up "$i" || die "$(name_of "$i") is not up"
+    hd="$(hostdir "$i")"
+    ns="$(name_of "$i")"
+    log "rebooting $ns ($(init_of "$i"))"
+    host_stop "$i"
+    # every process of the host is gone with its PID namespace; wait for the last of them
+    for n in $(seq 1 100); do
+        left=""
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do
+            alive "$pid" && left="$left $pid"
+        done
+        [ -z "$left" ] && break
+        sleep 0.05
+    done
+    [ -z "$left" ] || die "$ns: processes left after its init ended:$left"
+    drop_attachments "$i"
+    # /run: a plain host's is a directory bound there (a systemd host's a tmpfs, gone already)
+    case "$hd" in "$LAB_DIR"/host[0-9]*) rm -rf --one-file-system "$hd/run" ;; esac
+    rm -f "$hd/ready" "$hd/init.pid"
+    remove_cgroups "$i"
+    # a ControlPersist master to the old sshd would hang the next connection
+    close_ssh_masters
+    host_boot "$i" reboot
+    wait_ready "$i" || die "$ns did not come back up"
+    wait_ssh "$i" || die "$ns: sshd not answering after the reboot"
+    log "$ns is up again"
+}
+
 cmd_exec() {
     local i="${1:-}" pid
     check_index "$i"
@@ -439,6 +506,7 @@ main() {
         down) cmd_down ;;
         status) cmd_status ;;
         pid) cmd_pid "$@" ;;
+        reboot) cmd_reboot "$@" ;;
         exec) cmd_exec "$@" ;;
         ssh) cmd_ssh "$@" ;;
         inventory) write_inventory ;;

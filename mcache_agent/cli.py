@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mcache_agent import control
+from mcache_agent import build, control
 from mcache_agent.config import ConfigError, Fault, check_semantics, load_config
 from mcache_agent.paths import DEFAULT_BPFFS, DEFAULT_SOCKET, DEFAULT_STATE_DIR
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="mcache-agent", parents=[common],
                                 description="mcache per-host agent")
+    p.add_argument("--version", action="version", version=build.version_line())
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     run = sub.add_parser("run", parents=[common], help="run the daemon")
     run.add_argument("--config", type=Path, required=True,
@@ -56,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("versions", parents=[common], help="stored versions")
     r = sub.add_parser("rollback", parents=[common],
                        help="re-apply the previous or a stored version")
-    r.add_argument("--to", type=int, metavar="N")
+    r.add_argument("--to", type=int, metavar="N",
+                   help="the version to go back to (default: the previous one); naming a "
+                        "rejected version takes it off the rejected list")
+    r.add_argument("--reason", metavar="TEXT",
+                   help="why (kept with the version left, which is recorded as rejected: no "
+                        "start or apply takes its number again)")
     sub.add_parser("probe", parents=[common], help="run the health probe")
     sub.add_parser("stop", parents=[common], help="stop the daemon and tear the data plane down")
     c = sub.add_parser("capture", parents=[common],
@@ -116,6 +122,8 @@ def main(argv: list[str] | None = None, *, fault: Any = None) -> int:
         req: dict[str, Any] = {"op": "rollback"}
         if args.to is not None:
             req["to"] = args.to
+        if args.reason:
+            req["reason"] = args.reason
         return _remote(args, req)
     return _remote(args, {"op": args.cmd})
 
@@ -226,6 +234,12 @@ def _human(op: str, result: Any) -> None:
             print(f"version {result.get('version')} applied: strategy {result.get('strategy')}, "
                   f"{_ms(result.get('duration_ms'))} (switch {_ms(result.get('swap_ms'))}), "
                   f"cache kept: {_yes_no(result.get('cache_kept'))}")
+        rejected = result.get("rejected") if op == "rollback" else None
+        if rejected:
+            print(f"version {rejected.get('version')} rejected: no start or apply takes it "
+                  f"again ({rejected.get('reason')})")
+        for w in result.get("warnings") or []:
+            print(f"warning: {w}")
     elif op == "probe":
         print(f"probe {'ok' if result.get('ok') else 'FAILED'}: {result.get('detail')} "
               f"({_ms(result.get('duration_ms'))})")
@@ -313,18 +327,31 @@ def format_status(st: dict[str, Any]) -> str:
     ]
     if last.get("error"):
         rows.append(("last error", str(last["error"])))
+    for rej in st.get("rejected") or []:
+        rows.append(("rejected", f"v{rej.get('version')} {_rejected_line(rej)}"))
     for e in st.get("errors") or []:
         rows.append(("error", e))
     return _table(rows)
+
+
+def _rejected_line(rej: dict[str, Any]) -> str:
+    to = rej.get("rolled_back_to")
+    return (f"at {_or_dash(rej.get('at'))}"
+            + (f", rolled back to v{to}" if to is not None else "")
+            + f": {_or_dash(rej.get('reason'))}")
 
 
 def format_versions(result: dict[str, Any]) -> str:
     lines = [f"{'':2}{'VERSION':>7}  {'RESULT':7}  {'STRATEGY':12}  APPLIED AT"]
     for v in result.get("versions", []):
         mark = "*" if v.get("current") else ("-" if v.get("previous") else " ")
+        if v.get("rejected"):
+            mark = "x"
         lines.append(f"{mark:2}{v['version']:>7}  {v.get('result') or '?':7}  "
                      f"{v.get('strategy') or '-':12}  {v.get('applied_at') or '-'}")
-    lines.append("(* current, - previous)")
+    lines.append("(* current, - previous, x rejected: never applied again)")
+    for rej in result.get("rejected") or []:
+        lines.append(f"rejected v{rej.get('version')} {_rejected_line(rej)}")
     return "\n".join(lines)
 
 

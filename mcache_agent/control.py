@@ -47,7 +47,7 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "apply": {"config": ((str,), True), "check": ((bool,), False)},
     "status": {},
     "versions": {},
-    "rollback": {"to": ((int, type(None)), False)},
+    "rollback": {"to": ((int, type(None)), False), "reason": ((str, type(None)), False)},
     "probe": {},
     "stop": {},
 }
@@ -90,6 +90,8 @@ def check_request(req: Any) -> dict[str, Any]:
             raise RequestInvalid(f"op {op!r} needs field {key!r}")
     if op == "rollback" and isinstance(req.get("to"), int) and req["to"] < 1:
         raise RequestInvalid("field 'to' must be a version number >= 1")
+    if op == "rollback" and isinstance(req.get("reason"), str) and len(req["reason"]) > 1000:
+        raise RequestInvalid("field 'reason' is over 1000 characters")
     return req
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mcache_agent import build
 from mcache_agent.config import (
     Config,
     ConfigError,
@@ -26,7 +27,7 @@ from mcache_agent.config import (
 from mcache_agent.control import ControlServer, Response, error, ok
 from mcache_agent.dataplane import Plan, PlanRefused
 from mcache_agent.memcached_stats import RestartDetector, StatsError, fetch_stats
-from mcache_agent.versions import VersionsError, VersionStore, atomic_write
+from mcache_agent.versions import VersionsError, VersionStore, atomic_write, describe_rejection
 
 log = logging.getLogger("mcache_agent")
 
@@ -115,12 +116,24 @@ def status_document(
             "kept_across_last_apply": (last_apply or {}).get("cache_kept"),
         },
         "probe": probe,
+        "build": build.info(),
         "current": store.current(),
         "previous": store.previous(),
+        # the versions a rollback left on this host: never applied again by a start or an
+        # apply (docs/ARCHITECTURE.md, "Start-up config and rejected versions")
+        "rejected": _rejected(store, errors),
     }
     if errors:
         doc["errors"] = errors
     return doc
+
+
+def _rejected(store: VersionStore, errors: list[str]) -> list[dict[str, Any]]:
+    try:
+        return store.rejected_list()
+    except VersionsError as e:
+        errors.append(f"versions: {e}")
+        return []
 
 
 def _nonzero(counts: dict[str, int]) -> dict[str, int]:
@@ -138,9 +151,14 @@ class Agent:
         *,
         host_checks: bool = True,
         probe_fn: Any = None,
+        startup_file: Path | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.store = store
+        # The config the agent starts with (`run --config`). The agent keeps it at the version
+        # that runs after every apply and rollback, so that its next start, a reboot's
+        # included, runs what runs now. None: nothing is kept (tests that drive an Agent).
+        self.startup_file = startup_file
         self.host_checks = host_checks
         self.probe_fn = probe_fn
         self.running: Config | None = None
@@ -166,8 +184,9 @@ class Agent:
     def start(self, file_cfg: Config | None, *, path: str = "",
               faults: list[Fault] | None = None) -> None:
         """Adopt what is pinned when it is the stored current version, then bring the config
-        file in when it is news. A config file that is refused (`faults`, or by the apply)
-        never stops the agent: it keeps serving what it adopted, and status says why."""
+        file in when it is news. A config file that is refused (`faults`, a rejected version,
+        or by the apply) never stops the agent: it keeps serving what it adopted or, with
+        nothing pinned (after a reboot), the version the host ran last; status says why."""
         with self.lock:
             try:
                 self._adopt()
@@ -176,7 +195,7 @@ class Agent:
                 log.exception("start failed")
                 self.config_file = {"path": path, "version": None, "result": "failed",
                                     "message": f"start failed: {type(e).__name__}: {e}",
-                                    "faults": []}
+                                    "faults": [], "at": utcnow()}
             finally:
                 self.starting = False
         level = logging.INFO if self.config_file["result"] in ("applied", "running", "absent") \
@@ -225,65 +244,141 @@ class Agent:
                         version, e)
             return None
 
+    def _last_ran(self) -> Config | None:
+        """The version this host ran last: the store's current one, when it was applied (after
+        a reboot the pins are gone; the store is not)."""
+        current = self.store.current()
+        out = self.store.outcome(current) if current is not None else None
+        if not out or out.get("result") != "ok":
+            return None
+        return self._stored(current)
+
     def _bring_in(self, cfg: Config | None, path: str, faults: list[Fault]) -> dict[str, Any]:
+        """The start-up file's fate. What runs afterwards: the file when it is news and
+        accepted; else what was adopted from the pins; else (a reboot: no pins) the version
+        the host ran last, so that a reboot never undoes a rollback or an apply."""
         def report(result: str, message: str, fault_list: list[dict[str, str]] | None = None,
                    version: int | None = None) -> dict[str, Any]:
             return {"path": path, "version": version, "result": result, "message": message,
-                    "faults": fault_list or []}
+                    "faults": fault_list or [], "at": utcnow()}
 
-        keeping = (f"; serving version {self.running.version}" if self.running else
-                   "; serving nothing until a config is applied")
+        last = self.running or self._last_ran()
+
+        def keeping() -> str:
+            # What serves once the file is set aside; with nothing pinned, the version the
+            # host ran last is applied again.
+            if self.running is None and last is not None:
+                resp = self.apply_text(last.text)
+                if not resp["ok"]:
+                    return (f"; restoring version {last.version}, the last one this host ran, "
+                            f"failed: {resp['error']['message']}; serving nothing until a "
+                            "config is applied")
+                return f"; serving version {last.version}, the last one this host ran"
+            if self.running is not None:
+                return f"; serving version {self.running.version}"
+            return "; serving nothing until a config is applied"
+
         if cfg is None and not faults:
-            return report("absent", f"no config file{keeping}")
+            return report("absent", f"no config file{keeping()}")
         if cfg is None:
-            return report("refused", f"config has {len(faults)} fault(s){keeping}",
+            return report("refused", f"config has {len(faults)} fault(s){keeping()}",
                           [f.to_dict() for f in faults])
-        if self.running is not None:
-            if cfg == self.running:
-                return report("running", f"version {cfg.version} is running", version=cfg.version)
-            if cfg.version < self.running.version:
-                # Applied through the socket since the file was written: the newer one stays.
-                return report("kept", f"the file's version {cfg.version} is older than the "
-                                      f"running version {self.running.version}; keeping it",
-                              version=cfg.version)
-            if self._was_rolled_back_from(cfg):
-                return report("kept", f"version {cfg.version} was rolled back from; keeping "
-                                      f"version {self.running.version} (apply it to re-apply)",
-                              version=cfg.version)
+        rejected = self.store.rejection(cfg.version)
+        if rejected is not None:
+            fault = self._rejected_fault(cfg.version, rejected)
+            return report("refused", f"version {cfg.version} was rejected on this host; not "
+                                     f"applied{keeping()}", [fault.to_dict()], cfg.version)
+        if self.running is not None and cfg == self.running:
+            return report("running", f"version {cfg.version} is running", version=cfg.version)
+        if last is not None and cfg.version < last.version:
+            # Applied through the socket since the file was written (or by an apply that got
+            # past its commit point before the agent died): the newer one stays, and the file
+            # follows it, so that the next start does not go back either.
+            message = (f"the file's version {cfg.version} is older than the version "
+                       f"{last.version} this host runs; keeping version {last.version}")
+            kept = keeping()
+            if self.running is not None and self.startup_file is not None \
+                    and self._keep_startup(self.running) is None:
+                return report("running", f"{message}; the file now holds version "
+                                         f"{self.running.version}", version=self.running.version)
+            return report("kept", message + kept, version=cfg.version)
         resp = self.apply_text(cfg.text)
         if resp["ok"]:
             return report("applied", f"version {cfg.version} applied", version=cfg.version)
         err = resp["error"]
         result = "refused" if err["kind"] == "invalid" else "failed"
-        return report(result, f"{err['message']}{keeping}", err.get("faults"), cfg.version)
+        return report(result, f"{err['message']}{keeping()}", err.get("faults"), cfg.version)
 
-    def _was_rolled_back_from(self, cfg: Config) -> bool:
-        out = self.store.outcome(cfg.version)
-        if not out or out.get("result") != "ok" or cfg.version == self.store.current():
-            return False
+    @staticmethod
+    def _rejected_fault(version: int, rec: dict[str, Any]) -> Fault:
+        return Fault("$.version",
+                     f"version {version} was rejected on this host ({describe_rejection(rec)}); "
+                     "give the change a new version number, or roll back to it by name "
+                     f"(rollback --to {version})")
+
+    def _keep_startup(self, cfg: Config) -> str | None:
+        """Make the start-up file hold what runs, and status say so. Returns a warning when
+        the file cannot be written (status then reports it `failed`: the next start would not
+        run this version)."""
+        path = self.startup_file
+        if path is None:
+            return None
         try:
-            return parse_config(self.store.get(cfg.version)) == cfg
-        except (ConfigError, VersionsError):
-            return False
+            try:
+                same = path.read_text(encoding="utf-8") == cfg.text
+            except (FileNotFoundError, UnicodeDecodeError):
+                same = False
+            if not same:
+                path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                atomic_write(path, cfg.text.encode("utf-8"))
+        except OSError as e:
+            warning = (f"cannot keep version {cfg.version} as the start-up config {path}: {e}; "
+                       "the agent's next start would not run it")
+            self.config_file = {"path": str(path), "version": cfg.version, "result": "failed",
+                                "message": warning, "faults": [], "at": utcnow()}
+            log.error("%s", warning)
+            return warning
+        self.config_file = {"path": str(path), "version": cfg.version, "result": "running",
+                            "message": f"version {cfg.version} is running; the agent keeps it "
+                                       "as its start-up config",
+                            "faults": [], "at": utcnow()}
+        return None
 
     # ------------------------------------------------------------------ requests
 
     def handle(self, req: dict[str, Any]) -> Response:
         op = req["op"]
         if op == "apply":
-            return self.apply_text(req["config"], check=bool(req.get("check", False)))
+            check = bool(req.get("check", False))
+            with self.lock:
+                resp = self.apply_text(req["config"], check=check)
+                if resp["ok"] and not check and self.running is not None:
+                    # what runs is the start-up config from now on (also when nothing
+                    # changed: a file that was refused at start is set right)
+                    self._warn(resp, self._keep_startup(self.running))
+            return resp
         if op == "status":
             return ok(self.status())
         if op == "versions":
+            try:
+                rejected = self.store.rejected_list()
+            except VersionsError as e:
+                return error("runtime", str(e))
             return ok({"current": self.store.current(), "previous": self.store.previous(),
-                       "versions": self.store.list()})
+                       "versions": self.store.list(), "rejected": rejected})
         if op == "rollback":
-            return self.rollback(req.get("to"))
+            return self.rollback(req.get("to"), req.get("reason"))
         if op == "probe":
             return self.probe()
         if op == "stop":
             return self.stop(teardown=True)
         return error("invalid", f"unknown op {op!r}")
+
+    @staticmethod
+    def _warn(resp: Response, warning: str | None) -> None:
+        if warning:
+            result = resp["result"]
+            result["warnings"] = [*(result.get("warnings") or []), warning]
 
     def apply_text(self, text: str, *, check: bool = False, rollback: bool = False) -> Response:
         try:
@@ -295,7 +390,7 @@ class Agent:
             faults = check_semantics(cfg, running, allow_rollback=rollback,
                                      host_checks=self.host_checks)
             if not rollback and not any(f.path == "$.version" for f in faults):
-                faults += self._history_faults(cfg)
+                faults += self._rejected_faults(cfg) or self._history_faults(cfg)
             if faults:
                 return invalid(f"config has {len(faults)} fault(s)", faults)
             if running is not None and cfg == running:
@@ -309,6 +404,16 @@ class Agent:
             if check:
                 return ok(self._check_result(cfg, running, plan))
             return self._apply(cfg, running)
+
+    def _rejected_faults(self, cfg: Config) -> list[Fault]:
+        # A version a rollback left is refused by number, whatever the content: only a new
+        # number (or a rollback that names it) brings it back.
+        try:
+            rec = self.store.rejection(cfg.version)
+        except VersionsError as e:
+            return [Fault("$.version", f"cannot tell whether version {cfg.version} was "
+                                       f"rejected on this host: {e}")]
+        return [self._rejected_fault(cfg.version, rec)] if rec is not None else []
 
     def _history_faults(self, cfg: Config) -> list[Fault]:
         # A version number names one content for good, once it has served: reusing it for
@@ -392,18 +497,37 @@ class Agent:
             return [str(warning)]
         return []
 
-    def rollback(self, to: int | None) -> Response:
+    def rollback(self, to: int | None, reason: str | None = None) -> Response:
+        """Back to `to` (or the previous version). The version left is recorded as rejected,
+        with `reason`: no start or apply takes its number again; the version gone back to
+        becomes the start-up config. Naming a rejected version (`to`) takes it off the list."""
         with self.lock:
             try:
                 target = self.store.rollback_target(to)
                 text = self.store.get(target)
             except VersionsError as e:
                 return error("invalid", str(e))
+            left = self.running.version if self.running is not None else self.store.current()
             resp = self.apply_text(text, rollback=True)
-            if resp["ok"]:
-                if resp["result"].get("strategy") == "none":
-                    self.store.set_current(target)
-                resp["result"]["rolled_back_to"] = target
+            if not resp["ok"]:
+                return resp
+            result = resp["result"]
+            if result.get("strategy") == "none":
+                self.store.set_current(target)
+            result["rolled_back_to"] = target
+            result["rejected"] = None
+            try:
+                self.store.clear_rejected(target)
+                if left is not None and left != target:
+                    why = (reason or "").strip() or "rolled back (no reason given)"
+                    result["rejected"] = self.store.reject(left, reason=why,
+                                                           rolled_back_to=target)
+                    log.warning("version %d rejected: %s", left,
+                                describe_rejection(result["rejected"]))
+            except (OSError, VersionsError) as e:
+                self._warn(resp, f"cannot record version {left} as rejected: {e}")
+            if self.running is not None:
+                self._warn(resp, self._keep_startup(self.running))
             return resp
 
     def probe(self) -> Response:
@@ -586,7 +710,7 @@ def run(config: Path, state_dir: Path, socket_path: Path, bpffs: Path,
     except OSError as e:
         print(f"cannot use the state directory {state_dir}: {e}", file=sys.stderr)
         return 1
-    agent = Agent(Dataplane(Path(bpffs), fault=fault), store)
+    agent = Agent(Dataplane(Path(bpffs), fault=fault), store, startup_file=Path(config))
     server = ControlServer(socket_path, agent.handle)
     try:
         server.bind()

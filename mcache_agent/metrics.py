@@ -62,6 +62,14 @@ class AgentCollector(Collector):
         yield _gauge("mcache_local_bypass_sockets",
                      "Sockets in the local bypass (two per local connection to memcached).",
                      (st.get("local_bypass") or {}).get("sockets"))
+        build = st.get("build") or {}
+        info = GaugeMetricFamily("mcache_build_info",
+                                 "The agent's release, program set and kernel (always 1).",
+                                 labels=["release", "programs", "kernel"])
+        if build:
+            info.add_metric([build.get("release", ""), build.get("programs", ""),
+                             build.get("kernel", "")], 1.0)
+        yield info
         yield _gauge("mcache_config_version", "Config version running.", st.get("version"))
         cfile = st.get("config_file") or {}
         yield _gauge("mcache_config_file_refused",

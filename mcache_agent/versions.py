@@ -4,6 +4,9 @@ Layout under the state dir (mode 0700):
     versions/<N>.yml   the exact config text
     versions/<N>.json  the outcome of the last attempt to apply it
     current, previous  pointer files holding a version number
+    rejected.json      the versions a rollback left: {"<N>": {"version", "reason", "at",
+                       "rolled_back_to", "digest"}}; such a number is never applied again
+                       (a start, an apply) until a rollback names it (`rollback --to N`)
 
 Every write is atomic (temp file in the same dir, fsync, rename, fsync dir), so a crash leaves
 either the old or the new file, never half of one.
@@ -11,6 +14,8 @@ either the old or the new file, never half of one.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -21,6 +26,9 @@ from typing import Any
 from mcache_agent.config import Config
 
 _VERSION_FILE = re.compile(r"^(\d+)\.yml$")
+REJECTED = "rejected.json"
+# A rejection's reason is an operator's or a probe's words: kept, but bounded.
+MAX_REASON = 500
 
 
 class VersionsError(Exception):
@@ -81,7 +89,70 @@ class VersionStore:
             atomic_write(self.root / "previous", f"{cur}\n".encode())
         atomic_write(self.root / "current", f"{n}\n".encode())
 
+    def reject(self, n: int, *, reason: str, rolled_back_to: int | None,
+               at: str | None = None) -> dict[str, Any]:
+        """Record that a rollback left version n: no start or apply takes that number again
+        (whatever its content) until a rollback names it. Returns the record."""
+        self.ensure()
+        text = None
+        try:
+            text = self.get(n)
+        except VersionsError:
+            pass
+        rec = {"version": n, "reason": (reason or "rolled back")[:MAX_REASON],
+               "at": at or dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+               "rolled_back_to": rolled_back_to,
+               "digest": hashlib.sha256(text.encode()).hexdigest() if text is not None
+               else None}
+        table = self.rejected()
+        table[n] = rec
+        self._write_rejected(table)
+        return rec
+
+    def clear_rejected(self, n: int) -> bool:
+        """Take version n off the rejected list (a rollback named it); True when it was on."""
+        table = self.rejected()
+        if table.pop(n, None) is None:
+            return False
+        self._write_rejected(table)
+        return True
+
+    def _write_rejected(self, table: dict[int, dict[str, Any]]) -> None:
+        doc = {str(k): v for k, v in sorted(table.items())}
+        atomic_write(self.root / REJECTED,
+                     (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode())
+
     # ------------------------------------------------------------------ reads
+
+    def rejected(self) -> dict[int, dict[str, Any]]:
+        """Version -> its rejection record. A file that cannot be read is an error, not an
+        empty list: an empty list would let a rejected version back in."""
+        try:
+            raw = (self.root / REJECTED).read_text()
+        except FileNotFoundError:
+            return {}
+        except OSError as e:
+            raise VersionsError(f"cannot read {self.root / REJECTED}: {e}") from e
+        try:
+            doc = json.loads(raw)
+        except ValueError as e:
+            raise VersionsError(f"{self.root / REJECTED} is not JSON: {e}") from e
+        if not isinstance(doc, dict):
+            raise VersionsError(f"{self.root / REJECTED} is not a JSON object")
+        out: dict[int, dict[str, Any]] = {}
+        for key, rec in doc.items():
+            if key.isdigit() and isinstance(rec, dict):
+                out[int(key)] = {**rec, "version": int(key)}
+        return out
+
+    def rejection(self, n: int) -> dict[str, Any] | None:
+        """Why version n was rejected on this host, or None."""
+        return self.rejected().get(n)
+
+    def rejected_list(self) -> list[dict[str, Any]]:
+        """The rejected versions, oldest number first, as status and versions show them."""
+        table = self.rejected()
+        return [table[n] for n in sorted(table)]
 
     def get(self, n: int) -> str:
         try:
@@ -107,9 +178,11 @@ class VersionStore:
 
     def list(self) -> list[dict[str, Any]]:
         cur, prev = self.current(), self.previous()
+        rejected = self.rejected()
         out = []
         for n in self.numbers():
             o = self.outcome(n) or {}
+            r = rejected.get(n)
             out.append({
                 "version": n,
                 "current": n == cur,
@@ -119,6 +192,9 @@ class VersionStore:
                 "result": o.get("result"),
                 "duration_ms": o.get("duration_ms"),
                 "error": o.get("error"),
+                "rejected": r is not None,
+                "rejected_reason": r.get("reason") if r else None,
+                "rejected_at": r.get("at") if r else None,
             })
         return out
 
@@ -147,4 +223,18 @@ class VersionStore:
             raise VersionsError("nothing to roll back to: no previous version")
         if not self.has(prev):
             raise VersionsError(f"previous version {prev} is not stored")
+        rej = self.rejection(prev)
+        if rej is not None:
+            # The previous version is the one a rollback left: a second `rollback` would undo
+            # the first. Going back to it is a decision: name it.
+            raise VersionsError(
+                f"the previous version {prev} was rejected ({describe_rejection(rej)}); "
+                f"roll back to it by naming it (--to {prev}), or to another stored version")
         return prev
+
+
+def describe_rejection(rec: dict[str, Any]) -> str:
+    """One line: when, to what, and why a version was rejected."""
+    to = rec.get("rolled_back_to")
+    return (f"rolled back{f' to version {to}' if to is not None else ''} at {rec.get('at')}: "
+            f"{rec.get('reason')}")

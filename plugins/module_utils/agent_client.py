@@ -142,3 +142,10 @@ def write_atomic(path, text, mode=0o600):
 
 def format_faults(faults):
     return "; ".join("%s: %s" % (f.get("path"), f.get("message")) for f in faults or [])
+
+
+def describe_rejection(rec):
+    """One line: when, to what, and why a host rejected a version (the agent's words)."""
+    to = rec.get("rolled_back_to")
+    return "rolled back%s at %s: %s" % (" to version %s" % to if to is not None else "",
+                                        rec.get("at"), rec.get("reason"))

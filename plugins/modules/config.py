@@ -215,7 +215,10 @@ def main():
             msg = "probe failed on version %s: %s" % (ret["version"], ret["probe"].get("detail"))
             if p["rollback_on_failure"] and changed and previous is not None:
                 try:
-                    back = request(p["socket"], {"op": "rollback", "to": previous})
+                    # the version left is rejected on this host, with this reason: no start
+                    # of the agent, and no later deploy of that number, applies it again
+                    back = request(p["socket"], {"op": "rollback", "to": previous,
+                                                 "reason": msg})
                     ret["rolled_back_to"] = back.get("rolled_back_to")
                     msg += "; rolled back to version %s" % ret["rolled_back_to"]
                 except (AgentRefused, AgentUnreachable) as e:

@@ -13,7 +13,12 @@ short_description: Roll an mcache host back to its previous or to a stored confi
 description:
   - Asks the host's agent, over its control socket, to re-apply its previous version or the
     stored version O(to); fails clearly when there is nothing to roll back to.
-  - O(to) must be a version the agent has stored (applied before on this host).
+  - O(to) must be a version the agent has stored (applied before on this host). Without O(to),
+    a previous version that was itself rejected is refused (a second rollback would undo the
+    first); name it with O(to) to go back to it.
+  - The version left is recorded by the agent as rejected, with O(reason) - no start of the
+    agent and no deploy of that number applies it again - and the version gone back to becomes
+    the host's start-up config. Naming a rejected version in O(to) takes it off the list.
   - With O(probe), then runs the health probe on the version rolled back to (one module call
     for both).
   - C(changed) only when the running version changed. In check mode, reads the agent's versions
@@ -28,6 +33,10 @@ options:
     description: Probe the version rolled back to.
     type: bool
     default: false
+  reason:
+    description: Why, kept with the rejected version (status and the deploy guard show it).
+    type: str
+    default: rolled back by mcache.fleet.rollback
 extends_documentation_fragment:
   - mcache.fleet.agent
   - mcache.fleet.agent.state_dir
@@ -61,6 +70,11 @@ rolled_back_from:
   description: The version that ran before.
   returned: success
   type: int
+rejected:
+  description: The rejection the agent recorded for the version left (version, reason, at,
+    rolled_back_to), or null when nothing was left.
+  returned: success
+  type: dict
 probe:
   description: The last probe's evidence.
   returned: when probed
@@ -78,6 +92,7 @@ from ansible_collections.mcache.fleet.plugins.module_utils.agent_client import (
     STATE_DIR_ARGS,
     AgentRefused,
     AgentUnreachable,
+    describe_rejection,
     probe_until_ok,
     request,
     stored_text,
@@ -89,6 +104,7 @@ def main():
         argument_spec=dict(
             to=dict(type="int"),
             probe=dict(type="bool", default=False),
+            reason=dict(type="str", default="rolled back by mcache.fleet.rollback"),
             **SOCKET_ARGS, **STATE_DIR_ARGS, **PROBE_ARGS,
         ),
         supports_check_mode=True,
@@ -112,15 +128,22 @@ def main():
                          "(current: %s, stored: %s)" % (target, current, stored or "none"),
                          current=current, stored=stored)
 
+    rejected = dict((r.get("version"), r) for r in versions.get("rejected") or [])
+    if p["to"] is None and target in rejected:
+        module.fail_json(msg="cannot roll back: the previous version %s was rejected (%s); "
+                         "name it (to: %s) to go back to it, or another stored version"
+                         % (target, describe_rejection(rejected[target]), target),
+                         current=current, stored=stored)
+
     changed = target != current
     diff = {"before": stored_text(p["state_dir"], current) or "",
             "after": stored_text(p["state_dir"], target) or "",
             "before_header": "version %s" % current, "after_header": "version %s" % target}
     if module.check_mode:
         module.exit_json(changed=changed, version=target, rolled_back_from=current, agent={},
-                         diff=diff if changed else None)
+                         rejected=None, diff=diff if changed else None)
 
-    req = {"op": "rollback"}
+    req = {"op": "rollback", "reason": p["reason"]}
     if p["to"] is not None:
         req["to"] = p["to"]
     try:
@@ -131,7 +154,7 @@ def main():
                          faults=getattr(e, "faults", []))
     version = result.get("rolled_back_to", result.get("version"))
     ret = dict(changed=current != version, version=version, rolled_back_from=current,
-               agent=result, diff=diff if changed else None)
+               agent=result, rejected=result.get("rejected"), diff=diff if changed else None)
     if p["probe"]:
         ret["probe"] = probe_until_ok(p["socket"], p["probe_retries"], p["probe_delay"],
                                       p["probe_deadline"])

@@ -62,9 +62,10 @@ versions:
   type: dict
 summary:
   description: version, running, modes (attached XDP modes), hit_ratio, probe_ok,
-    probe_detail, current, previous, stored (version numbers), config_file (the start-up
-    config's fate, with its faults), last_apply (result and error), unreachable (why the
-    agent did not answer), reason (why the host is not right, or null).
+    probe_detail, current, previous, stored (version numbers), rejected (the versions a
+    rollback left - version, reason, at, rolled_back_to - never applied again), config_file
+    (the start-up config's fate, with its faults), last_apply (result and error),
+    unreachable (why the agent did not answer), reason (why the host is not right, or null).
   returned: always
   type: dict
 """
@@ -77,6 +78,7 @@ from ansible_collections.mcache.fleet.plugins.module_utils.agent_client import (
     SOCKET_ARGS,
     AgentRefused,
     AgentUnreachable,
+    describe_rejection,
     request,
 )
 
@@ -107,6 +109,11 @@ def reason(summary, desired):
         out.append("apply of version %s failed: %s" % (last.get("version"), last.get("error")))
     if summary["probe_ok"] is False:
         out.append("probe failed: %s" % summary["probe_detail"])
+    for rec in summary["rejected"] or []:
+        if desired is not None and rec.get("version") == desired \
+                and summary["version"] != desired:
+            out.append("the desired version %s was rejected here (%s): give the change a new "
+                       "version number" % (desired, describe_rejection(rec)))
     if not out and desired is not None and summary["version"] != desired:
         out.append("runs version %s, not yet rolled out" % summary["version"])
     return "; ".join(out) or None
@@ -124,8 +131,8 @@ def main():
     p = module.params
     summary = {"version": None, "running": False, "modes": [], "hit_ratio": None,
                "probe_ok": None, "probe_detail": None, "current": None, "previous": None,
-               "stored": [], "config_file": None, "last_apply": None, "unreachable": None,
-               "reason": None}
+               "stored": [], "rejected": [], "config_file": None, "last_apply": None,
+               "unreachable": None, "reason": None}
     installed = os.path.exists(p["agent_bin"])
     status, versions = {}, {}
     try:
@@ -155,6 +162,8 @@ def main():
         current=versions.get("current", status.get("current")),
         previous=versions.get("previous", status.get("previous")),
         stored=[v.get("version") for v in versions.get("versions") or []],
+        rejected=[{k: r.get(k) for k in ("version", "reason", "at", "rolled_back_to")}
+                  for r in versions.get("rejected", status.get("rejected")) or []],
         config_file=status.get("config_file"),
         last_apply={"version": last.get("version"), "result": last.get("result"),
                     "error": last.get("error")} if last else None,

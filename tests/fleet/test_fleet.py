@@ -90,6 +90,11 @@ def test_canary_failing_probe_rolls_back_first_host_only(lab):
     first, *rest = lab.hosts
     assert current(first) == 1
     assert 3 in stored(first)  # it was applied, then rolled back
+    # the host rejected 3 (no start or deploy applies it again) and starts on 1
+    rej = json.loads(first.exec([AGENT, "versions", "--json"], check=True).stdout)["result"]
+    assert [r["version"] for r in rej["rejected"]] == [3]
+    assert rej["rejected"][0]["reason"].startswith("probe failed on version 3")
+    assert "version: 1\n" in first.exec(["cat", "/etc/mcache/mcache.yml"], check=True).stdout
     for h in rest:
         assert current(h) == 1
         assert 3 not in stored(h)  # never touched
@@ -146,6 +151,10 @@ def test_rollback_to_previous(lab):
     ok(run(lab, "rollback.yml", *cfg("v4-ttl.yml")))
     for h in lab.hosts:
         assert current(h) == 1
+        # the host starts on what it rolled back to, and rejected what it left
+        assert "version: 1\n" in h.exec(["cat", "/etc/mcache/mcache.yml"], check=True).stdout
+        rej = json.loads(h.exec([AGENT, "versions", "--json"], check=True).stdout)["result"]
+        assert {r["version"]: r["reason"] for r in rej["rejected"]}[4] == "rollback.yml"
 
 
 def test_rollback_to_n_with_limit(lab):
@@ -167,18 +176,27 @@ def test_rollback_refuses_unknown_version(lab):
 def test_status_table_and_json(lab, tmp_path):
     out_file = tmp_path / "status.json"
     out = ok(run(lab, "status.yml", *cfg("v4-ttl.yml"), "-e", f"mcache_status_out={out_file}"))
-    assert re.search(r"HOST\s+VERSION\s+DESIRED\s+MODE\s+HIT RATIO\s+PROBE\s+DRIFT\s+WHY", out)
+    assert re.search(r"HOST\s+VERSION\s+DESIRED\s+MODE\s+HIT RATIO\s+PROBE\s+DRIFT\s+REJECTED"
+                     r"\s+WHY", out)
     for h in lab.hosts:
-        assert re.search(rf"{h.name}\s+4\s+4\s+generic\s+\S+\s+ok\s+no\s+-", out), out[-3000:]
+        # the rollbacks above left version 1 (rolled back to 4) rejected on every host
+        assert re.search(rf"{h.name}\s+4\s+4\s+generic\s+\S+\s+ok\s+no\s+(\d+,)*1(,\d+)*\s+-",
+                         out), out[-3000:]
     rows = json.loads(out_file.read_text())
     assert sorted(r["host"] for r in rows) == [h.name for h in lab.hosts]
     for r in rows:
         assert r["version"] == 4 and r["drift"] is False and r["probe_ok"] is True
+        assert 1 in [x["version"] for x in r["rejected"]]
     # against another desired version, every host drifts, and says so
-    out = ok(run(lab, "status.yml", *cfg("v1.yml"), "-e", f"mcache_status_out={out_file}"))
+    out = ok(run(lab, "status.yml", *cfg("v6-metrics.yml"), "-e", f"mcache_status_out={out_file}"))
     rows = json.loads(out_file.read_text())
     assert all(r["drift"] is True for r in rows)
     assert all(r["reason"] == "runs version 4, not yet rolled out" for r in rows), rows
+    # against a version the hosts rejected, they say that
+    out = ok(run(lab, "status.yml", *cfg("v1.yml"), "-e", f"mcache_status_out={out_file}"))
+    rows = json.loads(out_file.read_text())
+    assert all(r["reason"].startswith("the desired version 1 was rejected here (rolled back "
+                                      "to version 4 at ") for r in rows), rows
 
 
 def test_status_says_why_a_host_is_not_right(lab, tmp_path):
@@ -197,7 +215,9 @@ def test_status_says_why_a_host_is_not_right(lab, tmp_path):
         assert rows[down.name]["version"] == 4  # what the pins say: the kernel still serves
         assert "probe failed" in rows[bad.name]["reason"], rows
         assert rows[lab.host(2).name]["reason"] is None
-        assert re.search(rf"{down.name}\s+4\s+4\s+.*agent not answering", out), out[-3000:]
+        # (the table's lines may be wrapped by the yaml callback)
+        assert re.search(rf"{down.name}\s+4\s+4\s+.*agent not answering", " ".join(out.split())), \
+            out[-3000:]
     finally:
         ok(run(lab, "rollback.yml", "--limit", bad.name))
         ok(run(lab, "deploy.yml", *cfg("v4-ttl.yml"), "--limit", down.name))

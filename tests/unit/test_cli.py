@@ -309,3 +309,28 @@ def test_console_entry_runs_as_a_module(tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["files"][0]["version"] == 3
+
+
+def test_status_and_versions_show_the_rejected_versions() -> None:
+    from mcache_agent.cli import format_status, format_versions
+
+    rej = {"version": 3, "reason": "probe failed on version 3: no hit",
+           "at": "2026-12-02T10:00:00Z", "rolled_back_to": 2}
+    st = {"running": True, "version": 2, "attached": [], "counters": {}, "cache": {},
+          "rejected": [rej]}
+    out = format_status(st)
+    assert ("rejected      v3 at 2026-12-02T10:00:00Z, rolled back to v2: probe failed on "
+            "version 3: no hit") in out
+    assert "rejected" not in format_status({**st, "rejected": []})
+    out = format_versions({"versions": [
+        {"version": 2, "current": True, "result": "ok"},
+        {"version": 3, "previous": True, "result": "ok", "rejected": True}], "rejected": [rej]})
+    assert "\nx       3  ok" in out and "\n*       2  ok" in out
+    assert "rejected v3 at 2026-12-02T10:00:00Z, rolled back to v2: probe failed" in out
+
+
+def test_rollback_sends_its_reason(fake_agent: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    handler, sock = fake_agent
+    code, _, _ = run_cli(capsys, "--socket", str(sock), "rollback", "--reason", "bad ttl")
+    assert code == 1  # the fake agent's rollback fails; the request is what counts here
+    assert handler.requests[-1] == {"op": "rollback", "reason": "bad ttl"}

@@ -642,10 +642,12 @@ def test_start_keeps_a_rollback(tmp_path: Path) -> None:
     assert a.rollback(None)["ok"]
     dp = FakeDataplane(pinned=1)
     b = Agent(dp, store)
-    # The file still says 2, which was rolled back from: do not undo the rollback.
+    # The file still says 2, which was rolled back from (rejected): do not undo the rollback.
     b.start(load_config(cfg_text(2)))
     assert dp.applied == [] and b.running.version == 1
-    assert b.config_file["result"] == "kept"
+    assert b.config_file["result"] == "refused"
+    assert b.config_file["faults"][0]["path"] == "$.version"
+    assert "version 2 was rejected" in b.config_file["faults"][0]["message"]
 
 
 def test_start_reapplies_when_pins_disagree(tmp_path: Path) -> None:

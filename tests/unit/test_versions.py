@@ -111,3 +111,56 @@ def test_garbage_pointer_reads_as_none(tmp_path: Path) -> None:
     s = VersionStore(tmp_path)
     (tmp_path / "current").write_text("banana\n")
     assert s.current() is None
+
+
+def test_a_rejected_version_is_kept_with_its_reason_across_store_instances(
+        tmp_path: Path) -> None:
+    s = VersionStore(tmp_path)
+    for n in (1, 2, 3):
+        s.store(cfg(n), OK)
+    s.set_current(1)
+    s.set_current(3)
+    rec = s.reject(3, reason="probe failed on version 3: no hit", rolled_back_to=1)
+    assert rec["version"] == 3 and rec["rolled_back_to"] == 1
+    assert rec["reason"] == "probe failed on version 3: no hit" and rec["at"].endswith("Z")
+    assert len(rec["digest"]) == 64  # of the stored text, for the record
+    # another store over the same directory (the next agent, after a reboot) reads it
+    again = VersionStore(tmp_path)
+    assert again.rejection(3) == rec
+    assert again.rejection(2) is None
+    assert [r["version"] for r in again.rejected_list()] == [3]
+    rows = {r["version"]: r for r in again.list()}
+    assert rows[3]["rejected"] is True and rows[3]["rejected_reason"] == rec["reason"]
+    assert rows[1]["rejected"] is False and rows[1]["rejected_at"] is None
+    assert stat.S_IMODE(os.stat(tmp_path / "rejected.json").st_mode) == 0o600
+    # a second rejection of another version keeps the first
+    s.reject(2, reason="x" * 2000, rolled_back_to=1)
+    assert sorted(VersionStore(tmp_path).rejected()) == [2, 3]
+    assert len(VersionStore(tmp_path).rejection(2)["reason"]) == 500  # bounded
+    assert s.clear_rejected(3) is True and s.clear_rejected(3) is False
+    assert sorted(VersionStore(tmp_path).rejected()) == [2]
+
+
+def test_a_rejected_previous_version_is_no_rollback_target(tmp_path: Path) -> None:
+    """After a rollback, `previous` is the version it left: a plain second rollback would undo
+    the first. It must be named."""
+    s = VersionStore(tmp_path)
+    for n in (1, 2):
+        s.store(cfg(n), OK)
+    s.set_current(1)
+    s.set_current(2)
+    s.set_current(1)  # rolled back: previous is 2
+    s.reject(2, reason="probe failed", rolled_back_to=1)
+    with pytest.raises(VersionsError, match=r"previous version 2 was rejected .*--to 2"):
+        s.rollback_target()
+    assert s.rollback_target(to=2) == 2
+
+
+def test_an_unreadable_rejected_list_is_an_error_not_an_empty_list(tmp_path: Path) -> None:
+    s = VersionStore(tmp_path)
+    (tmp_path / "rejected.json").write_text("{not json")
+    with pytest.raises(VersionsError, match="not JSON"):
+        s.rejected()
+    (tmp_path / "rejected.json").write_text("[3]")
+    with pytest.raises(VersionsError, match="not a JSON object"):
+        s.rejection(3)
