@@ -254,7 +254,10 @@ static __always_inline int ipv4_l3(struct xdp_md *ctx, struct mc_xscratch *s,
 	 * would answer from its unicast address). */
 	s->plain = ihl == sizeof(*iph) && !(eth->h_dest[0] & 1);
 	s->hdr_len = sizeof(struct mc_l2l4);
-	s->served = cfg->families & MC_FAMILY_IPV4;
+	/* Nor to an IP multicast or the limited broadcast address (a unicast frame may carry
+	 * one): memcached, bound to a wildcard address, joins no group and takes none. */
+	__u32 dst = bpf_ntohl(iph->daddr);
+	s->served = (cfg->families & MC_FAMILY_IPV4) && (dst >> 28) != 0xe && dst != 0xffffffff;
 	return MC_UDP_REQUEST;
 }
 
