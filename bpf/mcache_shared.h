@@ -100,17 +100,10 @@ _Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
 
 /*
  * XDP to TC ingress: a hit whose reply cannot be built in XDP's frame (generic XDP on a veth
- * or lo has ~256 bytes of room) is passed with this metadata in front of the frame, and
- * tc_ingress answers it from the skb, which can grow to the interface's MTU.
+ * or lo has ~256 bytes of room) is handed to tc_ingress in the CPU's scratch (struct
+ * mc_handover, xdp_scratch.h), which answers it from the skb, grown to the interface's MTU.
  */
-#define MC_META_MAGIC 0x6d634d31 /* "mcM1" */
-#define MC_META_FROM_SCRATCH 0xffffffff /* slot: the whole reply waits in the XDP scratch */
-struct mc_meta {
-	__u32 magic;
-	__u32 slot;   /* the way that holds the key (a single-key get), or MC_META_FROM_SCRATCH */
-	__u32 cookie; /* MC_META_FROM_SCRATCH: the scratch's handover cookie ... */
-	__u32 cpu;    /* ... on this CPU */
-};
+#define MC_META_FROM_SCRATCH 0xffffffff /* hand-over slot: the whole reply waits in the scratch */
 
 /* binary protocol */
 #define MC_BIN_REQ_MAGIC 0x80

@@ -2,7 +2,7 @@
 /*
  * TC ingress: answer the GET hits whose reply XDP's frame cannot hold.
  *
- *   tc_ingress  a frame XDP passed with struct mc_meta in front (MC_V_TO_TC), then
+ *   tc_ingress  a frame XDP handed over (struct mc_handover, MC_V_TO_TC), then
  *               either the common GET ("get <key>\r\n") of a key that is cached (tc_answer:
  *               the key is looked up again under its slot's lock), or any other GET whose
  *               reply xdp_reply left in the scratch (from_scratch); the skb is grown to the
@@ -141,7 +141,7 @@ static __always_inline int tc_send(struct __sk_buff *skb, struct mc_xscratch *s,
 	return bpf_redirect(skb->ifindex, 0);
 }
 
-/* The common GET of the key in way idx (struct mc_meta's slot). */
+/* The common GET of the key in way idx (the hand-over's slot). */
 static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *s,
 				     struct mc_config *cfg, __u32 idx)
 {

@@ -207,9 +207,9 @@ static __always_inline int reply_payload(void *ctx, int skb, struct mc_xscratch 
  * A reply the frame cannot hold, handed to tc_ingress whole: get_key left every item in the
  * scratch (values copied under their slots' locks), and tc_ingress writes the reply from it
  * into the skb. The scratch is per CPU and the next frame's XDP run overwrites it, so the
- * metadata names the CPU and a cookie that xdp_main clears: tc_ingress answers only when it
- * runs on the same CPU before any other XDP run (generic XDP: at once, in the same receive;
- * else memcached answers). 0 when the metadata cannot be written.
+ * hand-over carries a cookie that xdp_main clears: tc_ingress answers only when it runs on
+ * the same CPU before any other XDP run (generic XDP: at once, in the same receive; else
+ * memcached answers). 0 when nothing could be handed over.
  */
 static __always_inline int to_tc_scratch(struct xdp_md *ctx, struct mc_xscratch *s)
 {
