@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from mcache_agent import udp_client as uc
 from mcache_agent.metrics import make_registry
 from tests.agentproc import AgentProc
-from tests.dataplane.nsutil import Pair, agent_owned, in_ns
+from tests.dataplane.nsutil import Pair, agent_owned, in_ns, versioned_config
+from tests.dataplane.nsutil import kernel_serves as nsutil_kernel_serves
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +25,8 @@ def pair():
     p.down()
 
 
-def config(pair: Pair, version: int, **over: object) -> str:
-    pair.version = version
-    return pair.config_text(**over)
-
-
 def kernel_serves(pair: Pair) -> bool:
-    hits = pair.dp.counters()["hit"]
-    with in_ns(pair.c):
-        for _ in range(2):
-            assert uc.udp_get_ascii(pair.saddr, 11211, [b"rj"], 2.0) == {b"rj": b"served"}
-    return pair.dp.counters()["hit"] > hits
+    return nsutil_kernel_serves(pair, b"rj", b"served")
 
 
 def reboot(pair: Pair, agent: AgentProc, text: str | None = None) -> dict[str, Any]:
@@ -56,10 +47,10 @@ def refused_metric(st: dict[str, Any]) -> float:
 
 
 def test_a_rollback_survives_restarts_and_reboots(pair: Pair, agent: AgentProc) -> None:
-    v1 = config(pair, 1)
+    v1 = versioned_config(pair, 1)
     agent.start(v1)
     assert agent.status()["version"] == 1
-    v2 = config(pair, 2, ttl_ms=30000)
+    v2 = versioned_config(pair, 2, ttl_ms=30000)
     assert agent.apply(v2)["ok"]
     assert agent.cfg.read_text() == v2  # the agent keeps its start-up file at what runs
 
@@ -80,7 +71,7 @@ def test_a_rollback_survives_restarts_and_reboots(pair: Pair, agent: AgentProc) 
     assert "rejected" in human and "v2" in human and "probe failed in the test" in human
 
     # Only that number is refused, whatever its content; a plain rollback would undo the first.
-    for text in (v2, config(pair, 2, ttl_ms=5000)):
+    for text in (v2, versioned_config(pair, 2, ttl_ms=5000)):
         r = agent.apply(text)
         assert r["ok"] is False and r["error"]["faults"][0]["path"] == "$.version", r
         assert "version 2 was rejected on this host" in r["error"]["faults"][0]["message"]
@@ -112,7 +103,7 @@ def test_a_rollback_survives_restarts_and_reboots(pair: Pair, agent: AgentProc) 
     assert kernel_serves(pair)
 
     # A new number goes through and clears nothing else; naming 2 in a rollback takes it back.
-    v3 = config(pair, 3, ttl_ms=20000)
+    v3 = versioned_config(pair, 3, ttl_ms=20000)
     assert agent.apply(v3)["ok"] and agent.cfg.read_text() == v3
     assert [r["version"] for r in agent.status()["rejected"]] == [2]
     rb = agent.cli("rollback", "--to", "2")["result"]
@@ -127,11 +118,11 @@ def test_status_and_the_metric_follow_the_start_up_file(pair: Pair, agent: Agent
     a refused file on a running host is set right by an apply of what already runs."""
     with in_ns(pair.s):
         pair.dp.teardown()
-    agent.start(config(pair, 1, entries=1000))  # not a power of two
+    agent.start(versioned_config(pair, 1, entries=1000))  # not a power of two
     st = agent.status()
     assert st["version"] is None and st["config_file"]["result"] == "refused"
     assert refused_metric(st) == 1.0
-    good = config(pair, 1)
+    good = versioned_config(pair, 1)
     assert agent.apply(good)["ok"]
     st = agent.status()
     assert st["version"] == 1
@@ -145,7 +136,7 @@ def test_status_and_the_metric_follow_the_start_up_file(pair: Pair, agent: Agent
     # A restart on a refused file (pins kept): an apply of the running version, no change in
     # the kernel, writes the file, and status says so.
     agent.kill9()
-    agent.start(config(pair, 1, entries=1000))
+    agent.start(versioned_config(pair, 1, entries=1000))
     st = agent.status()
     assert st["version"] == 1 and st["config_file"]["result"] == "refused"
     same = agent.apply(good)

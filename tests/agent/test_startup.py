@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mcache_agent import udp_client as uc
-from tests.dataplane.nsutil import Pair, agent_owned, in_ns
+from tests.dataplane.nsutil import Pair, agent_owned, versioned_config
+from tests.dataplane.nsutil import kernel_serves as nsutil_kernel_serves
 
 
 @pytest.fixture(scope="module")
@@ -16,21 +16,12 @@ def pair():
     p.down()
 
 
-def config(pair: Pair, version: int, **over: object) -> str:
-    pair.version = version
-    return pair.config_text(**over)
-
-
 def kernel_serves(pair: Pair) -> bool:
-    hits = pair.dp.counters()["hit"]
-    with in_ns(pair.c):
-        for _ in range(2):
-            assert uc.udp_get_ascii(pair.saddr, 11211, [b"up"], 2.0) == {b"up": b"served"}
-    return pair.dp.counters()["hit"] > hits
+    return nsutil_kernel_serves(pair, b"up", b"served")
 
 
 def test_a_refused_file_on_a_new_host_leaves_the_agent_up_and_saying_why(pair, agent):
-    bad = config(pair, 1, entries=1000)  # not a power of two: a schema fault
+    bad = versioned_config(pair, 1, entries=1000)  # not a power of two: a schema fault
     agent.start(bad)
     assert agent.proc.poll() is None  # still running
     st = agent.cli("status")["result"]
@@ -43,7 +34,7 @@ def test_a_refused_file_on_a_new_host_leaves_the_agent_up_and_saying_why(pair, a
     assert human.returncode == 0 and "$.cache.entries" in human.stdout
     # the fleet then applies a good config through the socket
     good = agent.dir / "good.yml"
-    good.write_text(config(pair, 1))
+    good.write_text(versioned_config(pair, 1))
     assert agent.cli("apply", str(good))["result"]["version"] == 1
     assert kernel_serves(pair)
 
@@ -51,10 +42,10 @@ def test_a_refused_file_on_a_new_host_leaves_the_agent_up_and_saying_why(pair, a
 def test_a_reused_version_keeps_the_pinned_one_serving(pair, agent):
     """Left-over state on a host (the lab's old trap): the file's version was applied before
     with other content. The agent adopts what is pinned and keeps serving it."""
-    agent.start(config(pair, 5))
+    agent.start(versioned_config(pair, 5))
     assert kernel_serves(pair)
     agent.kill9()
-    agent.start(config(pair, 5, ttl_ms=1234))
+    agent.start(versioned_config(pair, 5, ttl_ms=1234))
     assert agent.proc.poll() is None
     st = agent.cli("status")["result"]
     assert st["version"] == 5
@@ -66,10 +57,10 @@ def test_a_reused_version_keeps_the_pinned_one_serving(pair, agent):
 
 
 def test_exit_codes_of_the_real_agent(pair, agent, tmp_path):
-    agent.start(config(pair, 7))
+    agent.start(versioned_config(pair, 7))
     assert agent.ctl("status").returncode == 0
     bad = tmp_path / "bad.yml"
-    bad.write_text(config(pair, 8, entries=1000))
+    bad.write_text(versioned_config(pair, 8, entries=1000))
     assert agent.ctl("apply", str(bad), check=False).returncode == 2
     assert agent.ctl("rollback", "--to", "99", check=False).returncode == 2
     assert agent.ctl("versions").returncode == 0

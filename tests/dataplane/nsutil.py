@@ -17,8 +17,20 @@ from harness.netns import in_ns, sh
 from mcache_agent import udp_client as uc
 from mcache_agent.dataplane.layout import bucket, key_hash
 
-__all__ = ["NsClient", "Pair", "TcpStream", "agent_owned", "in_ns", "make_config",
-           "same_bucket_keys", "sh", "start_memcached", "stop_pid"]
+__all__ = [
+    "NsClient",
+    "Pair",
+    "TcpStream",
+    "agent_owned",
+    "in_ns",
+    "kernel_serves",
+    "make_config",
+    "same_bucket_keys",
+    "sh",
+    "start_memcached",
+    "stop_pid",
+    "versioned_config",
+]
 
 
 def make_config(text: str):
@@ -271,3 +283,18 @@ def assert_large_forms_served_at_tc_ingress(cli: NsClient, tag: bytes) -> None:
         assert cli.cmd_get() == gets, f"{form}: memcached answered a GET the cache should have"
         assert (after["hit"], after["to_tc"]) == (before["hit"] + 1, before["to_tc"] + 1), (
             form, before, after)
+
+
+def versioned_config(pair: Pair, version: int, **over: object) -> str:
+    """The pair's config text at a given version (the agent tests apply it themselves)."""
+    pair.version = version
+    return pair.config_text(**over)
+
+
+def kernel_serves(pair: Pair, key: bytes, value: bytes) -> bool:
+    """Two UDP gets of key return value, and the kernel answered at least one of them."""
+    hits = pair.dp.counters()["hit"]
+    with in_ns(pair.c):
+        for _ in range(2):
+            assert uc.udp_get_ascii(pair.saddr, 11211, [key], 2.0) == {key: value}
+    return pair.dp.counters()["hit"] > hits
