@@ -4,10 +4,10 @@
  * outlive the agent (or a program swap) is pinned under MC_STATE_DIR, so a
  * newly loaded program set picks up the same cache, counters and config.
  *
- * MC_STATE_DIR names this file's layouts (the agent passes <pins>/maps-<abi>,
- * abi being a hash of this file and mcache_shared.h): a program set built
- * from other layouts gets maps of its own instead of misreading these, and
- * the agent retires the old ones once the new set runs.
+ * MC_STATE_DIR is the program set's view of the maps (<pins>/views/<set>):
+ * the agent names each map by its own layout (mcache_agent/dataplane/identity.py)
+ * and pins there the maps whose layout this build shares with the running one,
+ * so that only the maps whose layout changed are made anew.
  */
 #ifndef MCACHE_MAPS_H
 #define MCACHE_MAPS_H
@@ -22,6 +22,14 @@
 #endif
 #ifndef MC_SHAPE
 #define MC_SHAPE "default"
+#endif
+
+#ifdef MC_LAYOUT_PASS
+/* The agent's layout pass (loader worker "layout"): the types of the maps alone. Each map
+ * becomes a one-entry hash map, never pinned, whatever its size in a real build. */
+#undef BPF_TABLE_PINNED
+#define BPF_TABLE_PINNED(_type, _key, _leaf, _name, _entries, ...) \
+	BPF_F_TABLE("hash", _key, _leaf, _name, 1, 0)
 #endif
 
 #define MC_ROUND8(x) (((x) + 7) & ~7)
@@ -182,8 +190,10 @@ struct mc_capture_ring_table_t {
 	u32 max_entries;
 };
 /* BPF_RINGBUF_OUTPUT with a pin path (bcc has no pinned form of the macro). */
+#ifndef MC_LAYOUT_PASS
 __attribute__((section("maps/ringbuf:" MC_STATE_DIR "/capture_ring")))
 struct mc_capture_ring_table_t mc_capture_ring = {.max_entries = MC_CAP_RING_BYTES};
+#endif
 BPF_TABLE_PINNED("array", u32, struct mc_state, mc_state, 1, MC_STATE_DIR "/state");
 BPF_TABLE("array", u32, struct mc_config, mc_cfg_tmpl, 1);
 BPF_TABLE_PINNED("array_of_maps$mc_cfg_tmpl", u32, int, mc_cfg, 1, MC_STATE_DIR "/cfg");

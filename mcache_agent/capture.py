@@ -188,7 +188,7 @@ class Session:
         record = pins.record() if pins.root.exists() else None
         if record is None:
             raise CaptureError(f"no data plane is pinned under {bpffs}")
-        self.state = pins.state_dir(record.abi)
+        self.state = pins.state_dir(record)
         if not (self.state / "capture_ring").exists():
             raise CaptureError("the running data plane predates capture: apply a config to "
                                "upgrade it")
@@ -265,7 +265,7 @@ def active(bpffs: Path) -> int | None:
     """The pid of the capture running on the data plane pinned at bpffs, if one runs."""
     pins = PinDir(bpffs)
     record = pins.record() if pins.root.exists() else None
-    ctl = pins.state_dir(record.abi) / "capture_ctl" if record else None
+    ctl = pins.state_dir(record) / "capture_ctl" if record else None
     if ctl is None or not ctl.exists():
         return None
     with libbpf.opened(ctl) as fd:

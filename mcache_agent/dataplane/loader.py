@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mcache_agent import constants
-from mcache_agent.dataplane import libbpf
+from mcache_agent.dataplane import identity, libbpf
 from mcache_agent.dataplane.layout import ctype_layout
 from mcache_agent.dataplane.source import inline_source
 
@@ -103,10 +103,14 @@ def load(kind: str, bpffs: Path, set_id: str, cflags: list[str]) -> dict[str, An
     root_types = {"xdp_root": bcc.BPF.XDP, "tc_root": bcc.BPF.SCHED_CLS,
                   "tc_in_root": bcc.BPF.SCHED_CLS, "sock_root": bcc.BPF.SOCK_OPS,
                   "msg_root": bcc.BPF.SK_MSG}
-    if kind == "layout":
-        text = inline_source(constants.source("mcache_shared.h"))
-        b = bcc.BPF(text=text + "\nBPF_ARRAY(mc_cfg_layout, struct mc_config, 1);\n")
-        return {"config": ctype_layout(b["mc_cfg_layout"].Leaf)}
+    if kind == "layout":  # the maps' types, for their identities (identity.py); pins nothing
+        b = bcc.BPF(text=inline_source(constants.source("mcache_maps.h")) + MAPS_USER,
+                    cflags=[*cflags, "-DMC_LAYOUT_PASS"])
+        names = {d.name for d in identity.declarations() if d.kind != "ringbuf"}
+        names |= {d.inner for d in identity.declarations() if d.inner}
+        return {"config": ctype_layout(b["mc_cfg_tmpl"].Leaf),
+                "maps": {n: {"key": ctype_layout(b[n].Key), "leaf": ctype_layout(b[n].Leaf)}
+                         for n in sorted(names)}}
     if kind == "maps":  # the state maps of a set, created and pinned before its compiles
         # A function that uses the cache (never loaded) puts struct mc_slot in the BTF that
         # bcc creates the maps with: a map with a spin lock needs it.

@@ -3,14 +3,16 @@
     <pins>/meta                      the record (JSON in a one-element array map, see Record)
     <pins>/xdp_root, tc_root         the stable roots attached to the interfaces
     <pins>/xdp_root_jmp, tc_root_jmp their dispatch slots (one update = a program switch)
-    <pins>/maps-<abi>/               the state maps of one layout (mcache_maps.h): stats,
-                                     stat_slots, stats_archive, state, cfg, pending, conn,
-                                     capture_ctl, capture_lost, capture_ring, cache_<shape>,
-                                     level_<shape>
+    <pins>/maps/<pin>@<identity>     the store of state maps (mcache_maps.h: stats, state, cfg,
+                                     pending, conn, carry, capture_*, cache_<shape>, ...), each
+                                     named by its own layout (identity.py)
+    <pins>/views/<id>/<pin>          the state maps program set <id> was built against (its
+                                     MC_STATE_DIR): second pins of the store's maps
     <pins>/sets/<id>/                one program set: xdp_main, xdp_jmp, tc_main, tc_jmp
 
-A record written before layouts had their own directory (abi "") has its state maps in
-<pins> itself; the next program swap moves the data plane to a maps-<abi> directory.
+Records written by agents before per-map identities (no `maps`) have their state maps in
+<pins>/maps-<abi>/ (abi: a hash of the map headers), or in <pins> itself (abi ""); the next
+program swap moves the data plane to the store, with maps made anew.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ from mcache_agent.dataplane import libbpf
 
 META = "meta"
 META_SIZE = 8192
+# The state maps of records from before maps-<abi> directories, in <pins> itself.
 STATE_MAPS = ("stats", "stat_slots", "stats_archive", "state", "cfg", "pending", "conn",
-              "capture_ctl", "capture_lost", "capture_ring")
+              "carry", "flush_why", "capture_ctl", "capture_lost", "capture_ring")
+STORE = "maps"
+VIEWS = "views"
 ZERO = (0).to_bytes(4, "little")
 
 
@@ -62,10 +67,18 @@ class Record:
     interfaces: tuple[Attachment, ...] = field(default=())
     bypass_cgroup: str = ""  # where the local bypass's sockops root is attached ("": nowhere)
     bypass_programs: bool = False  # the set has the local bypass's programs (sock_bypass.c)
+    # Each state map the set uses and its identity (identity.py), sorted by pin name; empty
+    # in records from before per-map identities (their maps are in maps-<abi>).
+    maps: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def identities(self) -> dict[str, str]:
+        return dict(self.maps)
 
     def to_json(self) -> bytes:
         doc = asdict(self)
         doc["shape"] = list(self.shape)
+        doc["maps"] = dict(self.maps)
         return json.dumps(doc, sort_keys=True).encode()
 
     @classmethod
@@ -85,6 +98,7 @@ class Record:
             ),
             bypass_cgroup=str(doc.get("bypass_cgroup", "")),
             bypass_programs=bool(doc.get("bypass_programs")),
+            maps=tuple(sorted((str(k), str(v)) for k, v in doc.get("maps", {}).items())),
         )
 
 
@@ -114,11 +128,41 @@ class PinDir:
 
     # ------------------------------------------------------------ names
 
-    def state_dir(self, abi: str) -> Path:
-        return self.root / f"maps-{abi}" if abi else self.root
+    def state_dir(self, record: Record) -> Path:
+        """Where the record's program set finds its state maps by name (stats, cfg, ...)."""
+        if record.maps:
+            return self.view_dir(record.set)
+        return self.root / f"maps-{record.abi}" if record.abi else self.root
 
     def set_dir(self, set_id: str) -> Path:
         return self.root / "sets" / set_id
+
+    def view_dir(self, set_id: str) -> Path:
+        return self.root / VIEWS / set_id
+
+    def store_path(self, pin: str, ident: str) -> Path:
+        return self.root / STORE / f"{pin}@{ident}"
+
+    def fill_view(self, set_id: str, identities: dict[str, str]) -> list[str]:
+        """Pin into a new set's view every state map of the store with the identity the set
+        needs; returns the pins the store has none for (the set's compile makes them)."""
+        view = self.view_dir(set_id)
+        view.mkdir(parents=True, exist_ok=True, mode=0o700)
+        missing = []
+        for pin, ident in sorted(identities.items()):
+            stored = self.store_path(pin, ident)
+            if not stored.exists():
+                missing.append(pin)
+                continue
+            with libbpf.opened(stored) as fd:
+                self.pin(fd, view / pin)
+        return missing
+
+    def store_view(self, set_id: str, pins: dict[str, str]) -> None:
+        """Put the maps a set's compile made (in its view) into the store."""
+        for pin, ident in sorted(pins.items()):
+            with self.open(self.view_dir(set_id) / pin) as fd:
+                self.pin(fd, self.store_path(pin, ident))
 
     def has(self, rel: str | Path) -> bool:
         return (self.root / rel).exists()
@@ -169,13 +213,13 @@ class PinDir:
     # ------------------------------------------------------------ clean-up
 
     def retire(self, record: Record) -> None:
-        """Unpin every program set, layout and cache that the record does not name."""
-        sets = self.root / "sets"
-        if sets.is_dir():
-            for d in sets.iterdir():
-                if d.name != record.set:
-                    shutil.rmtree(d, ignore_errors=True)
-        keep = self.state_dir(record.abi)
+        """Unpin every program set, view, layout and cache that the record does not name."""
+        for parent in (self.root / "sets", self.root / VIEWS):
+            if parent.is_dir():
+                for d in parent.iterdir():
+                    if d.name != record.set:
+                        shutil.rmtree(d, ignore_errors=True)
+        keep = self.state_dir(record)
         for d in self.root.glob("maps-*"):
             if d != keep:
                 shutil.rmtree(d, ignore_errors=True)
@@ -184,6 +228,14 @@ class PinDir:
                 (self.root / name).unlink(missing_ok=True)
             for stale in (*self.root.glob("cache_*"), *self.root.glob("level_*")):
                 stale.unlink(missing_ok=True)
+        store = self.root / STORE
+        named = {self.store_path(p, i).name for p, i in record.maps}
+        if store.is_dir():
+            for stale in store.iterdir():
+                if stale.name not in named:
+                    stale.unlink(missing_ok=True)
+        if record.maps:
+            return
         mine = {cache_pin(record.shape), level_pin(record.shape)}
         for stale in (*keep.glob("cache_*"), *keep.glob("level_*")):
             if stale.name not in mine:

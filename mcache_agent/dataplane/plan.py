@@ -8,8 +8,9 @@ Strategies, cheapest first:
   none          nothing to do
   map_swap      a new config map in the one outer slot (TTL, kill switch, allow-list, ...)
   reattach      a map swap, and interfaces attached or detached
-  program_swap  a new program set compiled, loaded and switched in (code, cache shape or
-                layout changed, or asked for); the cache is kept when its map can be reused
+  program_swap  a new program set compiled, loaded and switched in (code, cache shape or a
+                map's layout changed, or asked for); each state map whose identity (its own
+                layout, identity.py) is unchanged is kept, the cache among them
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mcache_agent.config import Config
-from mcache_agent.dataplane.pins import Record
+from mcache_agent.dataplane.pins import Record, cache_pin, level_pin
 
 STRATEGIES = ("none", "map_swap", "reattach", "program_swap")
 
@@ -56,17 +57,29 @@ def wanted_interfaces(cfg: Config) -> tuple[WantedInterface, ...]:
 
 
 def plan(cfg: Config, previous: Config | None, record: Record | None, code: str,
-         abi: str) -> Plan:
-    """The strategy that takes the data plane from `record` (running `previous`) to `cfg`."""
+         maps: dict[str, str]) -> Plan:
+    """The strategy that takes the data plane from `record` (running `previous`) to `cfg`;
+    `maps`: the identity of each state map a program set for cfg would use."""
     if record is None:
         return Plan("program_swap", ("nothing is loaded",), False)
     shape = cfg.shape()
     reasons: list[str] = []
     if shape != record.shape:
         reasons.append(f"cache shape {_shape(record.shape)} -> {_shape(shape)} (a new cache)")
-    if abi != record.abi:
-        reasons.append("the pinned maps' layout changed (a new cache)")
-    elif code != record.code:
+    running = record.identities
+    if not running:
+        reasons.append("the pinned maps predate per-map identities (new maps, a new cache)")
+    else:
+        renewed = sorted(p for p, i in maps.items()
+                         if p in running and running[p] != i)
+        added = sorted(p for p in maps if p not in running and p not in
+                       (cache_pin(shape), level_pin(shape)))
+        if renewed or added:
+            kept_cache = cache_pin(shape) in running and \
+                maps.get(cache_pin(shape)) == running[cache_pin(shape)]
+            reasons.append("new maps for a changed layout: " + ", ".join(renewed + added) +
+                           ("" if kept_cache else " (a new cache)"))
+    if code != record.code:
         reasons.append("the data plane's code changed")
     if cfg.local_bypass.enabled and not record.bypass_programs:
         reasons.append("local_bypass is turned on: its programs join the program set")
@@ -77,7 +90,8 @@ def plan(cfg: Config, previous: Config | None, record: Record | None, code: str,
     if cfg.strategy == "program_swap":
         reasons.append("rollout.strategy is program_swap")
     if reasons:
-        kept = shape == record.shape and abi == record.abi
+        cache = maps.get(cache_pin(shape))
+        kept = cache is not None and cache == running.get(cache_pin(shape))
         return Plan("program_swap", tuple(reasons), kept)
     want = {(w.name, w.xdp_mode) for w in wanted_interfaces(cfg)}
     have = {(a.interface, a.requested) for a in record.interfaces}

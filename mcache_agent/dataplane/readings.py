@@ -34,7 +34,7 @@ def stats(pins: PinDir, record: Record | None) -> dataplane_stats.Stats:
     """Counters by config version and path (dataplane.stats): a few batched lookups."""
     if record is None:
         return dataplane_stats.Stats({}, {})
-    return dataplane_stats.read(pins.state_dir(record.abi))
+    return dataplane_stats.read(pins.state_dir(record))
 
 
 def counters(pins: PinDir, record: Record | None) -> dict[str, int]:
@@ -46,13 +46,13 @@ def flush_reasons(pins: PinDir, record: Record | None) -> dict[str, int]:
     """Fallback flushes by reason: real traffic the write scanner could not read."""
     if record is None:
         return {}
-    return dataplane_stats.flush_reasons(pins.state_dir(record.abi))
+    return dataplane_stats.flush_reasons(pins.state_dir(record))
 
 
 def generation(pins: PinDir, record: Record | None) -> int:
     if record is None:
         return 0
-    raw = pins.read0(pins.state_dir(record.abi) / "state", STATE_BYTES) or bytes(8)
+    raw = pins.read0(pins.state_dir(record) / "state", STATE_BYTES) or bytes(8)
     return int.from_bytes(raw[:8], "little")
 
 
@@ -61,7 +61,7 @@ def cache_usage(pins: PinDir, record: Record | None) -> CacheUsage | None:
     if record is None:
         return None
     entries = record.shape[0]
-    level = pins.state_dir(record.abi) / level_pin(record.shape)
+    level = pins.state_dir(record) / level_pin(record.shape)
     if not level.exists():
         return CacheUsage(entries, 0)
     gen = generation(pins, record)
@@ -90,7 +90,7 @@ def memory(pins: PinDir, record: Record | None) -> Memory:
         for path in extra:
             if path.exists():
                 fds.append(libbpf.opened(path))
-        cfg_outer = pins.state_dir(record.abi) / "cfg"
+        cfg_outer = pins.state_dir(record) / "cfg"
         if cfg_outer.exists():
             with libbpf.opened(cfg_outer) as outer:
                 raw = libbpf.map_lookup(outer, (0).to_bytes(4, "little"), 4)

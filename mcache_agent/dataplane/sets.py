@@ -69,15 +69,15 @@ class LoadedSet:
     config_layout: Layout  # struct mc_config as the XDP worker's compiler laid it out
 
 
-def load_set(pins: PinDir, cflags: list[str], shared_pinned: bool, bypass: bool) -> LoadedSet:
-    """Compile and load a program set (and the roots if they are not pinned yet), the
-    workers in parallel. `shared_pinned`: the state maps this set uses exist already. When
-    they do not, a "maps" worker creates and pins them first (a compile of the map
-    definitions alone, ~0.3 s): bcc decides to create a pinned map before it compiles and pins
-    it after, so two workers compiling at once would both create it, and one pin would fail.
-    `bypass`: the local bypass's programs too (a third compile on the host's CPUs: only a
-    config that turns the bypass on pays for it)."""
-    set_id = new_set_id()
+def load_set(pins: PinDir, set_id: str, cflags: list[str], shared_pinned: bool,
+             bypass: bool) -> LoadedSet:
+    """Compile and load program set `set_id` (and the roots if they are not pinned yet), the
+    workers in parallel. `shared_pinned`: the state maps this set uses are in its view
+    already. When they are not, a "maps" worker creates and pins the missing ones first (a
+    compile of the map definitions alone, ~0.3 s): bcc decides to create a pinned map before
+    it compiles and pins it after, so two workers compiling at once would both create it, and
+    one pin would fail. `bypass`: the local bypass's programs too (a third compile on the
+    host's CPUs: only a config that turns the bypass on pays for it)."""
     kinds = ["xdp", "tc", *(["sock"] if bypass else [])]
     first = [] if shared_pinned else ["maps"]
     if not all(pins.has(r) for r in ROOTS):
@@ -93,7 +93,9 @@ def load_set(pins: PinDir, cflags: list[str], shared_pinned: bool, bypass: bool)
 
 
 def discard(pins: PinDir, set_id: str) -> None:
+    """A set that never ran: its programs and its view (the store keeps what it holds)."""
     shutil.rmtree(pins.set_dir(set_id), ignore_errors=True)
+    shutil.rmtree(pins.view_dir(set_id), ignore_errors=True)
 
 
 def point_root(pins: PinDir, jmp: str, prog_fd: int) -> None:

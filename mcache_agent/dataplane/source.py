@@ -1,4 +1,4 @@
-"""The eBPF C sources as bcc gets them, their fingerprints, and the compiler flags of a set."""
+"""The eBPF C sources as bcc gets them, their fingerprint, and the compiler flags of a set."""
 
 from __future__ import annotations
 
@@ -10,10 +10,6 @@ from pathlib import Path
 
 from mcache_agent import constants
 from mcache_agent.dataplane import kernel_btf
-
-# What the pinned state maps look like: their structs, sizes and names. A program set built
-# from other layouts must not use maps made for these (mcache_maps.h).
-ABI_HEADERS = ("mcache_shared.h", "mcache_maps.h")
 
 
 def inline_source(path: Path, seen: set[Path] | None = None) -> str:
@@ -44,12 +40,6 @@ def _digest(files: Iterable[Path]) -> str:
 def code_hash() -> str:
     """Changes whenever the data plane's code does: an upgrade is a program swap."""
     return _digest(sorted(constants.source("mcache_shared.h").parent.glob("*.[ch]")))
-
-
-@cache
-def abi_hash() -> str:
-    """Changes whenever the layout of a pinned state map may have (ABI_HEADERS)."""
-    return _digest(constants.source(name) for name in ABI_HEADERS)[:12]
 
 
 def cflags(pin_dir: Path, state_dir: Path, shape: tuple[int, int, int] | None,

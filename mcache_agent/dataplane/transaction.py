@@ -24,9 +24,18 @@ from pathlib import Path
 from mcache_agent import cgroups
 from mcache_agent.config import Config
 from mcache_agent.dataplane import attach as attach_mod
-from mcache_agent.dataplane import bypass, configmap, libbpf, readings, sets, source, stats
+from mcache_agent.dataplane import (
+    bypass,
+    configmap,
+    identity,
+    libbpf,
+    readings,
+    sets,
+    source,
+    stats,
+)
 from mcache_agent.dataplane.layout import Layout
-from mcache_agent.dataplane.pins import Attachment, PinDir, Record, cache_pin, level_pin
+from mcache_agent.dataplane.pins import Attachment, PinDir, Record, level_pin
 from mcache_agent.dataplane.plan import Plan, PlanRefused, plan, wanted_interfaces
 from mcache_agent.dataplane.readings import CacheUsage, Memory
 from mcache_agent.dataplane.sets import HeldSet
@@ -69,6 +78,8 @@ class Dataplane:
         self._lock = threading.RLock()
         self._depth = 0  # changes in progress (the lock is reentrant)
         self._layout: Layout | None = None
+        # The layout pass's answer by cache shape: this process's code does not change.
+        self._layouts: dict[tuple[int, int, int] | None, dict[str, object]] = {}
         self._record: Record | None = None
         self._memory: tuple[str, Memory] | None = None
 
@@ -96,7 +107,13 @@ class Dataplane:
 
     def plan(self, cfg: Config, previous: Config | None) -> Plan:
         """What apply(cfg, previous) would do now; raises PlanRefused."""
-        return plan(cfg, previous, self.record(), source.code_hash(), source.abi_hash())
+        return plan(cfg, previous, self.record(), source.code_hash(), self.identities(cfg))
+
+    def identities(self, cfg: Config) -> dict[str, str]:
+        """The identity of each state map of a program set for cfg (identity.py)."""
+        maps = self._layout_pass(cfg.shape())["maps"]
+        assert isinstance(maps, dict)
+        return identity.identities(maps, cfg.shape())
 
     def counters(self) -> dict[str, int]:
         """Verdict counters: every version, every path."""
@@ -121,7 +138,7 @@ class Dataplane:
         rec = self.record()
         if rec is None:
             return Memory(0, {})
-        key = f"{rec.set}/{rec.abi}"
+        key = f"{rec.set}/{rec.abi}/{rec.maps}"
         if self._memory is None or self._memory[0] != key:
             self._memory = (key, readings.memory(self.pins, rec))
         return self._memory[1]
@@ -140,21 +157,30 @@ class Dataplane:
     def state_path(self, name: str) -> Path | None:
         """Where the running layout's state map `name` (stats, state, cfg, ...) is pinned."""
         rec = self.record()
-        return None if rec is None else self.pins.state_dir(rec.abi) / name
+        return None if rec is None else self.pins.state_dir(rec) / name
 
     def config_in_place(self) -> bytes | None:
         """struct mc_config as the data plane reads it now."""
         rec = self.record()
         if rec is None:
             return None
-        return configmap.read_back(self.pins.state_dir(rec.abi) / "cfg",
+        return configmap.read_back(self.pins.state_dir(rec) / "cfg",
                                    self.config_layout()["size"])
 
     def config_layout(self) -> Layout:
         """struct mc_config's layout, from the compiler (once per Dataplane)."""
         if self._layout is None:
-            self._layout = sets.run_workers(self.pins, ["layout"], [])[0]["config"]
+            rec = self.record()
+            self._layout = self._layout_pass(rec.shape if rec else None)["config"]
         return self._layout
+
+    def _layout_pass(self, shape: tuple[int, int, int] | None) -> dict[str, object]:
+        """The types of the maps as a build of this shape lays them out (loader "layout":
+        a compile that pins nothing, ~0.4 s, once per shape)."""
+        if shape not in self._layouts:
+            flags = source.cflags(self.pins.root, self.pins.root, shape, self.extra_cflags)
+            self._layouts[shape] = sets.run_workers(self.pins, ["layout"], flags)[0]
+        return self._layouts[shape]
 
     def programs(self) -> dict[str, object]:
         """The kernel's account of every running program (verifier, run time, sizes)."""
@@ -163,11 +189,12 @@ class Dataplane:
             return {}
         return {**sets.root_programs(self.pins), **sets.set_programs(self.pins, rec.set)}
 
-    def cflags(self, cfg: Config) -> list[str]:
-        """The compiler flags of a program set for cfg."""
-        abi = source.abi_hash()
-        return source.cflags(self.pins.root, self.pins.state_dir(abi), cfg.shape(),
-                             self.extra_cflags)
+    def cflags(self, cfg: Config, set_id: str = "") -> list[str]:
+        """The compiler flags of program set `set_id` for cfg (default: the running one)."""
+        rec = self.record()
+        state = self.pins.view_dir(set_id) if set_id else \
+            self.pins.state_dir(rec) if rec else self.pins.root
+        return source.cflags(self.pins.root, state, cfg.shape(), self.extra_cflags)
 
     # ------------------------------------------------------------------ changing
 
@@ -179,20 +206,25 @@ class Dataplane:
             record = self.pins.record()
             self._record = record
             try:
-                p = plan(cfg, previous, record, source.code_hash(), source.abi_hash())
+                ids = self.identities(cfg)
+                p = plan(cfg, previous, record, source.code_hash(), ids)
             except PlanRefused as exc:
                 raise DataplaneError(str(exc)) from None
+            except Exception as exc:  # the layout pass: nothing changed yet
+                raise DataplaneError(_message(exc)) from exc
             if p.strategy == "none" and record is not None:
                 return ApplyResult("none", (time.perf_counter() - t0) * 1000, None, True,
                                    p.reasons)
             set_id = record.set if record else ""
-            abi = record.abi if record else source.abi_hash()
+            abi = record.abi if record else ""
+            maps = record.maps if record else ()
             try:
                 if p.strategy == "program_swap":
-                    abi = source.abi_hash()
-                    set_id, swap_ms = self._program_swap(cfg, record, abi)
+                    abi, maps = "", tuple(sorted(ids.items()))
+                    set_id, swap_ms = self._program_swap(cfg, record, ids)
                 else:
-                    swap_ms = self._write_config(cfg, abi)
+                    assert record is not None
+                    swap_ms = self._write_config(cfg, self.pins.state_dir(record))
                 self.fault("switched")
                 # Attached before the commit point: the roots do not depend on the set, and
                 # a refusal (say, native mode on a device without it) must fail the apply.
@@ -205,7 +237,7 @@ class Dataplane:
                 bool(record and record.bypass_programs)
             new = Record(version=cfg.version, shape=cfg.shape(), code=source.code_hash(),
                          abi=abi, set=set_id, interfaces=tuple(attached),
-                         bypass_cgroup=cgroup, bypass_programs=programs)
+                         bypass_cgroup=cgroup, bypass_programs=programs, maps=maps)
             self._commit(new)
             self.fault("committed")
             self.pins.retire(new)
@@ -221,7 +253,7 @@ class Dataplane:
             record = self.pins.record()
             if record is None or record.version != cfg.version:
                 raise DataplaneError("reconcile: the pinned record is not this version")
-            self._write_config(cfg, record.abi)
+            self._write_config(cfg, self.pins.state_dir(record))
             sets.switch(self.pins, record.set)
             if any(d.name != record.set for d in sets.pinned_dirs(self.pins)):
                 # An interrupted program swap may have run its new ingress (and its cache)
@@ -286,7 +318,7 @@ class Dataplane:
         The caller switches to it (hold(id).switch_to()) or discards it."""
         with self._change():
             self.pins.ensure()
-            return self._load_set(cfg, source.abi_hash())
+            return self._load_set(cfg, self.identities(cfg))
 
     def hold(self, set_id: str) -> HeldSet:
         """A loaded set, held open (it keeps working after its pins are retired)."""
@@ -313,20 +345,28 @@ class Dataplane:
         self.pins.write_record(record)
         self._record = record
 
-    def _load_set(self, cfg: Config, abi: str) -> str:
-        state = self.pins.state_dir(abi)
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        shared = all((state / n).exists() for n in (cache_pin(cfg.shape()), "conn"))
-        loaded = sets.load_set(self.pins, self.cflags(cfg), shared, cfg.local_bypass.enabled)
+    def _load_set(self, cfg: Config, ids: dict[str, str]) -> str:
+        """A program set on the store's maps of the identities it needs; the maps the store
+        has none for are made by its compile and join the store."""
+        set_id = sets.new_set_id()
+        try:
+            missing = self.pins.fill_view(set_id, ids)
+            loaded = sets.load_set(self.pins, set_id, self.cflags(cfg, set_id), not missing,
+                                   cfg.local_bypass.enabled)
+            self.pins.store_view(set_id, {p: ids[p] for p in missing})
+        except Exception:
+            sets.discard(self.pins, set_id)
+            raise
         self._layout = loaded.config_layout  # the same sources: no layout worker needed
         return loaded.id
 
-    def _program_swap(self, cfg: Config, record: Record | None, abi: str) -> tuple[str, float]:
-        set_id = self._load_set(cfg, abi)
+    def _program_swap(self, cfg: Config, record: Record | None,
+                      ids: dict[str, str]) -> tuple[str, float]:
+        set_id = self._load_set(cfg, ids)
         switched = False
         try:
             self.fault("loaded")
-            self._write_config(cfg, abi)
+            self._write_config(cfg, self.pins.view_dir(set_id))
             self.fault("config")
             with HeldSet(self.pins, set_id) as held:
                 t0 = time.perf_counter()
@@ -346,9 +386,9 @@ class Dataplane:
             raise
         return set_id, swap_ms
 
-    def _write_config(self, cfg: Config, abi: str) -> float:
-        """Map hot swap of the config, which names the counters' line of its version."""
-        state = self.pins.state_dir(abi)
+    def _write_config(self, cfg: Config, state: Path) -> float:
+        """Map hot swap of the config (in the state maps at `state`), which names the
+        counters' line of its version."""
         running = self._record.version if self._record else None
         slot = stats.assign(state, cfg.version, running)
         value = configmap.config_value(cfg, self.config_layout(), stats_slot=slot)
@@ -403,12 +443,12 @@ class Dataplane:
         # A read-modify-write: a flush_all the kernel counts in between still bumps.
         if record is None:
             return
-        state = self.pins.state_dir(record.abi) / "state"
+        state = self.pins.state_dir(record) / "state"
         if not state.exists():
             return
         raw = self.pins.read0(state, readings.STATE_BYTES) or bytes(readings.STATE_BYTES)
         gen = int.from_bytes(raw[:8], "little") + 1
-        level = self.pins.state_dir(record.abi) / level_pin(record.shape)
+        level = self.pins.state_dir(record) / level_pin(record.shape)
         if level.exists():  # the new generation's count starts at zero (mc_bump_gen)
             with self.pins.open(level) as fd:
                 libbpf.map_update(fd, (gen & 1).to_bytes(4, "little"), bytes(8))

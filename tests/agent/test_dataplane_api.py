@@ -1,6 +1,7 @@
 """The Dataplane's public API on the real kernel: what validation lets through applies, the
 allow-list in place keeps the host, the fill level and the memory status reports are the
-kernel's, `apply --check` and `apply` plan alike, and a layout change moves to fresh maps."""
+kernel's, `apply --check` and `apply` plan alike, and each state map is kept across a program swap
+unless its own layout changed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pymemcache.client.base import Client
 from mcache_agent import constants
 from mcache_agent import udp_client as uc
 from mcache_agent.config import check_semantics
+from mcache_agent.dataplane import identity, libbpf, sets
 from mcache_agent.dataplane.pins import PinDir
 from tests.dataplane.nsutil import NsClient, Pair, in_ns, make_config, sh
 
@@ -145,24 +147,144 @@ def test_check_and_apply_plan_alike(pair):
             running = cfg
 
 
-def test_a_layout_change_moves_to_fresh_maps_and_retires_the_old(pair):
-    """A record whose maps have another layout (an upgrade across a change of
-    mcache_maps.h): the next apply loads a program set on maps of the new layout, and the
-    old layout's maps go."""
+def served_by_kernel(pair: Pair, key: bytes, value: bytes) -> None:
+    """A GET of key answered by the kernel (no fill first: it must already be cached). A
+    new connection asks memcached's stats: one the scanner knows from its first byte."""
+    c = NsClient(pair, pair.c)
+    before, gets = c.counters(), c.cmd_get()
+    assert c.udp_get(key) == {key: value}
+    assert c.counters()["hit"] == before["hit"] + 1
+    assert c.cmd_get() == gets, "memcached saw a GET the cache should have answered"
+    c.mc.close()
+
+
+def map_ids(pins: PinDir) -> dict[str, int]:
+    """Each state map of the store and the kernel's id of the map object."""
+    out = {}
+    for p in sorted((pins.root / "maps").iterdir()):
+        with libbpf.opened(p) as fd:
+            out[p.name] = libbpf.map_info(fd).id
+    return out
+
+
+def test_a_program_change_keeps_every_map_whose_layout_it_leaves(pair):
+    """An upgrade that changes a program and no map (simulated: the record says another
+    code): a program swap on the very same map objects, the cache's entries served by the
+    kernel right after it, and nothing left of the old set."""
+    c = NsClient(pair, pair.c)
+    with in_ns(pair.s):
+        pair.dp.apply(make_config(text(pair, 160)), None)
+    c.cached(b"kept-across", b"upgrade")
+    pins = PinDir(pair.pin)
+    rec = pins.record()
+    before = map_ids(pins)
+    assert set(before) == {f"{p}@{i}" for p, i in rec.maps}
+    pins.write_record(dataclasses.replace(rec, code="0" * 16))
+    cfg = make_config(text(pair, 161))
+    p = pair.dp.plan(cfg, None)
+    assert p.strategy == "program_swap" and p.cache_kept, p
+    assert p.reasons == ("the data plane's code changed",), p.reasons
+    with in_ns(pair.s):
+        res = pair.dp.apply(cfg, None)
+    assert res.strategy == "program_swap" and res.cache_kept
+    new = pins.record()
+    assert new.set != rec.set and new.maps == rec.maps
+    assert map_ids(pins) == before, "a map was made anew though its layout is the same"
+    assert [d.name for d in (pair.pin / "views").iterdir()] == [new.set]
+    served_by_kernel(pair, b"kept-across", b"upgrade")
+
+
+def test_a_changed_layout_renews_that_map_alone(pair):
+    """A running build whose conn map had another layout (simulated: the record and the store
+    name another identity): the next apply makes a new conn map, keeps every other map (the
+    cache's entries still served) and unpins the old conn."""
+    c = NsClient(pair, pair.c)
+    with in_ns(pair.s):
+        pair.dp.apply(make_config(text(pair, 170)), None)
+    c.cached(b"kept-layout", b"same")
+    pins = PinDir(pair.pin)
+    rec = pins.record()
+    ids = rec.identities
+    old_conn = pins.store_path("conn", "0000000000000000")
+    pins.store_path("conn", ids["conn"]).rename(old_conn)
+    pins.write_record(dataclasses.replace(rec, maps=tuple(sorted({**ids, "conn": "0" * 16}
+                                                                  .items()))))
+    before = map_ids(pins)
+    cfg = make_config(text(pair, 171))
+    p = pair.dp.plan(cfg, None)
+    assert p.strategy == "program_swap" and p.cache_kept, p
+    assert p.reasons == ("new maps for a changed layout: conn",), p.reasons
+    with in_ns(pair.s):
+        res = pair.dp.apply(cfg, None)
+    assert res.strategy == "program_swap" and res.cache_kept
+    after = map_ids(pins)
+    assert not old_conn.exists()
+    conn = f"conn@{ids['conn']}"
+    assert after[conn] != before[old_conn.name]
+    assert {k: v for k, v in after.items() if k != conn} == \
+        {k: v for k, v in before.items() if k != old_conn.name}
+    served_by_kernel(pair, b"kept-layout", b"same")
+    # A connection from before the new conn map: the scanner knows nothing of where its
+    # commands start, so its next bytes empty the cache (and say why).
+    flushed = pair.dp.flush_reasons().get("unknown_stream", 0)
+    c.mc.version()
+    assert pair.dp.flush_reasons().get("unknown_stream", 0) == flushed + 1
+    hits = pair.dp.counters()["hit"]
+    assert c.udp_get(b"kept-layout") == {b"kept-layout": b"same"}
+    assert pair.dp.counters()["hit"] == hits, "served from a cache that was emptied"
+
+
+def test_maps_from_before_identities_move_to_the_store(pair):
+    """A record of an agent from before per-map identities (its maps in maps-<abi>): the next
+    apply loads a program set on new maps in the store, and the old layout's maps go."""
     with in_ns(pair.s):
         pair.dp.apply(make_config(text(pair, 150)), None)
     pins = PinDir(pair.pin)
     rec = pins.record()
-    old_dir = pins.state_dir("000000000000")
-    pins.state_dir(rec.abi).rename(old_dir)
-    pins.write_record(dataclasses.replace(rec, abi="000000000000"))
+    old_dir = pair.pin / "maps-000000000000"
+    old_dir.mkdir()
+    for p in sorted(pins.view_dir(rec.set).iterdir()):
+        with libbpf.opened(p) as fd:
+            pins.pin(fd, old_dir / p.name)
+    pins.write_record(dataclasses.replace(rec, abi="000000000000", maps=()))
+    for p in (pair.pin / "maps").iterdir():
+        p.unlink()
     cfg = make_config(text(pair, 151, ttl_ms=4321))
     p = pair.dp.plan(cfg, None)
     assert p.strategy == "program_swap" and not p.cache_kept
-    assert "layout" in " ".join(p.reasons)
+    assert "predate" in " ".join(p.reasons)
     with in_ns(pair.s):
         res = pair.dp.apply(cfg, None)
     assert res.strategy == "program_swap"
     assert not old_dir.exists()
-    assert sorted(d.name for d in pair.pin.glob("maps-*")) == [f"maps-{rec.abi}"]
+    new = pins.record()
+    assert new.maps and sorted(p.name for p in (pair.pin / "maps").iterdir()) == \
+        sorted(f"{p}@{i}" for p, i in new.maps)
     NsClient(pair, pair.c).cached(b"abi", b"fresh")
+
+
+def test_each_identity_describes_the_map_the_kernel_holds(pair):
+    """What a map's identity is made of (identity.py: entries and flags evaluated from the
+    headers, key and value layouts from the layout pass) is what the kernel holds at its pin."""
+    with in_ns(pair.s):
+        pair.dp.apply(make_config(text(pair, 180)), None)
+    rec = PinDir(pair.pin).record()
+    layouts = sets.run_workers(PinDir(pair.pin), ["layout"],
+                               pair.dp.cflags(make_config(text(pair, 180))))[0]["maps"]
+    types = {"array": 2, "hash": 1, "percpu_array": 6, "lru_hash": 9, "ringbuf": 27}
+    seen = set()
+    for decl in identity.declarations():
+        doc = identity.described(decl, layouts, rec.shape)
+        with libbpf.opened(PinDir(pair.pin).view_dir(rec.set) / doc["pin"]) as fd:
+            info = libbpf.map_info(fd)
+        assert info.max_entries == doc["entries"], (decl, info)
+        assert info.flags == doc["flags"], (decl, info)
+        kind = decl.kind.split("$")[0]
+        if kind in types:
+            assert info.type == types[kind], (decl, info)
+        if kind != "ringbuf":
+            assert info.key_size == doc["key"]["size"], (decl, info)
+        if kind in ("array", "hash", "percpu_array", "lru_hash"):
+            assert info.value_size == doc["leaf"]["size"], (decl, info)
+        seen.add(doc["pin"])
+    assert seen == set(rec.identities)

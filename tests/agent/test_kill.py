@@ -48,10 +48,13 @@ def consistent(pair: Pair, a: AgentProc) -> int:
     assert status["version"] == rec.version == status["current"], (status, rec)
     sets = [d.name for d in (pair.pin / "sets").iterdir()]
     assert sets == [rec.set], sets
-    layouts = sorted(d.name for d in pair.pin.glob("maps-*"))
-    assert layouts == [f"maps-{rec.abi}"], layouts
-    caches = sorted(c.name for c in (pair.pin / layouts[0]).glob("cache_*"))
+    views = [d.name for d in (pair.pin / "views").iterdir()]
+    assert views == [rec.set], views
+    store = sorted(p.name for p in (pair.pin / "maps").iterdir())
+    assert store == sorted(f"{p}@{i}" for p, i in rec.maps), (store, rec.maps)
+    caches = sorted(c.name for c in (pair.pin / "views" / rec.set).glob("cache_*"))
     assert caches == ["cache_{}_{}_{}".format(*rec.shape)], caches
+    assert not list(pair.pin.glob("maps-*"))
     with in_ns(pair.c):
         for _ in range(3):
             assert uc.udp_get_ascii(pair.saddr, 11211, [b"kk"], 2.0) == {b"kk": b"kept"}

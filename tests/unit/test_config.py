@@ -82,7 +82,7 @@ def test_defaults_are_applied() -> None:
     assert (cfg.cache.ttl_ms, cfg.cache.fill_hold_ms) == (60000, 50)
     assert cfg.cache.protocols == ("ascii", "binary")
     assert cfg.cache.key_prefix == "" and cfg.cache.allowed_clients == ()
-    assert (cfg.strategy, cfg.metrics_listen) == ("auto", "")
+    assert (cfg.strategy, cfg.metrics_listen, cfg.probe_interval_s) == ("auto", ":9465", 60)
     assert (cfg.probe_key, cfg.probe_timeout_ms) == ("mcache:probe", 2000)
     assert cfg.cache.amplification_guard is False and cfg.cache.allow_wide_networks is False
 
@@ -588,21 +588,23 @@ def test_local_bypass_is_off_by_default_and_checked_on_this_host(tmp_path: Path)
 def test_turning_the_bypass_on_brings_its_programs_once() -> None:
     """A program set carries the bypass's programs only when a config turned it on: that
     apply is a program swap; turning it off and on again after is a map swap."""
-    from mcache_agent.dataplane.pins import Attachment, Record
+    from mcache_agent.dataplane.pins import Attachment, Record, cache_pin
     from mcache_agent.dataplane.plan import PlanRefused, plan
 
     lo = (Attachment("lo", "generic", "generic", "serve", False),)
     off = load_config(cfg_text())
     on = load_config(cfg_text(2) + "local_bypass: {enabled: true}\n")
-    rec = Record(version=1, shape=off.shape(), code="c", abi="a", set="s", interfaces=lo)
-    p = plan(on, off, rec, "c", "a")
+    maps = {cache_pin(off.shape()): "1"}
+    rec = Record(version=1, shape=off.shape(), code="c", abi="", set="s", interfaces=lo,
+                 maps=tuple(maps.items()))
+    p = plan(on, off, rec, "c", maps)
     assert p.strategy == "program_swap" and p.cache_kept, p
     assert any("local_bypass" in r for r in p.reasons)
-    with_programs = Record(version=1, shape=off.shape(), code="c", abi="a", set="s",
-                           interfaces=lo, bypass_programs=True)
-    assert plan(on, off, with_programs, "c", "a").strategy == "map_swap"
-    assert plan(off, on, with_programs, "c", "a").strategy == "map_swap"
+    with_programs = Record(version=1, shape=off.shape(), code="c", abi="", set="s",
+                           interfaces=lo, bypass_programs=True, maps=tuple(maps.items()))
+    assert plan(on, off, with_programs, "c", maps).strategy == "map_swap"
+    assert plan(off, on, with_programs, "c", maps).strategy == "map_swap"
     pinned = load_config(cfg_text(2) + "local_bypass: {enabled: true}\n"
                          "rollout: {strategy: map_swap}\n")
     with pytest.raises(PlanRefused):
-        plan(pinned, off, rec, "c", "a")
+        plan(pinned, off, rec, "c", maps)

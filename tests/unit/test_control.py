@@ -29,7 +29,7 @@ from mcache_agent import control
 from mcache_agent.config import Config, Fault, load_config
 from mcache_agent.daemon import Agent
 from mcache_agent.dataplane import ApplyResult, CacheUsage, Memory, Plan
-from mcache_agent.dataplane.pins import Attachment, Record
+from mcache_agent.dataplane.pins import Attachment, Record, cache_pin
 from mcache_agent.dataplane.plan import plan
 from mcache_agent.dataplane.stats import Counts, Stats
 from mcache_agent.versions import VersionStore
@@ -65,8 +65,9 @@ class FakeDataplane:
     def record(self) -> Record | None:
         if self.pinned is None:
             return None
-        return Record(version=self.pinned, shape=self.shape, code="c", abi="a", set="s",
-                      interfaces=(Attachment("lo", "generic", "generic", "serve", False),))
+        return Record(version=self.pinned, shape=self.shape, code="c", abi="", set="s",
+                      interfaces=(Attachment("lo", "generic", "generic", "serve", False),),
+                      maps=((cache_pin(self.shape), "1"),))
 
     def adopt(self) -> int | None:
         return self.pinned
@@ -75,7 +76,7 @@ class FakeDataplane:
         self.reconciled.append(cfg.version)
 
     def plan(self, cfg: Config, previous: Config | None) -> Plan:
-        return plan(cfg, previous, self.record(), "c", "a")
+        return plan(cfg, previous, self.record(), "c", {cache_pin(cfg.shape()): "1"})
 
     def apply(self, cfg: Config, previous: Config | None) -> ApplyResult:
         p = self.plan(cfg, previous)
@@ -501,6 +502,23 @@ def test_status_shape(agent: Running) -> None:
     assert st["cache"]["fill_ratio"] == round(4 / 1024, 4)
     assert (st["cache"]["inserts"], st["cache"]["inserts_per_hit"]) == (1, round(1 / 3, 4))
     assert (st["cache"]["evictions"], st["cache"]["expired"]) == (1, 0)
+
+
+def test_signals_are_counters_with_their_time(agent: Running) -> None:
+    # the canary's bake reads these twice and compares the window (issue 24)
+    first = agent.call({"op": "signals"})["result"]
+    assert first["version"] == 1 and first["counters"]["hit"] == 3
+    assert first["counters"]["miss"] == 1 and first["counters"]["pass"] == 7
+    assert first["probes"] == {"runs": 0, "failures": 0}
+    assert first["memcached"]["errors"] == 0
+    assert first["release"] and isinstance(first["at_unix"], float)
+    assert agent.call({"op": "probe"})["ok"]
+    second = agent.call({"op": "signals"})["result"]
+    assert second["at_monotonic"] > first["at_monotonic"]
+    assert second["probes"] == {"runs": 1, "failures": 0}
+    assert second["boot_id"] == first["boot_id"]
+    refused = agent.call({"op": "signals", "window": 3})
+    assert refused["ok"] is False and "takes no field" in refused["error"]["message"]
 
 
 def test_apply_new_version_round_trip(agent: Running) -> None:
