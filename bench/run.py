@@ -3,8 +3,8 @@
 and optionally (--peer-bmc DIR) vs BMC, the NSDI'21 peer system (D).
 
     bench/run.py            full run (~10-15 min)
-    bench/run.py --quick    short run (< 3 min)
-    bench/run.py --smoke    smallest run (< 60 s; the test suite's smoke test)
+    bench/run.py --quick    short run (~4 min)
+    bench/run.py --smoke    smallest run (~75 s; the test suite's smoke test)
     bench/run.py --smoke --peer-bmc /var/cache/mcache-bench/bmc    ... with round D (BMC)
 
 Writes bench/results/<mode>-<timestamp>.json (and latest-<mode>.json), PNG plots next to it.
@@ -49,34 +49,58 @@ RESULTS = HERE / "results"
 def profile(mode: str) -> dict:
     if mode == "smoke":
         return dict(rounds=1, seconds=1, warm=1, conc=16, window="1k", swaps=5, switches=5,
-                    compiles=1, scenarios=["get90_v32"], udp_scenarios=[], loss_seconds=2,
+                    compiles=1, scenarios=["get90_v32", "tcp_get90_v32"],
+                    udp_scenarios=["mget32_v16"], loss_seconds=2,
                     testruns=500)
     if mode == "quick":
         return dict(rounds=3, seconds=2, warm=1, conc=16, window="1k", swaps=50, switches=50,
-                    compiles=2, scenarios=["get90_v32"],
-                    udp_scenarios=["zipf_v32", "misses", "non_memcached"], loss_seconds=6,
+                    compiles=2, scenarios=["get90_v32", "tcp_get90_v32"],
+                    udp_scenarios=["zipf_v32", "misses", "non_memcached", "meta_zipf_v32",
+                                   "getset_zipf_v32", "mget32_v16"], loss_seconds=6,
                     testruns=3000)
     return dict(rounds=5, seconds=4, warm=1, conc=16, window="1k", swaps=60, switches=60,
                 compiles=5,
-                scenarios=["get90_v32", "get90_v256", "get90_v1000", "get100_v32", "get50_v32"],
+                scenarios=["get90_v32", "get90_v256", "get90_v1000", "get100_v32", "get50_v32",
+                           "tcp_get90_v32"],
                 udp_scenarios=["uniform_v32", "zipf_v32", "uniform_v1000", "misses",
-                               "non_memcached"],
+                               "non_memcached", "meta_zipf_v32", "getset_zipf_v32",
+                               "mget32_v16"],
                 loss_seconds=12, testruns=20000)
 
 
 MEMASLAP = {  # name -> (value bytes, GET share)
     "get90_v32": (32, 0.9), "get90_v256": (256, 0.9), "get90_v1000": (1000, 0.9),
     "get100_v32": (32, 1.0), "get50_v32": (32, 0.5),
+    # over TCP, 16 connections (--conc) from the client netns: a remote TCP client, whose GETs
+    # mcache never answers on this kernel (docs/REMOTE_TCP.md); B/A is what the data plane
+    # (XDP on every segment, the write scanner reading the sets) costs that traffic
+    "tcp_get90_v32": (32, 0.9),
 }
+MEMASLAP_TCP = {"tcp_get90_v32"}
 UDPGEN_KEYS = 50000
 UDPGEN = {  # name -> (kind, value bytes, zipf exponent, key prefix)
     "uniform_v32": ("get", 32, 0.0, "u32:"), "zipf_v32": ("get", 32, 0.99, "u32:"),
     "uniform_v1000": ("get", 1000, 0.0, "u1000:"), "misses": ("get", 32, 0.0, "none:"),
     "non_memcached": ("raw", 32, 0.0, ""),
+    # bench/loads.py rwgen (Python): a meta-only client (mg reads, ms writes) and the same
+    # load from a get/set client, 5 % writes, Zipf s=0.99: B/A and the hit ratio of each
+    "meta_zipf_v32": ("mg", 32, 0.99, "u32:"), "getset_zipf_v32": ("get", 32, 0.99, "u32:"),
+    # multi-gets of MGET_KEYS keys, uniform over MGET_NKEYS keys, all hits once warm (A: all
+    # memcached's). 16-byte values: 32 items of "VALUE u16:00000001 0 16\r\n<16>\r\n" (43 B)
+    # fit one reply datagram (MC_MGET_ROOM, 1,459 B); 32-byte ones (59 B) would not, and
+    # memcached would answer every request (docs/DATAPLANE.md, "Multi-gets of 32 keys")
+    "mget32_v16": ("mget", 16, 0.0, "u16:"),
 }
+MGET_KEYS = 32
+# few enough keys that all stay cached (65,536 entries, set-associative) and one warm-up
+# second fills them: with 50,000 keys a 32-key multi-get would rarely find every key
+MGET_NKEYS = 2048
+RWGEN = {"meta_zipf_v32", "getset_zipf_v32"}
+RWGEN_WRITES = 0.05
+RWGEN_CONC = 8
 # Round D (BMC, --peer-bmc): BMC serves ASCII GETs over UDP, i.e. the memcaslap scenarios and
 # udpgen's GET scenarios; misses and non_memcached show what it costs where it cannot help.
-BMC_SCENARIOS = set(MEMASLAP) | set(UDPGEN)
+BMC_SCENARIOS = (set(MEMASLAP) - MEMASLAP_TCP) | (set(UDPGEN) - RWGEN - {"mget32_v16"})
 
 
 # ---------------------------------------------------------------------------- data plane
@@ -131,6 +155,10 @@ class Mcache:
 
     def counters(self) -> dict[str, int]:
         return self.dp.counters()
+
+    def hits_by_path(self) -> dict[str, int]:
+        """Hits by the path that answered them (XDP, or TC ingress past XDP's frame)."""
+        return {p: c.get("hit", 0) for p, c in self.dp.stats().total().by_path.items()}
 
     def teardown(self) -> None:
         with in_ns(SERVER_NS):
@@ -233,6 +261,7 @@ class Bench:
                     "bmc_stats_end": stats, "bmc_counters_warmup": stats}
         bmc0 = self.bmc.snapshot() if mode == "D" else None  # after the warm-up
         c0 = self.mc.counters()
+        h0 = self.mc.hits_by_path()
         m0 = self.topo.mc_stats()
         t0 = cpu_times()
         p0 = topo.proc_cpu_ticks(self.topo.mc_pid)
@@ -241,6 +270,7 @@ class Bench:
         t1 = cpu_times()
         m1 = self.topo.mc_stats()
         c1 = self.mc.counters()
+        h1 = self.mc.hits_by_path()
         bmc1 = self.bmc.stop() if mode == "D" else None  # SIGTERM: counters, detached
         ops = res.get("ops") or res.get("replies") or 0
         split = self.args.split
@@ -255,6 +285,7 @@ class Bench:
         res["memcached_cpu_us_per_op"] = ((p1 - p0) / hz * 1e6 / ops) if ops else None
         cd = diff(c0, c1)
         res["counters"] = {k: v for k, v in cd.items() if v}
+        res["hits_by_path"] = {k: v for k, v in diff(h0, h1).items() if v}
         looked = cd.get("hit", 0) + cd.get("miss", 0)
         res["hit_ratio"] = cd.get("hit", 0) / looked if looked else None
         if mode == "D":
@@ -285,7 +316,7 @@ class Bench:
                         cfgf, secs, self.p["conc"], self.p["window"],
                         # C's fixed value would fail memcaslap's verification
                         verify=0 if warm or self.cur_mode == "C" else self.args.verify,
-                        pin_cpu=self.cpu0)
+                        pin_cpu=self.cpu0, tcp=name in MEMASLAP_TCP)
                 except subprocess.TimeoutExpired:
                     # D: BMC drops the GETs it hits whose reply does not fit in the request's
                     # frame plus its 128-byte headroom (values of 256 B and more here), and
@@ -314,6 +345,14 @@ class Bench:
             secs = self.p["warm"] if warm else self.p["seconds"]
             if kind == "raw":
                 r = loads.run_udpgen_raw(secs, 32, value_len, pin_cpu=self.cpu0)
+            elif name in RWGEN:
+                r = loads.run_rwgen(secs, RWGEN_CONC, UDPGEN_KEYS, zipf, prefix, kind,
+                                    RWGEN_WRITES, value_len, pin_cpu=self.cpu0)
+            elif kind == "mget":
+                r = loads.run_udpgen_get(secs, 32, MGET_NKEYS, zipf, prefix, pin_cpu=self.cpu0,
+                                         keys_per_get=MGET_KEYS)
+                # requests answered with every key's item (udpgen's "hits")
+                r["full_replies"] = r["hits"] / r["replies"] if r.get("replies") else None
             else:
                 r = loads.run_udpgen_get(secs, 32, UDPGEN_KEYS, zipf, prefix, pin_cpu=self.cpu0)
             r["ops_per_s"] = r["ops_s"]
@@ -326,7 +365,11 @@ class Bench:
         value_len, load = (self.memaslap_load if tool == "memcaslap" else self.udpgen_load)(name)
         # C on non-memcached traffic: the reflector passes it, so C is what any generic-mode
         # XDP program costs there, and B/C what mcache's programs add to that.
-        modes = ["A", "B"] if name == "misses" else ["A", "B", "C"]
+        # rwgen's reads and writes: C (a reflector) would answer the writes as GETs.
+        # The reflector answers single-key GETs only: a multi-get gets no C. TCP does get C: the
+        # reflector passes it, so C is what generic XDP on the veth costs TCP at all.
+        two = RWGEN | {"mget32_v16"}
+        modes = ["A", "B"] if name == "misses" or name in two else ["A", "B", "C"]
         if self.bmc is not None and name in BMC_SCENARIOS:
             modes.append("D")
         runs = {m: [] for m in modes}
@@ -385,6 +428,12 @@ class Bench:
             "tool": tool, "value_bytes": value_len, "runs": runs, "summary": summary,
             "ratios": ratios,
         }
+        if name in MEMASLAP_TCP and not self.args.no_profile:
+            # B/A over TCP is within this host's round-to-round noise; the programs' own run
+            # time per op (one more B run, kernel.bpf_stats_enabled on) does not depend on load
+            live = self.live_prog_ns(load)
+            self.results["scenarios"][name]["bpf_live"] = live
+            print(f"  {name} B programs: {live.get('ns_per_op')} ns per op", flush=True)
         print(f"  {name}: {json.dumps(ratios)}", flush=True)
 
     # hot swap ----------------------------------------------------------------
@@ -541,6 +590,40 @@ class Bench:
             Path("/proc/sys/kernel/bpf_stats_enabled").write_text(old)
         return out
 
+    def live_prog_ns(self, load) -> dict:
+        """The attached roots' run count and time (tail calls included) over one measured B
+        run of `load`, per run and per op of the load."""
+        self.set_mode("B", 32)
+        stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+        try:
+            old = stats.read_text().strip()
+            stats.write_text("1")
+        except OSError as exc:
+            return {"error": str(exc)}
+
+        def snap() -> dict[str, tuple[int, int]]:
+            progs = self.mc.dp.programs()
+            return {n: (progs[n].run_cnt, progs[n].run_time_ns)
+                    for n in ("xdp_root", "tc_in_root", "tc_root") if n in progs}
+        try:
+            load(warm=True)
+            s0 = snap()
+            res = load(warm=False)
+            s1 = snap()
+        finally:
+            stats.write_text(old)
+        ops = res.get("ops") or 0
+        out: dict = {"ops": ops}
+        total = 0
+        for n in s1:
+            cnt = s1[n][0] - s0.get(n, (0, 0))[0]
+            ns = s1[n][1] - s0.get(n, (0, 0))[1]
+            total += ns
+            out[n] = {"run_cnt": cnt, "ns_per_run": ns / cnt if cnt else None,
+                      "runs_per_op": cnt / ops if ops else None}
+        out["ns_per_op"] = total / ops if ops else None
+        return out
+
     def fresh_memcached(self) -> None:
         """Every scenario starts from a new memcached with udpgen's keysets stored. memcaslap
         stores new keys on every run (~0.1-0.5 M per run here); after the memcaslap scenarios of
@@ -551,7 +634,10 @@ class Bench:
             subprocess.run(["taskset", "-a", "-pc", SERVER_CPU, str(pid)], check=True,
                            capture_output=True)
         for vl in sorted({v for _, v, _, _ in UDPGEN.values()}):
-            keys = [b"u%d:%08d" % (vl, i) for i in range(UDPGEN_KEYS)]
+            # the multi-get's value size has its own few keys (MGET_NKEYS), no more to store
+            n = max(MGET_NKEYS if k == "mget" else UDPGEN_KEYS
+                    for k, v, _, _ in UDPGEN.values() if v == vl)
+            keys = [b"u%d:%08d" % (vl, i) for i in range(n)]
             self.topo.preload(keys, b"x" * vl)
         if self.mc is not None:
             self.mc.dp.flush()  # what the agent does when memcached restarts

@@ -6,12 +6,15 @@
  * each identified by the memcached UDP frame header's request id; a request unanswered for
  * `timeout_ms` is counted lost and replaced. Stops by itself after `duration` seconds.
  *
- *   udpgen get  SERVER PORT DURATION_S CONC NKEYS ZIPF_S PREFIX TIMEOUT_MS
+ *   udpgen get  SERVER PORT DURATION_S CONC NKEYS ZIPF_S PREFIX TIMEOUT_MS [KEYS_PER_GET]
  *   udpgen raw  SERVER PORT DURATION_S CONC PAYLOAD_BYTES TIMEOUT_MS
  *   udpgen echo BIND_ADDR PORT DURATION_S        (the server for `raw`)
  *
  * Keys are PREFIX followed by the key index as %08u; ZIPF_S 0 is uniform. Prints one JSON
  * line: sent, replies, hits (VALUE), misses (END only), lost, ops_s, latency percentiles (us).
+ * KEYS_PER_GET (1-32, default 1) sends multi-gets, `get k1 k2 ... kN`, keys drawn
+ * independently; a reply is a hit when it carries N items (all keys hit), a miss otherwise,
+ * and `items` counts the items of all replies. ops_s counts requests, not keys.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -28,6 +31,7 @@
 #include <unistd.h>
 
 #define MAX_CONC 256
+#define MAX_KEYS_PER_GET 32
 #define HIST_US 100000
 
 static uint64_t now_ns(void)
@@ -115,6 +119,7 @@ struct slot {
 	uint16_t rid;
 	uint16_t got, total;
 	int hit;
+	unsigned items;
 	int busy;
 };
 
@@ -136,6 +141,7 @@ int main(int argc, char **argv)
 	unsigned payload = 0;
 	const char *prefix = "";
 	int timeout_ms;
+	int kpg = 1;
 	if (raw) {
 		payload = atoi(argv[6]);
 		if (payload < 8)
@@ -147,6 +153,14 @@ int main(int argc, char **argv)
 		zipf_init(atoi(argv[6]), atof(argv[7]));
 		prefix = argv[8];
 		timeout_ms = atoi(argv[9]);
+		if (argc >= 11)
+			kpg = atoi(argv[10]);
+		if (kpg < 1 || kpg > MAX_KEYS_PER_GET)
+			kpg = kpg < 1 ? 1 : MAX_KEYS_PER_GET;
+		if (8 + 5 + kpg * (strlen(prefix) + 9) > 1500) {
+			fprintf(stderr, "udpgen: %d keys of prefix %s pass one request\n", kpg, prefix);
+			return 2;
+		}
 	}
 	rng ^= (uint64_t)getpid() * 0x9e3779b97f4a7c15ull;
 
@@ -163,6 +177,7 @@ int main(int argc, char **argv)
 	static uint32_t hist[HIST_US + 1];
 	struct slot slots[MAX_CONC] = {0};
 	unsigned long sent = 0, replies = 0, hits = 0, misses = 0, lost = 0, other = 0;
+	unsigned long items = 0;
 	double lat_sum = 0;
 	uint16_t gen = 0;
 	char req[1500], buf[2048];
@@ -184,11 +199,15 @@ int main(int argc, char **argv)
 			memset(req + 8, 'p', payload - 8);                            \
 			n_ = payload;                                                 \
 		} else {                                                              \
-			n_ = 8 + sprintf(req + 8, "get %s%08u\r\n", prefix, pick_key()); \
+			n_ = 8 + sprintf(req + 8, "get");                             \
+			for (int k_ = 0; k_ < kpg; k_++)                              \
+				n_ += sprintf(req + n_, " %s%08u", prefix, pick_key()); \
+			n_ += sprintf(req + n_, "\r\n");                              \
 		}                                                                     \
 		slots[i].sent_ns = now_ns();                                          \
 		slots[i].got = slots[i].total = 0;                                    \
 		slots[i].hit = 0;                                                     \
+		slots[i].items = 0;                                                   \
 		slots[i].busy = 1;                                                    \
 		if (send(fd, req, n_, 0) == n_)                                       \
 			sent++;                                                       \
@@ -217,6 +236,13 @@ int main(int argc, char **argv)
 				slots[i].total = total ? total : 1;
 				if (!raw && r >= 13 && !memcmp(buf + 8, "VALUE", 5))
 					slots[i].hit = 1;
+				if (!raw && kpg > 1) {
+					/* the values are the preload's 'x's: "VALUE " only starts items */
+					buf[r] = 0;
+					for (char *v = buf + 8; (v = memmem(v, buf + r - v, "VALUE ", 6));
+					     v += 6)
+						slots[i].items++;
+				}
 				int done = 1;
 				if (!raw) {
 					/* memcached may send the item and END as separate messages */
@@ -229,6 +255,10 @@ int main(int argc, char **argv)
 				hist[us > HIST_US ? HIST_US : us]++;
 				lat_sum += us;
 				replies++;
+				if (kpg > 1) {
+					items += slots[i].items;
+					slots[i].hit = slots[i].items == (unsigned)kpg;
+				}
 				if (!raw) {
 					if (slots[i].hit)
 						hits++;
@@ -264,9 +294,10 @@ int main(int argc, char **argv)
 			pv[k++] = us;
 	}
 	printf("{\"sent\": %lu, \"replies\": %lu, \"hits\": %lu, \"misses\": %lu, \"lost\": %lu, "
+	       "\"keys_per_get\": %d, \"items\": %lu, "
 	       "\"late\": %lu, \"seconds\": %.3f, \"ops_s\": %.1f, \"mean_us\": %.2f, "
 	       "\"p50_us\": %lu, \"p90_us\": %lu, \"p99_us\": %lu, \"p999_us\": %lu, \"max_us\": %lu}\n",
-	       sent, replies, hits, misses, lost, other, secs, replies / secs,
+	       sent, replies, hits, misses, lost, kpg, items, other, secs, replies / secs,
 	       replies ? lat_sum / replies : 0.0, pv[0], pv[1], pv[2], pv[3], maxus);
 	return 0;
 }

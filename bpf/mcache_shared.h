@@ -51,9 +51,13 @@ _Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
 	       "the host's own address and loopback are always allowed besides the listed networks");
 
 /* --- fixed limits of the parsers (verifier bounds) --- */
-#define MC_MAX_MULTIGET 8    /* keys in one ASCII multi-get answered by XDP */
+#define MC_MAX_MULTIGET 32   /* keys in one ASCII multi-get answered by XDP (a power of two) */
+#define MC_MGET_PER_CALL 4   /* ... looked up per xdp_get_key run: 8 tail calls for 32 keys */
+#define MC_MGET_LINE 1536    /* bytes of a multi-get's line split into keys: 32 keys of 40 */
+#define MC_MGET_ROOM 1459    /* bytes of a multi-get's items in one reply datagram */
+#define MC_TAIL_CALLS 33     /* the kernel's cap on tail calls per packet (MAX_TAIL_CALL_CNT) */
 #define MC_MAX_TCP_CMDS 8    /* commands parsed in one TCP segment */
-#define MC_MAX_FILL_ITEMS 8  /* VALUE items filled from one reply */
+#define MC_MAX_FILL_ITEMS 31 /* VALUE items filled from one reply (a multi-get with a miss) */
 #define MC_META_RET 4        /* mg return flags answered from the cache: f, k, s, O */
 #define MC_META_OPAQUE 32    /* memcached's longest opaque (O) token */
 #define MC_MAX_EXT_HDRS 4    /* IPv6 extension headers walked to find TCP or UDP */
@@ -61,6 +65,14 @@ _Static_assert(MC_MAX_ALLOWED == MC_MAX_CLIENT_NETS + 2,
 #define MC_UDP_FRAME_HDR 8   /* memcached UDP frame: id, seq, count, reserved */
 #define MC_BIN_HDR 24        /* memcached binary header */
 #define MC_PROG_SETS 1       /* slots in the root dispatchers' prog arrays */
+
+/* Tail calls, counted from the root dispatcher's: a multi-get's are xdp_main, xdp_get_parse,
+ * xdp_get_key per MC_MGET_PER_CALL keys, xdp_reply, xdp_capture; a reply's fills are tc_main,
+ * tc_fill_item per item (none after the last it may fill), tc_capture. */
+_Static_assert((MC_MAX_MULTIGET & (MC_MAX_MULTIGET - 1)) == 0, "keys are indexed by a mask");
+_Static_assert(2 + (MC_MAX_MULTIGET + MC_MGET_PER_CALL - 1) / MC_MGET_PER_CALL + 2 <= MC_TAIL_CALLS,
+	       "a multi-get's lookups fit the tail-call cap");
+_Static_assert(1 + MC_MAX_FILL_ITEMS + 1 <= MC_TAIL_CALLS, "a reply's fills fit the tail-call cap");
 
 /*
  * --- sizes of the pinned maps (mcache_maps.h asserts them) ---

@@ -652,7 +652,8 @@ static __always_inline int fill_item(struct __sk_buff *skb, struct mc_tscratch *
 	s->pos = end + 2;
 	s->items++;
 	fill(s, cfg, s->buf, key_off, kl, val_off, bytes, flags, fs_off, fs_len, 0, 0, 1, 0);
-	mc_tc_jmp.call(skb, TAIL_FILL_ITEM);
+	if (s->items < MC_MAX_FILL_ITEMS) /* the tail-call cap: see mcache_shared.h */
+		mc_tc_jmp.call(skb, TAIL_FILL_ITEM);
 	return TC_ACT_OK;
 }
 

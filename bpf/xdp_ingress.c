@@ -8,7 +8,7 @@
  *   xdp_main     parse L2-L4, classify, copy the payload window to scratch;
  *                answers the common GET ("get <key>\r\n", one key) itself
  *   xdp_get_parse  tokenize any other ASCII get (multi-get, odd spacing)
- *   xdp_get_key  look up one key of a GET (once per key)
+ *   xdp_get_key  look up a GET's keys (MC_MGET_PER_CALL per run)
  *   xdp_reply    write the reply into the packet and XDP_TX it
  *   xdp_scan     parse one command of a write stream, invalidate its key(s)
  * Anything not understood is passed to memcached untouched.
@@ -22,6 +22,8 @@
  *   xdp_lookup.h   the cache lookup and the common GET; a miss's record for the fill guard
  *   xdp_stream.h   the TCP stream a segment belongs to, and what of it the kernel takes
  *   xdp_l3.h       IPv4/IPv6 parsing down to memcached's TCP and UDP
+ *   xdp_get_parse.h  the get and mg lines xdp_get_parse splits
+ *   xdp_get_keys.h the lookups of a GET's keys, a few per xdp_get_key run
  *   xdp_replies.h  multi-get, binary and mg replies
  *   xdp_scan.h     the write scanner's loop over a datagram or a segment
  */
@@ -99,8 +101,8 @@ static __always_inline int udp_binary(struct xdp_md *ctx, struct mc_xscratch *s,
 	s->binary = 1;
 	s->opcode = op;
 	s->opaque = ((__u32)b[12] << 24) | ((__u32)b[13] << 16) | ((__u32)b[14] << 8) | b[15];
-	s->hits[0].key_off = off;
-	s->hits[0].key_len = klen;
+	s->hit.key_off = off;
+	s->hit.key_len = klen;
 	s->nkeys = 1;
 	s->done = 0;
 	mc_xdp_jmp.call(ctx, TAIL_GET_KEY);
@@ -212,134 +214,7 @@ int xdp_main(struct xdp_md *ctx)
 	return finish(ctx, s, MC_P_XDP_MAIN, answered(ctx, s, main_path(ctx, s, cfg)));
 }
 
-/*
- * mg <key> <flags>*: served from the cache when every flag is one the cache can answer for
- * (v, f, k, s, O<opaque>, q), each once; such an mg changes nothing. Anything else (t and c
- * need memcached's item, N and T change it, b hides the key, a repeated flag is memcached's
- * error) goes to the scanner, which treats it as a write.
- */
-static __always_inline int meta_parse(struct xdp_md *ctx, struct mc_xscratch *s,
-				      struct mc_config *cfg)
-{
-	struct mc_tokens *t = &s->tok;
-	__u32 n = MC_LOAD(t->n);
-	if (n < 2 || n > MC_MAX_TOK || t->overflow)
-		return start_scan(ctx, s, MC_UDP_FRAME_HDR);
-	__u32 seen = 0;
-	s->meta_v = 0;
-	s->meta_f = 0;
-	s->meta_n = 0;
-	s->meta_o_len = 0;
-	for (int i = 2; i < MC_MAX_TOK; i++) {
-		MC_OPAQUE(i);
-		if (i >= n)
-			break;
-		__u32 off = MC_LOAD(t->off[i]);
-		__u32 l = MC_LOAD(t->len[i]);
-		__u8 c = MC_AT(s->buf, off);
-		if (c == 'O') {
-			if (l > 1 + MC_META_OPAQUE)
-				return start_scan(ctx, s, MC_UDP_FRAME_HDR);
-			s->meta_o_off = off;
-			s->meta_o_len = l;
-		} else if (l != 1 || (c != 'v' && c != 'q' && c != 'f' && c != 'k' && c != 's')) {
-			return start_scan(ctx, s, MC_UDP_FRAME_HDR);
-		}
-		__u32 bit = 1U << (c & 31);
-		if (seen & bit)
-			return start_scan(ctx, s, MC_UDP_FRAME_HDR);
-		seen |= bit;
-		if (c == 'v') {
-			s->meta_v = 1;
-		} else if (c != 'q') {
-			if (c == 'f')
-				s->meta_f = 1;
-			s->meta_flag[s->meta_n & (MC_META_RET - 1)] = c;
-			s->meta_n++;
-		}
-	}
-	__u32 off = MC_LOAD(t->off[1]);
-	__u32 kl = MC_LOAD(t->len[1]);
-	if (!key_cacheable(cfg, s->buf, off, kl)) {
-		mc_pkt_key(&s->pkt, s->buf, off, kl);
-		mc_count(kl > MC_MAX_KEY ? MC_V_TOO_BIG : MC_V_MISS);
-		return XDP_PASS;
-	}
-	s->hits[0].key_off = off;
-	s->hits[0].key_len = kl;
-	s->nkeys = 1;
-	s->done = 0;
-	s->binary = 0;
-	mc_xdp_jmp.call(ctx, TAIL_GET_KEY);
-	return XDP_PASS;
-}
-
-/*
- * ASCII get: buf holds frame header (8) + "get k1 k2...\r\n". Only a datagram
- * that is exactly one get line is answered; an mg line goes to meta_parse.
- */
-static __always_inline int get_parse(struct xdp_md *ctx, struct mc_xscratch *s,
-				     struct mc_config *cfg)
-{
-	__u32 len = s->payload_len;
-	struct mc_tokens *t = &s->tok;
-	t->eol = mc_find_crlf(s->buf, MC_UDP_FRAME_HDR, len);
-	/* Reload what the loop compared against: see MC_LOAD. */
-	len = MC_LOAD(s->payload_len);
-	int eol = MC_LOAD(t->eol);
-	if (eol < 0) {
-		if (len > MC_UDP_FRAME_HDR + MC_WIN)
-			return start_scan(ctx, s, MC_UDP_FRAME_HDR); /* a long line: skip it */
-		mc_count(MC_V_MALFORMED);
-		return XDP_PASS;
-	}
-	if ((__u32)eol + 2 != len)
-		return start_scan(ctx, s, MC_UDP_FRAME_HDR); /* more commands follow */
-	if (eol - MC_UDP_FRAME_HDR > MC_WIN) {
-		if (s->meta)
-			return start_scan(ctx, s, MC_UDP_FRAME_HDR);
-		remember_get(s, 0, 0);
-		mc_count(MC_V_MISS); /* a longer line than we read: memcached answers */
-		return XDP_PASS;
-	}
-	mc_tokenize(s->buf, MC_UDP_FRAME_HDR, eol, t);
-	if (s->meta)
-		return meta_parse(ctx, s, cfg);
-	__u32 n = MC_LOAD(t->n);
-	if (n > MC_MAX_TOK)
-		return XDP_PASS;
-	if (n < 2) {
-		mc_count(MC_V_MALFORMED);
-		return XDP_PASS;
-	}
-	if (t->overflow || n - 1 > MC_MAX_MULTIGET) {
-		remember_get(s, 0, 0);
-		mc_count(MC_V_MISS);
-		return XDP_PASS;
-	}
-	__u32 nkeys = 0;
-	for (int i = 1; i < MC_MAX_TOK; i++) {
-		MC_OPAQUE(i);
-		if (i >= n)
-			break;
-		__u32 off = MC_LOAD(t->off[i]);
-		__u32 kl = MC_LOAD(t->len[i]);
-		if (!key_cacheable(cfg, s->buf, off, kl)) {
-			mc_pkt_key(&s->pkt, s->buf, off, kl);
-			mc_count(kl > MC_MAX_KEY ? MC_V_TOO_BIG : MC_V_MISS);
-			return XDP_PASS;
-		}
-		struct mc_hit *h = &s->hits[nkeys & (MC_MAX_MULTIGET - 1)];
-		h->key_off = off;
-		h->key_len = kl;
-		nkeys++;
-	}
-	s->nkeys = nkeys;
-	s->done = 0;
-	s->binary = 0;
-	mc_xdp_jmp.call(ctx, TAIL_GET_KEY);
-	return XDP_PASS;
-}
+#include "xdp_get_parse.h"
 
 int xdp_get_parse(struct xdp_md *ctx)
 {
@@ -348,103 +223,15 @@ int xdp_get_parse(struct xdp_md *ctx)
 	if (!cfg || !s)
 		return XDP_PASS;
 	mc_pkt_path(&s->pkt, MC_P_XDP_GET_PARSE);
-	return finish(ctx, s, MC_P_XDP_GET_PARSE, get_parse(ctx, s, cfg));
+	return finish(ctx, s, MC_P_XDP_GET_PARSE,
+		      s->meta ? meta_line(ctx, s, cfg) : get_parse(ctx, s, cfg));
 }
 
 /* ------------------------------------------------------------------ */
-/* GET: one key per call; a miss anywhere passes the whole request.   */
+/* GET: a few keys per call; a miss anywhere passes the whole request. */
 /* ------------------------------------------------------------------ */
 
-static __always_inline int get_key(struct xdp_md *ctx, struct mc_xscratch *s,
-				   struct mc_config *cfg)
-{
-	__u32 i = s->done;
-	if (i >= MC_MAX_MULTIGET || i >= s->nkeys)
-		return XDP_PASS;
-	struct mc_hit *h = &s->hits[i & (MC_MAX_MULTIGET - 1)];
-	__u32 ko = h->key_off & MC_BUF_MASK;
-	__u32 kl = h->key_len;
-	if (kl == 0 || kl > MC_MAX_KEY)
-		return XDP_PASS;
-	s->pend.opaque = mc_hash(s->buf, ko, kl); /* parked in map memory: see MC_LOAD */
-	__u32 hash = MC_LOAD(s->pend.opaque);
-	ko = MC_LOAD(h->key_off) & MC_BUF_MASK;
-	kl = MC_LOAD(h->key_len);
-	if (kl == 0 || kl > MC_MAX_KEY)
-		return XDP_PASS;
-	__u32 idx;
-	int way = mc_locate(hash, &idx);
-	if (way == MC_NO_CACHE)
-		return XDP_PASS;
-	struct mc_slot *slot = mc_cache.lookup(&idx);
-	if (!slot)
-		return XDP_PASS;
-	__u64 now = bpf_ktime_get_ns();
-	u32 zero = 0;
-	struct mc_state *st = mc_state.lookup(&zero);
-	if (!st)
-		return XDP_PASS;
-	__u64 gen = st->gen;
-	__u64 flush_at = mc_flush_cut(st, now);
-	__u64 ttl = cfg->ttl_ns;
-	int ok = 0, expired = 0;
-
-	/* What the entry must know: memcached's CAS for a binary reply, the client flags for
-	 * any reply but an mg's without f (an mg fill without f knows no flags). */
-	int need_cas = s->binary;
-	int need_flags = !s->meta || s->meta_f;
-	bpf_spin_lock(&slot->lock);
-	if (way >= 0 && slot->valid && slot->gen == gen && slot->hash == hash && slot->key_len == kl &&
-	    (!need_cas || slot->has_cas) && (!need_flags || slot->has_flags)) {
-		ok = mc_key_equal(slot->key, s->buf, ko, MC_LOAD(h->key_len));
-		if (ok && mc_entry_stale(slot, now, ttl, flush_at)) {
-			ok = 0;
-			expired = 1;
-			slot->valid = 0;
-		}
-	}
-	if (ok) {
-		__u32 vl = slot->val_len;
-		for (__u32 w = 0; w < MC_VAL_BUF / 8; w++) {
-			MC_OPAQUE(w);
-			if (w * 8 >= vl || w >= MC_VAL_BUF / 8)
-				break;
-			((__u64 *)h->val)[w] = ((__u64 *)slot->val)[w];
-		}
-		h->val_len = vl;
-		h->slot_idx = idx;
-		h->flags = slot->flags;
-		h->cas = slot->cas;
-		h->flags_str_len = slot->flags_str_len;
-		h->len_str_len = slot->len_str_len;
-		((__u64 *)h->flags_str)[0] = ((__u64 *)slot->flags_str)[0];
-		((__u64 *)h->flags_str)[1] = ((__u64 *)slot->flags_str)[1];
-		((__u64 *)h->len_str)[0] = ((__u64 *)slot->len_str)[0];
-	}
-	bpf_spin_unlock(&slot->lock);
-	if (expired)
-		mc_level_add(gen, -1);
-	mc_pkt_key(&s->pkt, s->buf, ko, MC_LOAD(h->key_len)); /* late: see get_one */
-
-	if (!ok) {
-		if (expired)
-			mc_count(MC_V_EXPIRED);
-		mc_count(MC_V_MISS);
-		/* An mg's reply fills only with its value: without v it is "HD", nothing to fill
-		 * from. Binary GET and mg replies may carry no key: it waits with the miss. */
-		if (!s->meta || s->meta_v)
-			remember_get(s, ko, s->binary || s->meta ? kl : 0);
-		return XDP_PASS;
-	}
-	if (hash == cfg->probe_hash)
-		mc_count(MC_V_PROBE_HIT);
-	s->done = i + 1;
-	if (s->done < s->nkeys)
-		mc_xdp_jmp.call(ctx, TAIL_GET_KEY);
-	else
-		mc_xdp_jmp.call(ctx, TAIL_REPLY);
-	return XDP_PASS;
-}
+#include "xdp_get_keys.h"
 
 int xdp_get_key(struct xdp_md *ctx)
 {
@@ -453,7 +240,8 @@ int xdp_get_key(struct xdp_md *ctx)
 	if (!cfg || !s)
 		return XDP_PASS;
 	mc_pkt_path(&s->pkt, MC_P_XDP_GET_KEY);
-	return finish(ctx, s, MC_P_XDP_GET_KEY, get_key(ctx, s, cfg));
+	return finish(ctx, s, MC_P_XDP_GET_KEY,
+		      s->binary || s->meta ? get_key(ctx, s, cfg) : get_keys(ctx, s, cfg));
 }
 
 #include "xdp_replies.h"

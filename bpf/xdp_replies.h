@@ -1,25 +1,17 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * The replies xdp_reply writes (multi-get, binary GET, mg) from the items get_key left in
- * the scratch, and their hand-over to TC ingress when the frame cannot hold them.
+ * The replies xdp_reply writes (multi-get, binary GET, mg) from the items get_key and
+ * get_keys left in the scratch, and their hand-over to TC ingress when the frame cannot hold them.
  *
  * Needs from its includer: xdp_scratch.h, xdp_csum.h.
  */
 #ifndef MC_XDP_REPLIES_H
 #define MC_XDP_REPLIES_H
 
+/* An ASCII get's reply: the frame header, the items get_keys packed, "END\r\n". */
 static __always_inline __u32 ascii_reply_len(struct mc_xscratch *s)
 {
-	__u32 total = MC_UDP_FRAME_HDR + 5; /* "END\r\n" */
-	for (int i = 0; i < MC_MAX_MULTIGET; i++) {
-		MC_OPAQUE(i);
-		if (i >= s->nkeys)
-			break;
-		struct mc_hit *h = &s->hits[i];
-		total += 6 + h->key_len + 1 + h->flags_str_len + 1 + h->len_str_len + 2 +
-			 h->val_len + 2;
-	}
-	return total;
+	return MC_UDP_FRAME_HDR + s->mget_len + 5;
 }
 
 /* One return flag of an mg's reply: its bytes after the space. */
@@ -37,7 +29,7 @@ static __always_inline __u32 meta_flag_len(struct mc_xscratch *s, struct mc_hit 
 /* The UDP payload of an mg hit's reply (see meta_reply). */
 static __always_inline __u32 meta_reply_len(struct mc_xscratch *s)
 {
-	struct mc_hit *h = &s->hits[0];
+	struct mc_hit *h = &s->hit;
 	__u32 flags_len = 0;
 	for (int i = 0; i < MC_META_RET; i++) {
 		MC_OPAQUE(i);
@@ -56,7 +48,7 @@ static __always_inline __u32 meta_reply_len(struct mc_xscratch *s)
  */
 static __always_inline int meta_body(void *ctx, int skb, struct mc_xscratch *s, __u32 off)
 {
-	struct mc_hit *h = &s->hits[0];
+	struct mc_hit *h = &s->hit;
 	__u64 ll = h->len_str_len, fl = h->flags_str_len, kl = h->key_len, vl = h->val_len;
 	__u64 ol = s->meta_o_len;
 	if (!MC_SIZE_OK(ll, 10) || !MC_SIZE_OK(kl, MC_KEY_LIMIT) || vl > MC_VAL_BUF ||
@@ -125,7 +117,7 @@ static __always_inline int reply_payload(void *ctx, int skb, struct mc_xscratch 
 	if (s->meta)
 		return meta_body(ctx, skb, s, off);
 	if (s->binary) {
-		struct mc_hit *h = &s->hits[0];
+		struct mc_hit *h = &s->hit;
 		int with_key = s->opcode == 0x0c || s->opcode == 0x0d;
 		__u64 kl = with_key ? h->key_len : 0;
 		__u32 total_body = 4 + kl + h->val_len;
@@ -161,43 +153,12 @@ static __always_inline int reply_payload(void *ctx, int skb, struct mc_xscratch 
 		return 0;
 	}
 
-	__u64 txt_value = MC_W6('V', 'A', 'L', 'U', 'E', ' ');
 	__u64 txt_end = MC_W5('E', 'N', 'D', '\r', '\n');
-	__u64 txt_crlf = MC_W2('\r', '\n');
-	__u64 txt_space = ' ';
-	for (int i = 0; i < MC_MAX_MULTIGET; i++) {
-		MC_OPAQUE(i);
-		if (i >= s->nkeys)
-			break;
-		struct mc_hit *h = &s->hits[i];
-		__u64 kl = h->key_len;
-		__u64 fl = h->flags_str_len;
-		__u64 ll = h->len_str_len;
-		__u64 vl = h->val_len;
-		if (!MC_SIZE_OK(kl, MC_KEY_LIMIT) || !MC_SIZE_OK(fl, 10) || !MC_SIZE_OK(ll, 10) ||
-		    vl > MC_VAL_BUF)
-			return -1;
-		put(ctx, skb, off, &txt_value, 6);
-		off += 6;
-		put(ctx, skb, off, s->buf + (h->key_off & MC_BUF_MASK), kl);
-		off += kl;
-		put(ctx, skb, off, &txt_space, 1);
-		off += 1;
-		put(ctx, skb, off, h->flags_str, fl);
-		off += fl;
-		put(ctx, skb, off, &txt_space, 1);
-		off += 1;
-		put(ctx, skb, off, h->len_str, ll);
-		off += ll;
-		put(ctx, skb, off, &txt_crlf, 2);
-		off += 2;
-		if (MC_SIZE_OK(vl, MC_VAL_BUF)) {
-			put(ctx, skb, off, h->val, vl);
-			off += vl;
-		}
-		put(ctx, skb, off, &txt_crlf, 2);
-		off += 2;
-	}
+	__u64 n = s->mget_len;
+	if (!MC_SIZE_OK(n, MC_MGET_ROOM))
+		return -1;
+	put(ctx, skb, off, s->mget, n);
+	off += n;
 	put(ctx, skb, off, &txt_end, 5);
 	return 0;
 }
@@ -226,7 +187,7 @@ static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
 	if (s->meta) {
 		body = meta_reply_len(s);
 	} else if (s->binary) {
-		struct mc_hit *h = &s->hits[0];
+		struct mc_hit *h = &s->hit;
 		int with_key = s->opcode == 0x0c || s->opcode == 0x0d;
 		body = MC_UDP_FRAME_HDR + MC_BIN_HDR + 4 + (with_key ? h->key_len : 0) + h->val_len;
 	} else {
@@ -239,7 +200,7 @@ static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
 	 * same value into the same slot on every such GET. */
 	if (hdrs - sizeof(struct ethhdr) + body > 1500) {
 		if (s->nkeys == 1) /* a multi-get may be too big only as a whole */
-			mark_unservable(s->hits[0].slot_idx, s->hits[0].key_len, s->hits[0].val_len);
+			mark_unservable(s->hit.slot_idx, s->hit.key_len, s->hit.val_len);
 		mc_count(MC_V_TOO_BIG);
 		return XDP_PASS;
 	}

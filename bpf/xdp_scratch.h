@@ -23,6 +23,24 @@ struct mc_hit {
 	__u8 val[MC_VAL_BUF];
 };
 
+/* A key of an ASCII get: where it lies in buf. */
+struct mc_keyref {
+	__u16 off;
+	__u16 len;
+};
+
+/*
+ * An ASCII get's reply items, "VALUE <key> <flags> <bytes>\r\n<data>\r\n" each, are packed
+ * into mget as get_key finds them (the value copied from its slot under the slot's lock), so
+ * the per-key state is only a key's place: 32 keys cost 128 bytes, not 32 value buffers (a
+ * per-CPU value may not pass 32 KB). One datagram's worth: the reply is a single datagram of
+ * at most 1,500 bytes of IP packet, so the items of a reply that fits fit MC_MGET_ROOM. Writes
+ * are at masked offsets (mget has MC_BUF_PAD past the mask); an item that runs past the room
+ * may wrap, but then the reply is too big and the request is memcached's anyway.
+ */
+_Static_assert(MC_MGET_ROOM == 1500 - 20 - 8 - MC_UDP_FRAME_HDR - 5,
+	       "mget holds a datagram's items: 1,500 bytes less IPv4, UDP, frame and END");
+
 /*
  * A hit handed to tc_ingress (see to_tc): the frame it is for, by its client, request id and
  * length, and the config version that decided.
@@ -84,7 +102,9 @@ struct mc_xscratch {
 	__u16 meta_o_len;
 	struct mc_tokens tok;
 	struct mc_pending pend;
-	struct mc_hit hits[MC_MAX_MULTIGET];
+	struct mc_hit hit; /* a binary GET's or an mg's one item */
+	struct mc_keyref keys[MC_MAX_MULTIGET]; /* an ASCII get's keys */
+	__u32 mget_len; /* bytes of items packed in mget */
 	/* The common GET (get_one): its key length and reply tail length, parked here and
 	 * re-read after every loop (MC_LOAD). */
 	__u32 one_kl;
@@ -101,6 +121,8 @@ struct mc_xscratch {
 	__u8 hdr[80];
 	/* tc_ingress: the reply's UDP payload (read MC_BUF_PAD past a masked offset). */
 	__u8 reply[MC_BUF + MC_BUF_PAD];
+	/* An ASCII get's reply items, packed (see MC_MGET_ROOM). */
+	__u8 mget[MC_BUF + MC_BUF_PAD];
 	/* Its verdicts, counters and capture record (mcache_verdict.h). */
 	struct mc_pkt pkt;
 };

@@ -47,6 +47,27 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert cost["mcache"]["get_hit"]["verdicts"].get("tx")
     assert cost["reflector"]["get_hit"]["verdicts"].get("tx")
 
+    # remote TCP (memcaslap over TCP, 16 connections): every GET is memcached's in A and B,
+    # B's write scanner reads the sets off the segments, the programs' run time is counted
+    tcp = res["scenarios"]["tcp_get90_v32"]
+    for mode in ("A", "B"):
+        assert tcp["summary"][mode]["ops_per_s"] > 0, (mode, tcp["summary"][mode])
+    b = tcp["runs"]["B"][0]
+    assert b["counters"].get("invalidate", 0) > 0, b["counters"]
+    assert not b["counters"].get("hit"), b["counters"]
+    assert b["memcached_cmd_get"] >= b["get_ops"] > 0, b
+    live = tcp["bpf_live"]
+    assert live["xdp_root"]["run_cnt"] > 0 and live["ns_per_op"] > 0, live
+    assert "B/A_server_cpu_per_op" in tcp["ratios"], tcp["ratios"]
+
+    # 32-key multi-gets over UDP: memcached has every key (A: every reply carries 32 items);
+    # warm, B answers them in the kernel, whole
+    mg = res["scenarios"]["mget32_v16"]
+    a_run, b_run = mg["runs"]["A"][0], mg["runs"]["B"][0]
+    assert a_run["replies"] > 0 and a_run["items"] == 32 * a_run["replies"], a_run
+    assert b_run["full_replies"] > 0.9 and b_run["counters"].get("hit", 0) > 0, b_run
+    assert b_run["memcached_cmd_get"] < 32 * b_run["replies"] * 0.1, b_run
+
 
 # BMC (the peer system, round D): its port lives beside the checkout (../shared/peers/bmc),
 # built once into a cached directory and reused.

@@ -14,8 +14,9 @@ and are changed by incr/decr (acknowledged: memcached returns the new number).
 Readers (threads, UDP): ASCII get of one key, ASCII multi-get of 2..4 keys, meta get (mg),
 binary GET and GETK; each sends a burst of requests (several GETs in flight at once: that
 widens the race window the fill guard closes) and collects the replies. --reads picks one
-kind only: "get" (single-key ASCII gets) or "mg" (a meta-only client: mg with the client
-flags, and mg of the value alone).
+kind only: "get" (single-key ASCII gets), "mg" (a meta-only client: mg with the client
+flags, and mg of the value alone) or "multi32" (multi-gets of 32 keys: the written keys and
+QUIET_KEYS, all stored once before the run, in a new order each time; no deletes then).
 
 With --bypass (a lab with local_bypass on): the writers run on memcached's host (in its
 namespace), so their connections join the local bypass and every write reaches the cache
@@ -57,7 +58,7 @@ now = time.monotonic_ns
 INF = 1 << 62
 TOKEN = re.compile(rb"w\d+\.\d+")
 MG_OPAQUE = b"Oq7"  # the opaque token the checker's mg readers send
-READS = ("all", "get", "mg")  # what the UDP readers send (Reader.request)
+READS = ("all", "get", "mg", "multi32")  # what the UDP readers send (Reader.request)
 BIN = struct.Struct("!BBHBBHIIQ")
 
 
@@ -97,6 +98,9 @@ class History:
 TOKEN_KEYS = [f"ck:t{i}".encode() for i in range(6)]
 COUNT_KEYS = [f"ck:n{i}".encode() for i in range(2)]
 ALL_KEYS = TOKEN_KEYS + COUNT_KEYS
+# multi32 readers: with ALL_KEYS, the 32 keys of one multi-get (values short enough for
+# memcached's and the cache's reply to stay one datagram)
+QUIET_KEYS = [f"ck:q{i}".encode() for i in range(32 - len(ALL_KEYS))]
 # Writes are skewed: the first keys are hammered (races), the last stay quiet long enough
 # (> fill_hold_ms) to be cached and served from the kernel.
 WRITE_WEIGHTS = [30, 16, 8, 4, 2, 1, 6, 1]
@@ -106,8 +110,12 @@ WRITE_WEIGHTS = [30, 16, 8, 4, 2, 1, 6, 1]
 
 class Writer(threading.Thread):
     def __init__(self, wid: int, hist: History, stop: threading.Event, mode: str, pace: float,
-                 ns: str, seed: int, pad: int = 0, server: str | None = None):
+                 ns: str, seed: int, pad: int = 0, server: str | None = None,
+                 deletes: bool = True):
         super().__init__(daemon=True, name=f"writer{wid}")
+        # deletes=False (multi32 readers): a deleted key stays absent until written again,
+        # and while it is absent every multi-get naming it is memcached's
+        self.deletes = deletes
         self.server = server or L.SADDR  # memcached's address: IPv4, or IPv6 in a dual lab
         self.pad = b"-" * pad  # after a stored value's token: values past XDP's frame room
         self.wid, self.h, self.stop, self.mode, self.pace, self.ns = wid, hist, stop, mode, pace, ns
@@ -167,6 +175,8 @@ class Writer(threading.Thread):
         w = Write(self.wid, key, "", now(), conn=self.conn)
         if key in COUNT_KEYS:
             kind = self.rng.choice(["set", "incr", "incr", "decr", "delete", "touch", "add"])
+            if kind == "delete" and not self.deletes:
+                kind = "set"
             w.kind = kind
             if kind in ("set", "add"):
                 n = (self.wid * 10_000_000 + next(self.seq)) * 1000
@@ -194,6 +204,8 @@ class Writer(threading.Thread):
             return
         kind = self.rng.choice(["set", "set", "set", "add", "replace", "append", "prepend",
                                 "cas", "touch", "delete"])
+        if kind == "delete" and not self.deletes:
+            kind = "set"
         if noreply and kind in ("add", "replace", "cas"):
             kind = "set"
         w.kind = kind
@@ -241,6 +253,8 @@ class Writer(threading.Thread):
                 for _ in range(self.rng.randint(2, 6)):
                     key = self.rng.choices(TOKEN_KEYS, WRITE_WEIGHTS[:6])[0]
                     kind = self.rng.choice(["set", "set", "append", "prepend", "delete"])
+                    if kind == "delete" and not self.deletes:
+                        kind = "set"
                     noreply = self.rng.random() < 0.3
                     tok = self.token()
                     w = Write(self.wid, key, kind, 0, token=tok if kind != "delete" else b"",
@@ -330,6 +344,9 @@ class Reader(threading.Thread):
         if self.reads == "get":
             k = self.rng.choice(self.keys)
             return "ascii", [k], b"get " + k + b"\r\n"
+        if self.reads == "multi32":
+            ks = self.rng.sample(ALL_KEYS + QUIET_KEYS, len(ALL_KEYS) + len(QUIET_KEYS))
+            return "multi32", ks, b"get " + b" ".join(ks) + b"\r\n"
         if self.reads == "mg":  # a meta-only client: mg with the flags, or the value alone
             k = self.rng.choice(self.keys)
             if r < 2 / 3:
@@ -639,6 +656,30 @@ def check(h: History) -> dict:
 
 # ---------------------------------------------------------------- a run
 
+def seed_keys(h: History, ns: str, server: str) -> None:
+    """Every key of a multi32 request stored once before the run, each write in the history
+    (writer 0): a key the writers have not stored yet would make every multi-get naming it
+    memcached's."""
+    from pymemcache.client.base import Client
+
+    with L.in_ns(ns):
+        c = Client((server, L.PORT), timeout=2, connect_timeout=2)
+        try:
+            for i, key in enumerate(ALL_KEYS + QUIET_KEYS, 1):
+                w = Write(0, key, "set", now())
+                if key in COUNT_KEYS:
+                    w.number = i * 1000
+                    value = b"%d" % w.number
+                else:
+                    value = w.token = b"w0.%d" % i
+                w.invoke = now()
+                w.ok = bool(c.set(key, value, noreply=False))
+                w.ack = now()
+                h.writes.append(w)
+        finally:
+            c.close()
+
+
 def run(ops: int, *, lab: L.Lab | None = None, writers: int = 4, readers: int = 3,
         burst: int = 6, pace: float = 0.004, read_pace: float = 0.003,
         max_seconds: float = 600, during=None, pad: int = 0, ipv6: bool = False,
@@ -659,7 +700,8 @@ def run(ops: int, *, lab: L.Lab | None = None, writers: int = 4, readers: int = 
         modes = ["ack", "noreply", "pipeline", "ack", "noreply", "pipeline"]
         wns = lab.s if lab.bypass else lab.c
         ts = [Writer(i + 1, h, stop, modes[i % len(modes)], pace, wns, seed=i, pad=pad,
-                     server=L.SADDR6 if ipv6 and i % 2 else L.SADDR)
+                     server=L.SADDR6 if ipv6 and i % 2 else L.SADDR,
+                     deletes=reads != "multi32")
               for i in range(writers)]
         # the UDP readers' budget decides how long the run is: the TCP readers read alongside
         ts += [TcpReader(50 + i, h, stop, wns, seed=200 + i, burst=burst, pace=read_pace)
@@ -668,6 +710,8 @@ def run(ops: int, *, lab: L.Lab | None = None, writers: int = 4, readers: int = 
                       pace=read_pace, src=L.CADDR6 if ipv6 else L.CADDR,
                       server=L.SADDR6 if ipv6 else L.SADDR, reads=reads)
                for i in range(readers)]
+        if reads == "multi32":
+            seed_keys(h, lab.c, L.SADDR6 if ipv6 else L.SADDR)
         before = lab.counters()
         t0 = time.monotonic()
         for t in ts:

@@ -600,6 +600,36 @@ def test_multiget_of_eight_keys_is_answered(dp):
     assert out.endswith(body)
 
 
+@pytest.mark.parametrize("n", [9, 31, 32])
+def test_multiget_of_up_to_32_keys_is_answered(dp, n):
+    """Up to MC_MAX_MULTIGET keys, MC_MGET_PER_CALL per xdp_get_key run: byte for byte."""
+    keys = [b"m%d" % i for i in range(n)]
+    for k in keys:
+        dp.fill_ascii(k, k.upper())
+    rid, _, rc, out, d = dp.get(b" ".join(keys))
+    assert rc == XDP_TX and d.get("hit") == 1 and "miss" not in d, d
+    body = b"".join(b"VALUE %s 0 %d\r\n%s\r\n" % (k, len(k), k.upper()) for k in keys)
+    assert out == expected_reply(rid, body + b"END\r\n")
+
+
+def test_multiget_over_32_keys_is_memcached_s_and_fills(dp):
+    """One key more than MC_MAX_MULTIGET: memcached answers, and its reply (here one datagram
+    of 31 items, a key missing) fills every item, a tail call each."""
+    keys = [b"o%d" % i for i in range(33)]
+    rid, req, rc, out, d = dp.get(b" ".join(keys))
+    assert rc == XDP_PASS and out == req and d.get("miss") == 1, d
+    items = [k for k in keys if k != b"o7"][:31]
+    reply = b"".join(b"VALUE %s 3 1\r\nv\r\n" % k for k in items) + b"END\r\n"
+    (_, _), d = dp.delta(lambda: dp.t(mc_reply(rid, reply)))
+    assert d.get("fill") == 31, d
+    rid, _, rc, out, d = dp.get(b" ".join(items))
+    assert rc == XDP_TX and d.get("hit") == 1, d
+    assert out == expected_reply(rid, reply)
+    # one miss among 32 keys: the whole request is memcached's, nothing answered
+    rid, req, rc, out, d = dp.get(b" ".join([*items, b"o7"]))
+    assert rc == XDP_PASS and out == req and d.get("miss") == 1 and "hit" not in d, d
+
+
 def test_delayed_flush_kills_entries_known_before_it(dp):
     dp.reconfigure()
     dp.fill_ascii(b"df", b"before")

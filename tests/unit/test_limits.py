@@ -176,3 +176,23 @@ def test_each_family_has_its_own_room_for_interface_networks() -> None:
     assert f"{room + 1} IPv6 networks" in fault.message and "IPv4" not in fault.message
     host["eth0"]["ipv6"] = host["eth0"]["ipv6"][:room]
     assert not [f for f in host_faults(cfg, host) if f.path == "$.cache.allowed_clients"]
+
+
+def test_multiget_limits_hold_together() -> None:
+    """The multi-get's limits (mcache_shared.h): the 32 keys the issue promises, a mask's
+    power of two, lookups and fills within the kernel's tail-call cap (the C asserts the same
+    at compile time), a miss's reply filling every other key, and room for the items of any
+    reply memcached sends as one datagram (the schema's max_value_bytes bound)."""
+    d = header_defines(HEADER.read_text())
+    n, per = d["MC_MAX_MULTIGET"], d["MC_MGET_PER_CALL"]
+    assert n >= 32 and n & (n - 1) == 0
+    # root -> xdp_main, xdp_get_parse, xdp_get_key per `per` keys, xdp_reply, xdp_capture
+    assert 2 + -(-n // per) + 2 <= d["MC_TAIL_CALLS"] == 33
+    # root -> tc_main, tc_fill_item per item, tc_capture
+    assert d["MC_MAX_FILL_ITEMS"] >= n - 1 and 1 + d["MC_MAX_FILL_ITEMS"] + 1 <= 33
+    end = len(b"END\r\n")
+    assert d["MC_MGET_ROOM"] >= d["MC_DATAGRAM_LIMIT"] - d["MC_UDP_FRAME_HDR"] - end
+    schema = json.loads(SCHEMA.read_text())
+    largest = schema["properties"]["cache"]["properties"]["max_value_bytes"]["maximum"]
+    assert largest == d["MC_DATAGRAM_LIMIT"]  # the schema's one datagram is the room's
+    assert d["MC_MGET_LINE"] >= len(b"get ") + n * (1 + 40)  # 32 keys of 40 bytes
