@@ -114,6 +114,15 @@ class BypassSpec:
     cgroup: str = ""  # empty: the root of the cgroup v2 hierarchy
 
 
+# Observability on by default (issue 25): a Prometheus that scrapes the fleet needs every host
+# to serve /metrics on a known port from its first start, and a probe that runs by itself, or a
+# default config pages someone (McacheProbeStale). A config turns either off ("" / 0).
+# 9465: the port mcache has documented since its first example; every IPv4 address, so a
+# central Prometheus can scrape it.
+DEFAULT_METRICS_LISTEN = ":9465"
+DEFAULT_PROBE_INTERVAL_S = 60
+
+
 @dataclass(frozen=True)
 class Config:
     api_version: str
@@ -122,10 +131,10 @@ class Config:
     interfaces: tuple[InterfaceSpec, ...]
     cache: CacheSpec
     strategy: str = "auto"
-    metrics_listen: str = ""
+    metrics_listen: str = DEFAULT_METRICS_LISTEN
     probe_key: str = "mcache:probe"
     probe_timeout_ms: int = 2000
-    probe_interval_s: int = 0
+    probe_interval_s: int = DEFAULT_PROBE_INTERVAL_S
     local_bypass: BypassSpec = BypassSpec()
     # Comments and layout do not make two configs different; equality is about content.
     text: str = field(default="", compare=False, repr=False)
@@ -930,10 +939,10 @@ def _build(doc: dict[str, Any], text: str) -> Config:
         ),
         cache=cache,
         strategy=doc.get("rollout", {}).get("strategy", "auto"),
-        metrics_listen=doc.get("metrics", {}).get("listen", ""),
+        metrics_listen=doc.get("metrics", {}).get("listen", DEFAULT_METRICS_LISTEN),
         probe_key=probe.get("key", "mcache:probe"),
         probe_timeout_ms=probe.get("timeout_ms", 2000),
-        probe_interval_s=probe.get("interval_s", 0),
+        probe_interval_s=probe.get("interval_s", DEFAULT_PROBE_INTERVAL_S),
         local_bypass=BypassSpec(enabled=bypass.get("enabled", False),
                                 cgroup=bypass.get("cgroup", "")),
         text=text,

@@ -48,6 +48,13 @@ class AgentCollector(Collector):
         for reason, value in sorted((st.get("flush_reasons") or {}).items()):
             flushes.add_metric([reason], float(value))
         yield flushes
+        memcached = st.get("memcached") or {}
+        gets = CounterMetricFamily(
+            "mcache_memcached_gets",
+            "memcached's own GET count (stats cmd_get, read every second): what reached it.")
+        if "cmd_get" in memcached:
+            gets.add_metric([], float(memcached["cmd_get"]))
+        yield gets
         yield _gauge("mcache_hit_ratio", "hit / (hit + miss) since the counters were created.",
                      st.get("hit_ratio"))
         cache = st.get("cache") or {}
@@ -71,6 +78,21 @@ class AgentCollector(Collector):
                              build.get("kernel", "")], 1.0)
         yield info
         yield _gauge("mcache_config_version", "Config version running.", st.get("version"))
+        # "No config yet" is data, not an absent target: a host being prepared, or whose first
+        # apply is under way, scrapes as up with 0 here (mcache_config_version is absent).
+        yield _gauge("mcache_config_running",
+                     "1 when the agent runs a config, 0 when it has none (yet).",
+                     0 if st.get("version") is None else 1)
+        rejected = [r for r in st.get("rejected") or [] if isinstance(r, dict)]
+        yield _gauge("mcache_rejected_versions",
+                     "Config versions a rollback left rejected on this host (never applied "
+                     "again).", len(rejected))
+        listed = GaugeMetricFamily("mcache_rejected_version",
+                                   "1 for each config version rejected on this host.",
+                                   labels=["version"])
+        for r in rejected:
+            listed.add_metric([str(r.get("version"))], 1.0)
+        yield listed
         cfile = st.get("config_file") or {}
         yield _gauge("mcache_config_file_refused",
                      "1 when the agent refused (or failed) the config file it started with.",

@@ -65,7 +65,8 @@ summary:
     probe_detail, current, previous, stored (version numbers), rejected (the versions a
     rollback left - version, reason, at, rolled_back_to - never applied again), config_file
     (the start-up config's fate, with its faults), last_apply (result and error),
-    unreachable (why the agent did not answer), reason (why the host is not right, or null).
+    unreachable (why the agent did not answer), reason (why the host is not right, or null),
+    release and programs (the agent's build, as mcache_build_info says it).
   returned: always
   type: dict
 """
@@ -132,7 +133,7 @@ def main():
     summary = {"version": None, "running": False, "modes": [], "hit_ratio": None,
                "probe_ok": None, "probe_detail": None, "current": None, "previous": None,
                "stored": [], "rejected": [], "config_file": None, "last_apply": None,
-               "unreachable": None, "reason": None}
+               "unreachable": None, "reason": None, "release": None, "programs": None}
     installed = os.path.exists(p["agent_bin"])
     status, versions = {}, {}
     try:
@@ -165,6 +166,9 @@ def main():
         rejected=[{k: r.get(k) for k in ("version", "reason", "at", "rolled_back_to")}
                   for r in versions.get("rejected", status.get("rejected")) or []],
         config_file=status.get("config_file"),
+        # the agent's build (mcache_build_info): which hosts an upgrade has reached
+        release=(status.get("build") or {}).get("release"),
+        programs=(status.get("build") or {}).get("programs"),
         last_apply={"version": last.get("version"), "result": last.get("result"),
                     "error": last.get("error")} if last else None,
     )

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fleet.labctl import LAB_HOSTS, Lab, lab_hosts, lab_sh
+from tests.fleet.promlab import lab_prometheus  # noqa: F401 (a fixture, for every fleet test)
 
 
 @pytest.fixture(scope="session", params=["plain", "systemd"])

@@ -61,3 +61,51 @@ def test_rules_read_only_metrics_the_agent_exports() -> None:
     names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", exprs))
     used = {n for n in names if n.startswith("mcache_")}  # recorded names carry a colon
     assert used and used <= exported, used - exported
+
+
+def _mixin():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mcache_mixin", REPO / "prometheus" / "mixin.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_committed_rules_are_the_generators_output() -> None:
+    # the rules are edited in prometheus/mixin.py; the file is its output for job "mcache"
+    assert RULES.read_text() == _mixin().render(), (
+        "prometheus/mcache.rules.yml is stale: python3 prometheus/mixin.py --out "
+        "prometheus/mcache.rules.yml")
+
+
+def test_the_rules_take_the_job_name(tmp_path: Path) -> None:
+    text = _mixin().render("cache-fleet")
+    out = tmp_path / "r.yml"
+    out.write_text(text)
+    r = promtool("check", "rules", str(out))
+    assert r.returncode == 0 and "SUCCESS: 16 rules found" in r.stdout, r.stdout + r.stderr
+    assert 'up{job="cache-fleet"} == 0' in text and 'job="mcache"' not in text
+    # every selector of an mcache metric names the job
+    exprs = [r["expr"] for g in yaml.safe_load(text)["groups"] for r in g["rules"]]
+    selectors = [(name, sel) for e in exprs
+                 for name, sel in re.findall(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?", e)
+                 if name.startswith("mcache_") or name == "up"]
+    assert selectors and all(sel.startswith('{job="cache-fleet"') for _n, sel in selectors), \
+        selectors
+
+
+def test_shortened_rules_for_tests_keep_every_alert(tmp_path: Path) -> None:
+    mixin = _mixin()
+    short = yaml.safe_load(mixin.render(for_divisor=30, probe_stale_s=150))
+    full = yaml.safe_load(mixin.render())
+    fors = {r["alert"]: r["for"] for g in short["groups"] for r in g["rules"] if "alert" in r}
+    assert fors == {"McacheAgentDown": "10s", "McacheProbeFailing": "10s",
+                    "McacheProbeStale": "10s", "McacheConfigDrift": "1m",
+                    "McacheConfigRefused": "10s", "McacheApplyFailing": "0s",
+                    "McacheHitRatioCollapse": "30s", "McacheFillsRejected": "30s",
+                    "McacheFallbackFlushes": "20s", "McacheCacheFull": "2m"}
+    assert [r.get("alert") for g in short["groups"] for r in g["rules"]] == [
+        r.get("alert") for g in full["groups"] for r in g["rules"]]
+    assert any("> 150" in r["expr"] for g in short["groups"] for r in g["rules"])
