@@ -12,6 +12,15 @@ and, on the largest fleet, what each of Ansible's speed choices buys on the conf
 (pipelining off, one fork, the free strategy) and what fact gathering would cost.
 
     bench/fleet.py [--hosts 3,10,20] [--no-choices] [--out DIR]
+    bench/fleet.py --bake [--hosts 3,10,20] [--rounds 2] [--bake-s 5] [--before REV]
+
+--bake (issue 24) measures the canary analysis instead, side by side in one run: for each N a
+fresh lab, one first deploy, then rounds of the same config-only canary (a ttl change, a new
+version each time) with the code before (`git archive REV`, default HEAD, unpacked into a
+temporary directory: no git state is touched), with this tree's canary with the bake off
+(mcache_config_bake_s=0) and with it on (--bake-s, under lab/loadgen.py traffic), in turn.
+Both trees roll out to hosts at one recorded release (-e mcache_config_release=...), so
+neither prepares a host: the difference is the playbooks'.
 
 It takes the lab over (lab-down first, lab-down at the end): never run it while someone else
 uses the lab fleet. Each playbook's time per task is kept (bench/callback/task_times.py).
@@ -131,6 +140,88 @@ def ansible_choices(v1: Path, v2: Path) -> dict:
     return out
 
 
+def before_tree(rev: str, workdir: Path) -> Path:
+    """The repository at `rev` (git archive: read only), linked in as the collection."""
+    tree = workdir / f"before-{rev}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    link = tree / "build" / "collections" / "ansible_collections" / "mcache" / "fleet"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(tree)
+    return tree
+
+
+def bake_fleet(n: int, tree: Path, workdir: Path, rounds: int, bake_s: float) -> dict:
+    """One lab of n hosts: the config canary with the code before, with the bake off and on."""
+    release = ["-e", "mcache_config_release=bench-fleet-bake"]
+    base = (ROOT / "inventory" / "lab" / "mcache.yml").read_text()
+
+    def version(v: int) -> Path:
+        path = workdir / f"bake-{n}-v{v}.yml"
+        path.write_text(base.replace("version: 1", f"version: {v}")
+                        .replace("ttl_ms: 60000", f"ttl_ms: {60000 - v}"))
+        return path
+
+    r: dict = {"lab_down": timed(["lab/lab.sh", "down"]),
+               "lab_up": timed(["lab/lab.sh", "up", str(n)])}
+    r["first_deploy"] = timed([*PLAYBOOK, "playbooks/canary.yml", "-e",
+                               f"mcache_config_file={version(1)}", *release,
+                               "-e", "mcache_config_bake_s=0"])
+    hosts = ",".join(f"198.18.0.{10 + i}" for i in range(1, n + 1))
+    load = subprocess.Popen([sys.executable, str(ROOT / "lab" / "loadgen.py"), "--hosts", hosts,
+                             "--rate", str(max(60, 900 // n))], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    variants: dict[str, list] = {"before": [], "bake_0": [], f"bake_{bake_s:g}": []}
+    v = 1
+    try:
+        time.sleep(3)
+        for _ in range(rounds):
+            for name in variants:
+                v += 1
+                cfg = ["-e", f"mcache_config_file={version(v)}", *release]
+                if name == "before":
+                    argv = [*PLAYBOOK, str(tree / "playbooks" / "canary.yml"), *cfg]
+                    res = timed(argv, extra_env={"ANSIBLE_CONFIG": str(tree / "ansible.cfg")})
+                else:
+                    bake = "0" if name == "bake_0" else f"{bake_s:g}"
+                    res = timed([*PLAYBOOK, "playbooks/canary.yml", *cfg, "-e",
+                                 f"mcache_config_bake_s={bake}", "-e",
+                                 f"mcache_config_report_dir={workdir / 'reports'}"])
+                variants[name].append(res)
+                print(f"  {n} hosts {name}: {res['seconds']:.1f} s (rc {res['rc']})", flush=True)
+    finally:
+        load.terminate()
+        r["load"] = [json.loads(line) for line in load.communicate(timeout=30)[0].splitlines()
+                     if line.startswith("{")]
+    r["variants"] = variants
+    med = {k: sorted(x["seconds"] for x in runs)[len(runs) // 2] for k, runs in variants.items()}
+    waves = 3  # canary batches 1, 25 %, 100 %: three waves on 3 hosts and more
+    r["median_s"] = med
+    r["bake0_vs_before"] = round(med["bake_0"] / med["before"], 3)
+    r["bake_added_per_wave_s"] = round((med[f"bake_{bake_s:g}"] - med["bake_0"]) / waves, 2)
+    print(f"  {n} hosts: before {med['before']:.1f} s, bake 0 {med['bake_0']:.1f} s "
+          f"({r['bake0_vs_before']:.2f}x), bake {bake_s:g} s adds "
+          f"{r['bake_added_per_wave_s']:.1f} s a wave", flush=True)
+    return r
+
+
+def run_bake(hosts: tuple[int, ...], rounds: int, bake_s: float, rev: str) -> dict:
+    out: dict = {"fleets": {}, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "before": rev, "rounds": rounds, "bake_s": bake_s}
+    with tempfile.TemporaryDirectory(prefix="mcache-bench-bake-") as d:
+        tree = before_tree(rev, Path(d))
+        out["before_commit"] = subprocess.run(["git", "rev-parse", rev], cwd=ROOT, text=True,
+                                              capture_output=True).stdout.strip()
+        try:
+            for n in hosts:
+                print(f"fleet of {n} hosts (bake)", flush=True)
+                out["fleets"][str(n)] = bake_fleet(n, tree, Path(d), rounds, bake_s)
+        finally:
+            out["lab_down"] = timed(["lab/lab.sh", "down"])
+    return out
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -173,7 +264,25 @@ def main() -> int:
     ap.add_argument("--hosts", default="3,10,20")
     ap.add_argument("--no-choices", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--bake", action="store_true", help="the canary analysis comparison only")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--bake-s", type=float, default=5.0)
+    ap.add_argument("--before", default="HEAD", help="the code before (a git revision)")
     args = ap.parse_args()
+    if args.bake:
+        res = run_bake(tuple(int(x) for x in args.hosts.split(",")), args.rounds, args.bake_s,
+                       args.before)
+        args.out.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        path = args.out / f"fleet-bake-{stamp}.json"
+        path.write_text(json.dumps(res, indent=1))
+        print(f"results: {path}")
+        bad = [f"{n}/{k}" for n, r in res["fleets"].items() for k, runs in r["variants"].items()
+               for x in runs if x["rc"] != 0]
+        if bad:
+            print(f"failed: {', '.join(bad)}", file=sys.stderr)
+            return 1
+        return 0
     res = run(tuple(int(x) for x in args.hosts.split(",")), not args.no_choices)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())

@@ -41,7 +41,7 @@ DRAIN_TIMEOUT_S = 30.0
 # An apply may compile and load programs; give it time before the client gives up.
 CLIENT_TIMEOUT_S = 300.0
 
-OPS = {"apply", "status", "versions", "rollback", "probe", "stop"}
+OPS = {"apply", "status", "versions", "rollback", "probe", "signals", "stop"}
 # op -> {field: (allowed types, required)}
 _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "apply": {"config": ((str,), True), "check": ((bool,), False)},
@@ -49,6 +49,7 @@ _FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "versions": {},
     "rollback": {"to": ((int, type(None)), False), "reason": ((str, type(None)), False)},
     "probe": {},
+    "signals": {},
     "stop": {},
 }
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from mcache_agent import build
 from mcache_agent.config import (
+    DEFAULT_METRICS_LISTEN,
     Config,
     ConfigError,
     Fault,
@@ -128,6 +129,14 @@ def status_document(
     return doc
 
 
+def _boot_id() -> str | None:
+    """This kernel's boot: monotonic clocks of two readings compare only within one boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
 def _rejected(store: VersionStore, errors: list[str]) -> list[dict[str, Any]]:
     try:
         return store.rejected_list()
@@ -164,6 +173,9 @@ class Agent:
         self.running: Config | None = None
         self.last_apply: dict[str, Any] | None = None
         self.last_probe: dict[str, Any] | None = None
+        # Probes run and failed since the agent started (the canary's bake compares them).
+        self.probe_runs = 0
+        self.probe_failures = 0
         self.config_file: dict[str, Any] | None = None
         self.in_progress: dict[str, Any] | None = None
         self.starting = True
@@ -370,6 +382,8 @@ class Agent:
             return self.rollback(req.get("to"), req.get("reason"))
         if op == "probe":
             return self.probe()
+        if op == "signals":
+            return ok(self.signals())
         if op == "stop":
             return self.stop(teardown=True)
         return error("invalid", f"unknown op {op!r}")
@@ -401,6 +415,10 @@ class Agent:
                 plan = self.dataplane.plan(cfg, running)
             except PlanRefused as e:
                 return invalid("config has 1 fault(s)", [Fault(e.path, e.message)])
+            except Exception as e:  # the layout pass (a compile) failed: nothing changed
+                log.exception("cannot plan version %s", cfg.version)
+                return error("runtime", f"cannot plan version {cfg.version}: "
+                                        f"{type(e).__name__}: {e}")
             if check:
                 return ok(self._check_result(cfg, running, plan))
             return self._apply(cfg, running)
@@ -539,6 +557,8 @@ class Agent:
                 from mcache_agent.probe import run_probe as fn
             result = fn(self.running, self.dataplane)
             now = time.time()
+            self.probe_runs += 1
+            self.probe_failures += 0 if result.get("ok") else 1
             self.last_probe = {
                 "ok": bool(result.get("ok")),
                 "at": dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -568,11 +588,38 @@ class Agent:
         )
         doc["starting"] = self.starting
         doc["started_at_unix"] = self.started_at
+        # memcached's own GET counts as the watch last read them (every second): what the
+        # kernel answered set against what still reached memcached (the dashboard's offload).
+        seen = self._watch.detector.last or {}
+        doc["memcached"] = {k: seen[k] for k in ("cmd_get", "get_hits", "get_misses")
+                            if isinstance(seen.get(k), int)}
         metrics = self.metrics
         doc["metrics"] = metrics
         if metrics and metrics.get("error"):
             doc["errors"] = [*doc.get("errors", []), f"metrics: {metrics['error']}"]
         return doc
+
+    def signals(self) -> dict[str, Any]:
+        """Counters with the moment they were read, for a rollout's canary analysis: two
+        readings make a window (rates, the hit ratio within it). Cumulative since the counters
+        began: the data plane's since its maps were made (an agent restart keeps them, a reboot
+        does not), the agent's own since it started. Takes no lock: answers during an apply."""
+        running = self.running
+        stats = self.dataplane.stats() if self.dataplane is not None else None
+        counters = stats.total().by_verdict() if stats else {}
+        watch = self._watch
+        return {
+            "at_monotonic": time.monotonic(),
+            "at_unix": time.time(),
+            "boot_id": _boot_id(),
+            "agent_started_at_unix": self.started_at,
+            "version": running.version if running else None,
+            "release": build.info().get("release"),
+            "counters": counters,
+            "probes": {"runs": self.probe_runs, "failures": self.probe_failures},
+            "memcached": {"errors": watch.errors, "reachable": watch.reachable,
+                          "last_error": watch.last_error},
+        }
 
     def probe_forever(self) -> None:
         """The health probe every probe.interval_s seconds of the running config (none when
@@ -602,6 +649,9 @@ class _MemcachedWatch:
         self.detector = RestartDetector()
         self.target: tuple[str, int] | None = None
         self.reachable = True
+        # memcached's stats reads that failed since the agent started, and the last why.
+        self.errors = 0
+        self.last_error: str | None = None
         self.pidfd: int | None = None
         self.pid: int | None = None
 
@@ -647,6 +697,8 @@ class _MemcachedWatch:
             if self.reachable:
                 log.warning("memcached not answering stats: %s", e)
             self.reachable = False
+            self.errors += 1
+            self.last_error = str(e)
             return
         self.reachable = True
         self._follow(stats.get("pid"))
@@ -720,6 +772,9 @@ def run(config: Path, state_dir: Path, socket_path: Path, bpffs: Path,
     agent.on_stop = server.stop
     metrics = _Metrics(agent)
     agent.on_config = metrics.reconfigure
+    # /metrics from the start, on the default listen until a config says otherwise: a host
+    # with no config yet (or a first apply under way) scrapes as up and says so in its data.
+    metrics.reconfigure(None, None)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping", signum)
@@ -779,7 +834,8 @@ def bring_up(agent: Agent, metrics: _Metrics, config: Path) -> None:
 
 
 class _Metrics:
-    """The metrics endpoint, following the running config's metrics.listen. It never raises:
+    """The metrics endpoint, following the running config's metrics.listen (the default, :9465,
+    while none runs). It never raises:
     an endpoint that cannot be served (the port taken, an address not on this host) is
     logged, shown in status, and returned as a warning to the apply that asked for it."""
 
@@ -789,7 +845,7 @@ class _Metrics:
         self.server: Any = None
 
     def reconfigure(self, cfg: Config | None, _previous: Config | None) -> str | None:
-        listen = cfg.metrics_listen if cfg else ""
+        listen = cfg.metrics_listen if cfg else DEFAULT_METRICS_LISTEN
         if listen == self.listen and (self.server is not None or not listen):
             return None
         self.close()

@@ -7,10 +7,11 @@ Two builds that agree on those for a map can share it; any difference, a new map
 or a program change in bpf/ changes none of them, so a program swap of a new release keeps
 the cache and its counters; a change of one struct renews only the maps that hold it.
 
-Maps that are only right together share one identity (GROUPS): the cache, its fill level,
-the state (the generation and a pending delayed flush_all the cache's entries are judged by)
-and the GETs waiting for a fill; and the counters with the table that says which version
-each line counts.
+Maps that are only right together share one identity (GROUPS): the cache and its fill
+level; the counters with the table that says which version each line counts. And a map may
+depend on another (DEPENDS): the cache's entries are judged by the state's generation and
+delayed flush_all, so a new state layout renews the cache too, while a new cache (another
+shape) keeps the state, and with it a flush_all the old programs saw.
 
 The declarations are read from bpf/mcache_maps.h (the one place they are written); their
 entries and flags are evaluated from mcache_shared.h's constants (a test checks each against
@@ -34,7 +35,9 @@ from typing import Any
 from mcache_agent import constants
 
 # Maps judged together: a member is kept only when every member is (see the module's text).
-GROUPS = (("state", "cache", "level", "pending"), ("stats", "stat_slots", "stats_archive"))
+GROUPS = (("cache", "level"), ("stats", "stat_slots", "stats_archive"))
+# Maps whose identity takes in another's layout: the cache is only right with its state.
+DEPENDS = {"cache": ("state",), "level": ("state",)}
 
 
 class IdentityError(Exception):
@@ -196,7 +199,8 @@ def identities(layouts: Layouts, shape: tuple[int, int, int]) -> dict[str, str]:
     out: dict[str, str] = {}
     for d in declarations():
         group = next((g for g in GROUPS if d.pin in g), (d.pin,))
-        members = [docs[p] for p in group if p in docs]
+        named = [*group, *(dep for p in group for dep in DEPENDS.get(p, ()))]
+        members = [docs[p] for p in dict.fromkeys(named) if p in docs]
         blob = json.dumps(members, sort_keys=True).encode()
         out[d.pin_name(shape)] = hashlib.sha256(blob).hexdigest()[:16]
     return out

@@ -221,7 +221,7 @@ class Dataplane:
             try:
                 if p.strategy == "program_swap":
                     abi, maps = "", tuple(sorted(ids.items()))
-                    set_id, swap_ms = self._program_swap(cfg, record, ids)
+                    set_id, swap_ms = self._program_swap(cfg, record, ids, p.cache_kept)
                 else:
                     assert record is not None
                     swap_ms = self._write_config(cfg, self.pins.state_dir(record))
@@ -360,8 +360,8 @@ class Dataplane:
         self._layout = loaded.config_layout  # the same sources: no layout worker needed
         return loaded.id
 
-    def _program_swap(self, cfg: Config, record: Record | None,
-                      ids: dict[str, str]) -> tuple[str, float]:
+    def _program_swap(self, cfg: Config, record: Record | None, ids: dict[str, str],
+                      cache_kept: bool) -> tuple[str, float]:
         set_id = self._load_set(cfg, ids)
         switched = False
         try:
@@ -373,6 +373,13 @@ class Dataplane:
                 # Ingress first (see sets.switch).
                 held.point("xdp_root_jmp")
                 switched = True
+                if not cache_kept:
+                    # The writes the old ingress saw marked only the old cache: a GET the new
+                    # ingress takes now may read, inside memcached, a value such a write is
+                    # about to replace. Like a flush: no fill for GETs within fill_hold of
+                    # now (the new cache is empty: its egress is not switched in yet).
+                    self._flush_at(self.pins.view_dir(set_id), cfg.shape(),
+                                   memcached_restarted=False)
                 self.fault("ingress")
                 held.point("msg_root_jmp")
                 held.point("tc_in_root_jmp")
@@ -440,15 +447,19 @@ class Dataplane:
             log.exception("could not go back to version %s", previous.version)
 
     def _flush(self, record: Record | None, *, memcached_restarted: bool) -> None:
+        if record is not None:
+            self._flush_at(self.pins.state_dir(record), record.shape,
+                           memcached_restarted=memcached_restarted)
+
+    def _flush_at(self, state_dir: Path, shape: tuple[int, int, int], *,
+                  memcached_restarted: bool) -> None:
         # A read-modify-write: a flush_all the kernel counts in between still bumps.
-        if record is None:
-            return
-        state = self.pins.state_dir(record) / "state"
+        state = state_dir / "state"
         if not state.exists():
             return
         raw = self.pins.read0(state, readings.STATE_BYTES) or bytes(readings.STATE_BYTES)
         gen = int.from_bytes(raw[:8], "little") + 1
-        level = self.pins.state_dir(record) / level_pin(record.shape)
+        level = state_dir / level_pin(shape)
         if level.exists():  # the new generation's count starts at zero (mc_bump_gen)
             with self.pins.open(level) as fd:
                 libbpf.map_update(fd, (gen & 1).to_bytes(4, "little"), bytes(8))

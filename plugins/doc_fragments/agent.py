@@ -50,3 +50,27 @@ options:
     type: float
     default: 30
 """
+
+    # What a module that only reads the host (status, versions, signals, probe, memcached_check)
+    # supports: check mode runs it as it is, and it has nothing to diff.
+    READS = r"""
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+"""
+
+    # What a module that changes the host's config (config, rollback) supports: check mode says
+    # what it would do, and the diff shows the config text before and after.
+    CHANGES = r"""
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+"""

@@ -37,13 +37,7 @@ options:
     default: 10
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+  - mcache.fleet.agent.reads
 """
 
 EXAMPLES = r"""

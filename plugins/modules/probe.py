@@ -25,13 +25,7 @@ extends_documentation_fragment:
   - mcache.fleet.agent
   - mcache.fleet.agent.probe
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+  - mcache.fleet.agent.reads
 """
 
 EXAMPLES = r"""

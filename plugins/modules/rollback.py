@@ -42,13 +42,7 @@ extends_documentation_fragment:
   - mcache.fleet.agent.state_dir
   - mcache.fleet.agent.probe
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
+  - mcache.fleet.agent.changes
 """
 
 EXAMPLES = r"""

@@ -31,13 +31,7 @@ options:
 extends_documentation_fragment:
   - mcache.fleet.agent
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+  - mcache.fleet.agent.reads
 """
 
 EXAMPLES = r"""

@@ -22,9 +22,11 @@ MAP_STEPS = ["switched", "committed"]
 
 @pytest.fixture(scope="module")
 def pair():
-    p = agent_owned(Pair("k", 14, fill_hold_ms=0).up(), {b"kk": b"kept"})
-    yield p
-    p.down()
+    p = Pair("k", 14, fill_hold_ms=0).up()
+    try:  # down() even when the set-up fails: it stops the pair's memcached
+        yield agent_owned(p, {b"kk": b"kept"})
+    finally:
+        p.down()
 
 
 def killed(a: AgentProc) -> None:

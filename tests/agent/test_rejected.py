@@ -20,9 +20,11 @@ from tests.dataplane.nsutil import kernel_serves as nsutil_kernel_serves
 
 @pytest.fixture(scope="module")
 def pair():
-    p = agent_owned(Pair("rj", 19, fill_hold_ms=0).up(), {b"rj": b"served"})
-    yield p
-    p.down()
+    p = Pair("rj", 19, fill_hold_ms=0).up()
+    try:  # down() even when the set-up fails: it stops the pair's memcached
+        yield agent_owned(p, {b"rj": b"served"})
+    finally:
+        p.down()
 
 
 def kernel_serves(pair: Pair) -> bool:

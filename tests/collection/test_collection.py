@@ -16,9 +16,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
-PLUGINS = {"module": ["mcache.fleet.config", "mcache.fleet.probe", "mcache.fleet.rollback",
-                      "mcache.fleet.status"],
-           "lookup": ["mcache.fleet.release"], "filter": ["mcache.fleet.config_faults"]}
+PLUGINS = {"module": ["mcache.fleet.config", "mcache.fleet.memcached_check", "mcache.fleet.probe",
+                      "mcache.fleet.rollback", "mcache.fleet.signals", "mcache.fleet.status",
+                      "mcache.fleet.versions"],
+           "lookup": ["mcache.fleet.release"],
+           "filter": ["mcache.fleet.config_faults", "mcache.fleet.canary_verdict",
+                      "mcache.fleet.canary_describe"]}
 # ansible-test keeps its venvs under $HOME/.ansible/test: one place of its own, kept between
 # runs on this machine (a fresh CI machine fills it once).
 TEST_HOME = Path("/var/cache/mcache-ansible-test")

@@ -27,6 +27,7 @@ from tests.fleet.labctl import (
     run,
     stored,
 )
+from tests.fleet.promlab import until  # also test_truth.py's
 
 FAST_PROBE = ["-e", "mcache_config_probe_retries=2", "-e", "mcache_config_probe_delay=0.5"]
 
@@ -177,15 +178,17 @@ def test_status_table_and_json(lab, tmp_path):
     out_file = tmp_path / "status.json"
     out = ok(run(lab, "status.yml", *cfg("v4-ttl.yml"), "-e", f"mcache_status_out={out_file}"))
     assert re.search(r"HOST\s+VERSION\s+DESIRED\s+MODE\s+HIT RATIO\s+PROBE\s+DRIFT\s+REJECTED"
-                     r"\s+WHY", out)
+                     r"\s+RELEASE\s+WHY", out)
+    release = agent_release()
     for h in lab.hosts:
         # the rollbacks above left version 1 (rolled back to 4) rejected on every host
-        assert re.search(rf"{h.name}\s+4\s+4\s+generic\s+\S+\s+ok\s+no\s+(\d+,)*1(,\d+)*\s+-",
-                         out), out[-3000:]
+        assert re.search(rf"{h.name}\s+4\s+4\s+generic\s+\S+\s+ok\s+no\s+(\d+,)*1(,\d+)*\s+"
+                         rf"{re.escape(release)}\s+-", out), out[-3000:]
     rows = json.loads(out_file.read_text())
     assert sorted(r["host"] for r in rows) == [h.name for h in lab.hosts]
     for r in rows:
         assert r["version"] == 4 and r["drift"] is False and r["probe_ok"] is True
+        assert f"{r['release']}/{r['programs'][:8]}" == release
         assert 1 in [x["version"] for x in r["rejected"]]
     # against another desired version, every host drifts, and says so
     out = ok(run(lab, "status.yml", *cfg("v6-metrics.yml"), "-e", f"mcache_status_out={out_file}"))
@@ -225,6 +228,14 @@ def test_status_says_why_a_host_is_not_right(lab, tmp_path):
         assert current(h) == 4
 
 
+def agent_release() -> str:
+    """The release column every host shows: this repository's agent build."""
+    from mcache_agent import build
+
+    i = build.info()
+    return f"{i['release']}/{i['programs'][:8]}"
+
+
 def _with(host, name: str, old: str, new: str) -> str:
     """A test config rendered for a host, with one string replaced."""
     text = (CONFIGS / name).read_text().replace(old, new)
@@ -232,45 +243,34 @@ def _with(host, name: str, old: str, new: str) -> str:
         "{{ mcache_interface | default('eth0') }}", "eth0")
 
 
-def test_a_real_prometheus_fires_and_clears_the_agent_down_alert(lab, tmp_path):
+def test_a_real_prometheus_fires_and_clears_the_agent_down_alert(lab, lab_prometheus):
     """The shipped rules, loaded by Debian's prometheus scraping the lab's agents (metrics
     on each host's address): stopping one agent fires McacheAgentDown (for: 1m) for that host
     only, and it clears once the agent is back."""
     ok(run(lab, "canary.yml", *cfg("v6-metrics.yml")))
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(json.dumps({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+    prom = lab_prometheus({
         "rule_files": [str(lab.repo / "prometheus" / "mcache.rules.yml")],
         "scrape_configs": [{"job_name": "mcache", "static_configs": [
             {"targets": [f"{h.address}:9477" for h in lab.hosts]}]}],
-    }))
-    prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    api = f"http://127.0.0.1:{port}/api/v1"
+    })
     down = lab.host(2)
     try:
-        until(lambda: len([t for t in get(f"{api}/targets")["activeTargets"]
-                           if t["health"] == "up"]) == len(lab.hosts), 60, "all targets up")
-        until(lambda: get(f"{api}/query?query=mcache_probe_success")["result"], 90,
-              "a periodic probe's result")
+        until(lambda: len(prom.targets_up()) == len(lab.hosts), 60, "all targets up")
+        until(lambda: prom.query("mcache_probe_success"), 90, "a periodic probe's result")
         stop_agent(down)
         t0 = time.monotonic()
-        alerts = until(lambda: firing(api), 180, "McacheAgentDown firing")
+        alerts = until(lambda: prom.firing("McacheAgentDown"), 180, "McacheAgentDown firing")
         fired = time.monotonic() - t0
         assert [a["labels"]["instance"] for a in alerts] == [f"{down.address}:9477"]
         assert alerts[0]["labels"]["severity"] == "warning"
         start_agent(down)  # as the role's service does
         t1 = time.monotonic()
-        until(lambda: not firing(api), 120, "McacheAgentDown cleared")
+        until(lambda: not prom.firing("McacheAgentDown"), 120, "McacheAgentDown cleared")
         cleared = time.monotonic() - t1
         TIMES[f"prometheus ({lab.init}): agent-down alert fired after"] = fired
         TIMES[f"prometheus ({lab.init}): cleared after the agent was started"] = cleared
         assert 55 < fired < 120, fired
     finally:
-        prom.terminate()
-        prom.wait(30)
         start_agent(down, check=False)
 
 
@@ -290,39 +290,6 @@ def start_agent(host, check: bool = True) -> None:
              "--", "run", "--config", "/etc/mcache/mcache.yml", "--state-dir",
              "/var/lib/mcache", "--socket", "/run/mcache/agent.sock"])
     host.exec(argv, check=check)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str) -> dict:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())["data"]
-
-
-def firing(api: str) -> list[dict]:
-    return [a for a in get(f"{api}/alerts")["alerts"]
-            if a["labels"]["alertname"] == "McacheAgentDown" and a["state"] == "firing"]
-
-
-def until(fn, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            got = fn()
-        except OSError:
-            got = None
-        if got:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"no {what} within {timeout} s")
 
 
 @pytest.fixture(scope="module", autouse=True)

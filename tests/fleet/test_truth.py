@@ -18,9 +18,22 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pymemcache.client.base import Client
 
-from tests.fleet.labctl import AGENT, CONFIGS, TIMES, current, lab_hosts, lab_sh, ok, run
-from tests.fleet.test_fleet import FAST_PROBE, free_port, get, start_agent, stop_agent, until
+from mcache_agent import udp_client as uc
+from tests.collection.test_collection import build_collection, install_collection
+from tests.fleet.labctl import (
+    AGENT,
+    CONFIGS,
+    PREPARED,
+    TIMES,
+    current,
+    lab_hosts,
+    lab_sh,
+    ok,
+    run,
+)
+from tests.fleet.test_fleet import FAST_PROBE, start_agent, stop_agent, until
 
 REASON = "v12 breaks the app"
 
@@ -141,10 +154,11 @@ def test_deploy_canary_rollback_then_a_reboot_comes_back_on_the_version_rolled_b
     out_file = tmp_path / "status.json"
     table, _out = status_table(lab, *desired(configs, 11), "-e", f"mcache_status_out={out_file}")
     assert table_row(table, "HOST").split() == ["HOST", "VERSION", "DESIRED", "MODE", "HIT",
-                                                "RATIO", "PROBE", "DRIFT", "REJECTED", "WHY"]
+                                                "RATIO", "PROBE", "DRIFT", "REJECTED",
+                                                "RELEASE", "WHY"]
     row = table_row(table, host.name)
     print(f"[{lab.init}] status.yml: {row}")
-    assert re.search(r"\s11\s+11\s+generic\s+.*\s(\d+,)*12(,\d+)*\s+-$", row), row
+    assert re.search(r"\s11\s+11\s+generic\s+.*\s(\d+,)*12(,\d+)*\s+\S+/\S+\s+-$", row), row
     rows = {r["host"]: r for r in json.loads(out_file.read_text())}
     assert {r["version"]: r["reason"] for r in rows[host.name]["rejected"]}[12] == REASON
 
@@ -201,7 +215,8 @@ def test_a_failed_canary_rolls_back_and_a_reboot_keeps_the_old_version(lab, conf
     assert res.returncode != 0 and f"{first.name} rejected version 14" in flat(res)
 
 
-def test_status_and_the_refused_alert_clear_when_a_good_config_comes(lab, configs, tmp_path):
+def test_status_and_the_refused_alert_clear_when_a_good_config_comes(lab, configs,
+                                                                   lab_prometheus):
     """A host (re)started on a refused start-up file: it serves the version it ran last, says
     why in status.yml, and a real Prometheus with the shipped rules sees
     mcache_config_file_refused and the McacheConfigRefused alert pending (its `for: 5m` is
@@ -217,54 +232,109 @@ def test_status_and_the_refused_alert_clear_when_a_good_config_comes(lab, config
     assert [f["path"] for f in st["config_file"]["faults"]] == ["$.cache.entries"]
     assert "serving version 13, the last one this host ran" in st["config_file"]["message"]
 
-    port = free_port()
-    (tmp_path / "prometheus.yml").write_text(json.dumps({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+    prom = lab_prometheus({
         "rule_files": [str(lab.repo / "prometheus" / "mcache.rules.yml")],
         "scrape_configs": [{"job_name": "mcache", "static_configs": [
             {"targets": [f"{h.address}:9477" for h in lab.hosts]}]}],
-    }))
-    prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    api = f"http://127.0.0.1:{port}/api/v1"
+    })
     instance = f"{host.address}:9477"
 
     def refused() -> dict[str, float]:
         return {r["metric"]["instance"]: float(r["value"][1]) for r in
-                get(f"{api}/query?query=mcache_config_file_refused")["result"]}
+                prom.query("mcache_config_file_refused")}
 
     def alert_states() -> dict[str, str]:
-        return {a["labels"]["instance"]: a["state"] for a in get(f"{api}/alerts")["alerts"]
-                if a["labels"]["alertname"] == "McacheConfigRefused"}
+        return {a["labels"]["instance"]: a["state"]
+                for a in prom.alerts(name="McacheConfigRefused")}
 
-    try:
-        until(lambda: len(refused()) == len(lab.hosts), 60, "every host's refused metric")
-        assert refused()[instance] == 1.0
-        assert all(v == 0.0 for i, v in refused().items() if i != instance)
-        assert until(alert_states, 30, "McacheConfigRefused pending") == {instance: "pending"}
-        table, _out = status_table(lab, *desired(configs, 13))
-        row = table_row(table, host.name)
-        print(f"\n[{lab.init}] status.yml, refused start-up file: {row}")
-        assert "start-up config refused" in row and "$.cache.entries" in row
+    until(lambda: len(refused()) == len(lab.hosts), 60, "every host's refused metric")
+    assert refused()[instance] == 1.0
+    assert all(v == 0.0 for i, v in refused().items() if i != instance)
+    assert until(alert_states, 30, "McacheConfigRefused pending") == {instance: "pending"}
+    table, _out = status_table(lab, *desired(configs, 13))
+    row = table_row(table, host.name)
+    print(f"\n[{lab.init}] status.yml, refused start-up file: {row}")
+    assert "start-up config refused" in row and "$.cache.entries" in row
 
-        t0 = time.monotonic()
-        ok(run(lab, "deploy.yml", *desired(configs, 15)))
-        st = status(host)
-        assert st["version"] == 15 and st["config_file"]["result"] == "running"
-        assert startup_version(host) == 15
-        until(lambda: refused().get(instance) == 0.0, 30, "the refused metric back to 0")
-        until(lambda: not alert_states(), 30, "McacheConfigRefused gone")
-        TIMES[f"prometheus ({lab.init}): refused alert cleared after the deploy began"] = (
-            time.monotonic() - t0)
-        table, _out = status_table(lab, *desired(configs, 15))
-        row = table_row(table, host.name)
-        print(f"[{lab.init}] status.yml after the deploy of 15: {row}")
-        assert re.search(r"\s15\s+15\s.*\s-$", row), row
-    finally:
-        prom.terminate()
-        prom.wait(30)
+    t0 = time.monotonic()
+    ok(run(lab, "deploy.yml", *desired(configs, 15)))
+    st = status(host)
+    assert st["version"] == 15 and st["config_file"]["result"] == "running"
+    assert startup_version(host) == 15
+    until(lambda: refused().get(instance) == 0.0, 30, "the refused metric back to 0")
+    until(lambda: not alert_states(), 30, "McacheConfigRefused gone")
+    TIMES[f"prometheus ({lab.init}): refused alert cleared after the deploy began"] = (
+        time.monotonic() - t0)
+    table, _out = status_table(lab, *desired(configs, 15))
+    row = table_row(table, host.name)
+    print(f"[{lab.init}] status.yml after the deploy of 15: {row}")
+    assert re.search(r"\s15\s+15\s.*\s-$", row), row
+
+
+def kernel_hits(host) -> int:
+    return status(host)["counters"]["hit"]
+
+
+def hit_ratio(host, keys: list[bytes]) -> float:
+    """One UDP GET of each key: the share the kernel answered (every key is in memcached)."""
+    before = kernel_hits(host)
+    for k in keys:
+        assert uc.udp_get_ascii(host.address, 11211, [k], 2.0) == {k: b"v-" + k}
+    return (kernel_hits(host) - before) / len(keys)
+
+
+@pytest.mark.parametrize("lab", ["plain"], indirect=True)
+def test_an_agent_upgrade_by_canary_keeps_the_cache(lab, configs, tmp_path):
+    """A release whose programs changed and no map did (its bpf/ sources edited, the map
+    headers among them), rolled out by the canary playbook with the next config: every host
+    gets the new agent, the config is a program swap onto the very same maps, and the keys
+    cached before are kernel hits after."""
+    for n in (16, 17, 18):  # entries live 10 minutes: the upgrade takes longer than v15's 15 s
+        text = (configs / "v15.yml").read_text().replace("version: 15\n", f"version: {n}\n")
+        assert "ttl_ms: 15000" in text
+        (configs / f"v{n}.yml").write_text(text.replace("ttl_ms: 15000", "ttl_ms: 600000"))
+    ok(run(lab, "deploy.yml", *desired(configs, 16)))
+    host = lab.host(1)
+    keys = [b"upgrade-%03d" % i for i in range(100)]
+    mc = Client((host.address, 11211), default_noreply=False, timeout=5)
+    for k in keys:
+        mc.set(k, b"v-" + k)
+    mc.close()
+    time.sleep(0.2)  # past the fill hold (50 ms) of the last write
+    hit_ratio(host, keys)  # misses that fill
+    before = hit_ratio(host, keys)
+    programs = status(host)["build"]["programs"]
+
+    colls = install_collection(build_collection(tmp_path / "build"), tmp_path / "collections")
+    bpf = colls / "ansible_collections" / "mcache" / "fleet" / "bpf"
+    # a program and the headers that declare the maps change, none of the maps' layouts: the
+    # agent before per-map identities made every map anew for a comment in these headers
+    for name in ("xdp_ingress.c", "mcache_maps.h", "mcache_shared.h"):
+        (bpf / name).write_text((bpf / name).read_text() + "/* a new build */\n")
+    env = {**lab.env, "ANSIBLE_COLLECTIONS_PATH": str(colls),
+           "ANSIBLE_CONFIG": str(tmp_path / "none.cfg")}
+    t0 = time.monotonic()
+    r = subprocess.run([str(lab.repo / ".venv" / "bin" / "ansible-playbook"), "-i",
+                        str(lab.inventory), "mcache.fleet.canary", *desired(configs, 17)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+                       stdin=subprocess.DEVNULL, check=False)
+    out = ok(r)
+    TIMES[f"canary.yml, a new release ({lab.init})"] = time.monotonic() - t0
+    assert PREPARED.search(out)
+    st = status(host)
+    assert st["version"] == 17 and st["build"]["programs"] != programs, st["build"]
+    assert st["last_apply"]["strategy"] == "program_swap", st["last_apply"]
+    assert st["last_apply"]["cache_kept"] is True, st["last_apply"]
+    after = hit_ratio(host, keys)
+    print(f"\n[{lab.init}] agent upgrade by canary.yml: kernel hit ratio over {len(keys)} "
+          f"keys cached before: {before:.2f} before, {after:.2f} right after")
+    end = status(host)
+    why = (f"flushes {end['flush_reasons']}, cache {end['cache']['used']} used, "
+           f"generation {end.get('generation')}, last apply {end['last_apply']}; agent log:\n"
+           + host.exec(["tail", "-n", "40", "/var/log/mcache/agent.log"]).stdout)
+    assert before == 1.0 and after == 1.0, why
+    ok(run(lab, "deploy.yml", *desired(configs, 18)))  # back to the repository's release
+    assert all(current(h) == 18 for h in lab.hosts)
 
 
 @pytest.fixture(scope="module", autouse=True)

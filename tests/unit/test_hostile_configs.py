@@ -52,7 +52,9 @@ from mcache_agent.versions import VersionStore
 
 REPO = Path(__file__).resolve().parents[2]
 # The bounds of the issue: reading and checking one file, and validating it as a process
-# (whose wall time includes starting Python, which another test run may slow down).
+# (whose wall time includes starting Python, which another test run may slow down). In
+# process they are CPU seconds of this process (every thread, the agent's included): a
+# machine busy with other work slows the wall clock, not the work a hostile text causes.
 CHECK_SECONDS = 1.0
 PROCESS_SECONDS = 10.0
 PROCESS_EXTRA_RSS = 100 << 20
@@ -651,9 +653,9 @@ def test_the_corpus_is_large() -> None:
 @pytest.mark.parametrize("c", [c for c in CASES if c.via != "file"], ids=lambda c: c.name)
 def test_reading_and_checking_refuses_within_a_second(c: Case) -> None:
     assert isinstance(c.text, str)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     faults = check(c.text)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
     assert_refused(c, faults)
     assert elapsed < CHECK_SECONDS, f"{elapsed:.2f} s"
 
@@ -680,10 +682,10 @@ def test_files_of_any_kind_are_refused_without_waiting(tmp_path: Path) -> None:
         if c.via != "file":
             continue
         path = write_case(tmp_path, c)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         with pytest.raises(ConfigError) as e:
             load_config(path)
-        assert time.perf_counter() - t0 < CHECK_SECONDS
+        assert time.process_time() - t0 < CHECK_SECONDS
         assert_refused(c, [(f.path, f.message) for f in e.value.faults])
 
 
@@ -830,9 +832,9 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Agent:
 
 @pytest.mark.parametrize("c", [c for c in CASES if c.via != "file"], ids=lambda c: c.name)
 def test_the_agent_refuses_it_as_invalid(agent: Agent, c: Case) -> None:
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     resp = agent.apply_text(c.text)  # type: ignore[arg-type]
-    assert time.perf_counter() - t0 < CHECK_SECONDS
+    assert time.process_time() - t0 < CHECK_SECONDS
     assert resp["ok"] is False and resp["error"]["kind"] == "invalid", resp
     assert_refused(c, [(f["path"], f["message"]) for f in resp["error"]["faults"]])
     assert agent.dataplane.asked == [] and agent.running.version == 4
@@ -856,9 +858,9 @@ def config_faults() -> Any:
 
 @pytest.mark.parametrize("c", [c for c in CASES if c.via != "file"], ids=lambda c: c.name)
 def test_the_controller_filter_lists_it(config_faults: Any, c: Case) -> None:
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     lines = config_faults(c.text)
-    assert time.perf_counter() - t0 < CHECK_SECONDS
+    assert time.process_time() - t0 < CHECK_SECONDS
     assert paths_in(lines) == set(c.paths), lines
     assert any(line.startswith(f"{c.paths[0]}: ") and c.fragment in line for line in lines)
 
@@ -887,14 +889,14 @@ def test_the_filter_passes_the_examples(config_faults: Any) -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=2000))
 def test_any_text_is_a_config_or_faults(text: str) -> None:
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         cfg = parse_config(text)
     except ConfigError as e:
         assert e.faults and all(f.path.startswith("$") for f in e.faults)
     else:
         check_semantics(cfg, None, host_checks=False)
-    assert time.perf_counter() - t0 < CHECK_SECONDS
+    assert time.process_time() - t0 < CHECK_SECONDS
 
 
 YAML_ATOMS = st.sampled_from(
@@ -910,12 +912,12 @@ def test_yaml_shaped_garbage_is_a_config_or_faults(tail: str, where: int) -> Non
     # Glued somewhere into a good config: the faults must come with paths, never a traceback.
     lines = BASE.splitlines(keepends=True)
     text = "".join(lines[:where]) + tail + "".join(lines[where:])
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         parse_config(text)
     except ConfigError as e:
         assert e.faults and all(_PATH.match(f.path) for f in e.faults)
-    assert time.perf_counter() - t0 < CHECK_SECONDS
+    assert time.process_time() - t0 < CHECK_SECONDS
 
 
 JSONISH = st.recursive(
