@@ -22,11 +22,8 @@ MAP_STEPS = ["switched", "committed"]
 
 @pytest.fixture(scope="module")
 def pair():
-    p = Pair("k", 14, fill_hold_ms=0).up()
-    try:  # down() even when the set-up fails: it stops the pair's memcached
-        yield agent_owned(p, {b"kk": b"kept"})
-    finally:
-        p.down()
+    with agent_owned(Pair("k", 14, fill_hold_ms=0), {b"kk": b"kept"}) as p:
+        yield p
 
 
 def killed(a: AgentProc) -> None:

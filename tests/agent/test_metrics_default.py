@@ -15,9 +15,8 @@ from tests.dataplane.nsutil import Pair, agent_owned, in_ns, versioned_config
 
 @pytest.fixture(scope="module")
 def pair():
-    p = agent_owned(Pair("obs", 23).up(), {b"up": b"served"})
-    yield p
-    p.down()
+    with agent_owned(Pair("obs", 23), {b"up": b"served"}) as p:
+        yield p
 
 
 def scrape(pair: Pair) -> str:

@@ -11,11 +11,8 @@ from tests.dataplane.nsutil import kernel_serves as nsutil_kernel_serves
 
 @pytest.fixture(scope="module")
 def pair():
-    p = Pair("st", 17, fill_hold_ms=0).up()
-    try:  # down() even when the set-up fails: it stops the pair's memcached
-        yield agent_owned(p, {b"up": b"served"})
-    finally:
-        p.down()
+    with agent_owned(Pair("st", 17, fill_hold_ms=0), {b"up": b"served"}) as p:
+        yield p
 
 
 def kernel_serves(pair: Pair) -> bool:

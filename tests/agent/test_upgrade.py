@@ -18,11 +18,8 @@ from tests.dataplane.nsutil import NsClient, Pair, agent_owned, in_ns, versioned
 
 @pytest.fixture(scope="module")
 def pair():
-    p = Pair("up", 21, fill_hold_ms=0).up()
-    try:  # down() even when the set-up fails: it stops the pair's memcached
-        yield agent_owned(p, {})
-    finally:
-        p.down()
+    with agent_owned(Pair("up", 21, fill_hold_ms=0), {}) as p:
+        yield p
 
 
 def test_a_restart_onto_new_programs_keeps_the_cache(pair: Pair, agent: AgentProc) -> None:

@@ -9,6 +9,7 @@ import os
 import socket
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from pymemcache.client.base import Client
@@ -233,15 +234,21 @@ class NsClient:
         assert self.cmd_get() == gets, "memcached saw a GET the cache should have answered"
 
 
-def agent_owned(p: Pair, keys: dict[bytes, bytes]) -> Pair:
-    """A pair whose data plane the real agent will own: nothing loaded, keys stored."""
-    with in_ns(p.s):
-        p.dp.teardown()
-    c = NsClient(p, p.c)
-    for k, v in keys.items():
-        c.mc.set(k, v)
-    c.mc.close()
-    return p
+@contextlib.contextmanager
+def agent_owned(p: Pair, keys: dict[bytes, bytes]) -> Iterator[Pair]:
+    """A pair whose data plane the real agent will own: up, nothing loaded, keys stored; down
+    afterwards, even when this set-up fails (down() stops the pair's memcached)."""
+    p.up()
+    try:
+        with in_ns(p.s):
+            p.dp.teardown()
+        c = NsClient(p, p.c)
+        for k, v in keys.items():
+            c.mc.set(k, v)
+        c.mc.close()
+        yield p
+    finally:
+        p.down()
 
 
 def same_bucket_keys(n: int, entries: int = 4096) -> list[bytes]:
