@@ -579,6 +579,11 @@ class Agent:
             return ok({"stopped": True, "teardown": teardown})
 
     def status(self) -> dict[str, Any]:
+        # Read without the lock (status answers during a long apply), so read `starting`
+        # first: it only goes from True to False, after start() has set what it reports.
+        # Read last, a start finishing while the document is built would show the new
+        # version, "not starting", and no config file yet.
+        starting = self.starting
         running = self.running
         doc = status_document(
             self.dataplane, self.store, running, running=True,
@@ -586,7 +591,7 @@ class Agent:
             last_apply=self.last_apply, probe=self.last_probe,
             config_file=self.config_file, in_progress=self.in_progress,
         )
-        doc["starting"] = self.starting
+        doc["starting"] = starting
         doc["started_at_unix"] = self.started_at
         # memcached's own GET counts as the watch last read them (every second): what the
         # kernel answered set against what still reached memcached (the dashboard's offload).

@@ -478,6 +478,39 @@ def test_start_applied_the_file_and_stored_it(agent: Running) -> None:
     assert agent.store.get(1) == cfg_text(1)
 
 
+def test_status_built_while_the_start_finishes_is_one_moment(tmp_path: Path) -> None:
+    """A status asked for right after the start's apply commits, and built while the start
+    finishes, says "starting" or has the config file's fate: never the new version, not
+    starting, and no config file (what a fleet test saw after a reboot)."""
+    dp = FakeDataplane()
+    a = Agent(dp, VersionStore(tmp_path / "state"))
+    in_stats, release = threading.Event(), threading.Event()
+    docs: list[dict[str, Any]] = []
+    slow_stats = dp.stats
+
+    def stats_after_the_start() -> Stats:
+        in_stats.set()
+        assert release.wait(10)
+        return slow_stats()
+
+    def status_now(_new: Config, _previous: Config | None) -> None:
+        dp.stats = stats_after_the_start  # type: ignore[method-assign]
+        t = threading.Thread(target=lambda: docs.append(a.status()))
+        t.start()
+        assert in_stats.wait(10)  # the status has begun, mid-start
+        threads.append(t)
+
+    threads: list[threading.Thread] = []
+    a.on_config = status_now
+    a.start(load_config(cfg_text(1)), path="/etc/mcache/mcache.yml")
+    assert not a.starting and a.config_file is not None
+    release.set()
+    threads[0].join(10)
+    (doc,) = docs
+    assert doc["version"] == 1
+    assert doc["starting"] or doc["config_file"] is not None, doc
+
+
 def test_status_shape(agent: Running) -> None:
     resp = agent.call({"op": "status"})
     assert resp["ok"] is True
