@@ -217,19 +217,38 @@ static __always_inline __u32 mc_bucket(__u32 hash)
 	return (hash & (MC_CACHE_ENTRIES / MC_WAYS - 1)) * MC_WAYS;
 }
 
-/* Entries whose value is known from before this time are dead: the time of a delayed
- * flush_all once it has come, else 0 (a delayed flush that has not happened kills nothing). */
-static __always_inline __u64 mc_flush_cut(struct mc_state *st, __u64 now)
+/*
+ * What a lookup judges an entry by, read once per key: the time, the cache's generation
+ * (older entries are dead), the cut of a delayed flush_all that has come (entries known
+ * from before it are dead; 0 while it has not come) and the config's TTL.
+ */
+struct mc_judge {
+	__u64 now;
+	__u64 gen;
+	__u64 cut;
+	__u64 ttl;
+};
+
+/* Reads j for a lookup now; 0 when there is no state map (never, once loaded): a pass. */
+static __always_inline int mc_judge_now(struct mc_judge *j, __u64 ttl_ns)
 {
+	u32 zero = 0;
+	struct mc_state *st = mc_state.lookup(&zero);
+	if (!st)
+		return 0;
+	j->now = bpf_ktime_get_ns();
+	j->gen = st->gen;
 	__u64 at = st->flush_at_ns;
-	return at && now >= at ? at : 0;
+	j->cut = at && j->now >= at ? at : 0;
+	j->ttl = ttl_ns;
+	return 1;
 }
 
-/* A slot's entry (its lock held) is too old to serve: older than ttl_ns, or known from before
- * a flush that has happened (cut: mc_flush_cut). */
-static __always_inline int mc_entry_stale(struct mc_slot *slot, __u64 now, __u64 ttl, __u64 cut)
+/* A slot's entry (its lock held, its generation checked) is too old to serve: older than the
+ * TTL, or known from before a flush that has come. */
+static __always_inline int mc_entry_stale(struct mc_slot *slot, const struct mc_judge *j)
 {
-	return now - slot->fill_ns > ttl || slot->fill_ns < cut;
+	return j->now - slot->fill_ns > j->ttl || slot->fill_ns < j->cut;
 }
 
 /* The first counter of a path's verdicts in a config's line of mc_stats. */

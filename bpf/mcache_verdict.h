@@ -47,9 +47,9 @@ static __always_inline void mc_pkt_begin(struct mc_pkt *p, struct mc_config *cfg
 	p->cap = c && c->on;
 	p->slot = cfg->stats_slot;
 	p->line = mc_stat_line(p->slot, path);
+	p->version = cfg->version; /* a capture's records and XDP's hand-overs to TC name it */
 	if (p->cap) { /* what only a capture reads */
 		p->seen = 0;
-		p->version = cfg->version;
 		p->rec.hdr.key_len = 0;
 		p->rec.hdr.key_full = 0;
 	}

@@ -168,23 +168,18 @@ static __always_inline int tc_answer(struct __sk_buff *skb, struct mc_xscratch *
 	if (idx < base || idx >= base + MC_WAYS)
 		return TC_ACT_OK;
 	struct mc_slot *slot = mc_cache.lookup(&idx);
-	u32 zero = 0;
-	struct mc_state *st = mc_state.lookup(&zero);
-	if (!slot || !st)
+	struct mc_judge j;
+	if (!slot || !mc_judge_now(&j, cfg->ttl_ns))
 		return TC_ACT_OK;
-	__u64 now = bpf_ktime_get_ns();
-	__u64 gen = st->gen;
-	__u64 cut = mc_flush_cut(st, now);
-	__u64 ttl = cfg->ttl_ns;
 	kl = MC_LOAD(s->one_kl);
 	if (kl == 0 || kl > MC_MAX_KEY)
 		return TC_ACT_OK;
 	s->one_tail = 0;
 	/* Checked again under the lock, as at XDP: a write since then has invalidated it. */
 	bpf_spin_lock(&slot->lock);
-	if (slot->valid && slot->gen == gen && slot->hash == hash && slot->key_len == kl &&
+	if (slot->valid && slot->gen == j.gen && slot->hash == hash && slot->key_len == kl &&
 	    mc_key_equal(slot->key, s->buf, ko, MC_LOAD(s->one_kl)) &&
-	    !mc_entry_stale(slot, now, ttl, cut))
+	    !mc_entry_stale(slot, &j))
 		s->one_tail = reply_tail(slot, s->out);
 	bpf_spin_unlock(&slot->lock);
 	mc_pkt_key(&s->pkt, s->buf, ko, MC_LOAD(s->one_kl));

@@ -237,23 +237,19 @@ static __always_inline void mark_unservable(__u32 idx, __u16 kl, __u16 vl)
  * metadata, which some kernels refuse XDP programs (bpf_xdp_adjust_meta). tc_ingress runs on
  * the CPU that ran XDP for the frame (generic XDP: in the same receive).
  */
-static __always_inline int to_tc(struct xdp_md *ctx, struct mc_xscratch *s, __u32 slot,
-				 __u32 cookie)
+static __always_inline void to_tc(struct xdp_md *ctx, struct mc_xscratch *s, __u32 slot,
+				  __u32 cookie)
 {
-	struct mc_config *cfg = mc_config();
-	if (!cfg)
-		return 0;
 	struct mc_handover *h = &s->ho[s->ho_next++ & (MC_HANDOVERS - 1)];
 	h->cookie = cookie ? cookie : 1;
 	h->slot = slot;
 	h->ifindex = ctx->ingress_ifindex;
-	h->version = cfg->version;
+	h->version = s->pkt.version; /* the config that decided, read at the entry */
 	h->len = s->payload_len + sizeof(struct udphdr);
 	__builtin_memcpy(h->addr, s->ck.saddr, 16);
 	h->port = s->client_port;
 	h->rid = s->request_id;
 	mc_count(MC_V_TO_TC);
-	return 1;
 }
 
 #endif /* MC_XDP_CSUM_H */

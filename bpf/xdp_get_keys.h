@@ -35,16 +35,9 @@ static __always_inline int get_key(struct xdp_md *ctx, struct mc_xscratch *s,
 	if (way == MC_NO_CACHE)
 		return XDP_PASS;
 	struct mc_slot *slot = mc_cache.lookup(&idx);
-	if (!slot)
+	struct mc_judge j;
+	if (!slot || !mc_judge_now(&j, cfg->ttl_ns))
 		return XDP_PASS;
-	__u64 now = bpf_ktime_get_ns();
-	u32 zero = 0;
-	struct mc_state *st = mc_state.lookup(&zero);
-	if (!st)
-		return XDP_PASS;
-	__u64 gen = st->gen;
-	__u64 flush_at = mc_flush_cut(st, now);
-	__u64 ttl = cfg->ttl_ns;
 	int ok = 0, expired = 0;
 
 	/* What the entry must know: memcached's CAS for a binary reply, the client flags for
@@ -52,10 +45,10 @@ static __always_inline int get_key(struct xdp_md *ctx, struct mc_xscratch *s,
 	int need_cas = s->binary;
 	int need_flags = !s->meta || s->meta_f;
 	bpf_spin_lock(&slot->lock);
-	if (way >= 0 && slot->valid && slot->gen == gen && slot->hash == hash && slot->key_len == kl &&
-	    (!need_cas || slot->has_cas) && (!need_flags || slot->has_flags)) {
+	if (way >= 0 && slot->valid && slot->gen == j.gen && slot->hash == hash &&
+	    slot->key_len == kl && (!need_cas || slot->has_cas) && (!need_flags || slot->has_flags)) {
 		ok = mc_key_equal(slot->key, s->buf, ko, MC_LOAD(h->key_len));
-		if (ok && mc_entry_stale(slot, now, ttl, flush_at)) {
+		if (ok && mc_entry_stale(slot, &j)) {
 			ok = 0;
 			expired = 1;
 			slot->valid = 0;
@@ -81,7 +74,7 @@ static __always_inline int get_key(struct xdp_md *ctx, struct mc_xscratch *s,
 	}
 	bpf_spin_unlock(&slot->lock);
 	if (expired)
-		mc_level_add(gen, -1);
+		mc_level_add(j.gen, -1);
 	mc_pkt_key(&s->pkt, s->buf, ko, MC_LOAD(h->key_len)); /* late: see get_one */
 
 	if (!ok) {
@@ -151,24 +144,19 @@ static __always_inline int mget_key(struct mc_xscratch *s, struct mc_config *cfg
 	if (way == MC_NO_CACHE)
 		return MC_MG_PASS;
 	struct mc_slot *slot = mc_cache.lookup(&idx);
-	u32 zero = 0;
-	struct mc_state *st = mc_state.lookup(&zero);
-	if (!slot || !st)
+	struct mc_judge j;
+	if (!slot || !mc_judge_now(&j, cfg->ttl_ns))
 		return MC_MG_PASS;
-	__u64 now = bpf_ktime_get_ns();
-	__u64 gen = st->gen;
-	__u64 flush_at = mc_flush_cut(st, now);
-	__u64 ttl = cfg->ttl_ns;
 	int ok = 0, expired = 0;
 	ko = MC_LOAD(k->off) & MC_BUF_MASK;
 	kl = MC_LOAD(k->len);
 	if (kl == 0 || kl > MC_MAX_KEY)
 		return MC_MG_PASS;
 	bpf_spin_lock(&slot->lock);
-	if (way >= 0 && slot->valid && slot->gen == gen && slot->hash == hash &&
+	if (way >= 0 && slot->valid && slot->gen == j.gen && slot->hash == hash &&
 	    slot->key_len == kl && slot->has_flags) {
 		ok = mc_key_equal(slot->key, s->buf, ko, MC_LOAD(k->len));
-		if (ok && mc_entry_stale(slot, now, ttl, flush_at)) {
+		if (ok && mc_entry_stale(slot, &j)) {
 			ok = 0;
 			expired = 1;
 			slot->valid = 0;
@@ -212,7 +200,7 @@ static __always_inline int mget_key(struct mc_xscratch *s, struct mc_config *cfg
 	}
 	bpf_spin_unlock(&slot->lock);
 	if (expired)
-		mc_level_add(gen, -1);
+		mc_level_add(j.gen, -1);
 	ko = MC_LOAD(k->off) & MC_BUF_MASK;
 	mc_pkt_key(&s->pkt, s->buf, ko, MC_LOAD(k->len)); /* late: see get_one */
 	if (!ok) {

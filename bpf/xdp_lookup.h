@@ -223,23 +223,18 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 	if (way == MC_NO_CACHE)
 		return XDP_PASS;
 	struct mc_slot *slot = mc_cache.lookup(&idx);
-	u32 zero = 0;
-	struct mc_state *st = mc_state.lookup(&zero);
-	if (!slot || !st)
+	struct mc_judge j;
+	if (!slot || !mc_judge_now(&j, cfg->ttl_ns))
 		return XDP_PASS;
-	__u64 now = bpf_ktime_get_ns();
-	__u64 gen = st->gen;
-	__u64 flush_at = mc_flush_cut(st, now);
-	__u64 ttl = cfg->ttl_ns;
 	int expired = 0, unservable = 0;
 	s->one_tail = 0;
 	__u16 vl = 0;
 
 	if (way >= 0) { /* else a miss, without touching a slot */
 		bpf_spin_lock(&slot->lock);
-		if (slot->valid && slot->gen == gen && slot->hash == hash && slot->key_len == kl &&
+		if (slot->valid && slot->gen == j.gen && slot->hash == hash && slot->key_len == kl &&
 		    mc_key_equal(slot->key, s->buf, ko, MC_LOAD(s->one_kl))) {
-			if (mc_entry_stale(slot, now, ttl, flush_at)) {
+			if (mc_entry_stale(slot, &j)) {
 				expired = 1;
 				slot->valid = 0;
 			} else if (slot->unservable && slot->has_flags) {
@@ -252,12 +247,11 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 		bpf_spin_unlock(&slot->lock);
 	}
 	if (expired)
-		mc_level_add(gen, -1);
+		mc_level_add(j.gen, -1);
 	/* Noted this late on purpose: a branch early in a path doubles what the verifier walks. */
 	mc_pkt_key(&s->pkt, s->buf, ko, MC_LOAD(s->one_kl));
 	if (unservable) { /* its reply did not fit the frame last time: tc_ingress answers */
-		if (!to_tc(ctx, s, idx, 0))
-			mc_count(MC_V_TOO_BIG);
+		to_tc(ctx, s, idx, 0);
 		return XDP_PASS;
 	}
 	__u32 tail = MC_LOAD(s->one_tail);
@@ -268,7 +262,7 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 		if (expired)
 			mc_count(MC_V_EXPIRED);
 		mc_count(MC_V_MISS);
-		remember_in_way(s, hash, now, gen);
+		remember_in_way(s, hash, j.now, j.gen);
 		return XDP_PASS;
 	}
 
@@ -283,8 +277,7 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 	int have = (int)((long)ctx->data_end - (long)ctx->data);
 	if (!resize(ctx, (int)(hdrs + body) - have)) {
 		mark_unservable(idx, kl, vl);
-		if (!to_tc(ctx, s, idx, 0)) /* no room to grow the frame here; the skb has */
-			mc_count(MC_V_TOO_BIG);
+		to_tc(ctx, s, idx, 0); /* no room to grow the frame here; the skb has */
 		return XDP_PASS;
 	}
 	__u64 k = kl, t = tail;

@@ -170,15 +170,13 @@ static __always_inline int reply_payload(void *ctx, int skb, struct mc_xscratch 
  * into the skb. The scratch is per CPU and the next frame's XDP run overwrites it, so the
  * hand-over carries a cookie that xdp_main clears: tc_ingress answers only when it runs on
  * the same CPU before any other XDP run (generic XDP: at once, in the same receive; else
- * memcached answers). 0 when nothing could be handed over.
+ * memcached answers).
  */
-static __always_inline int to_tc_scratch(struct xdp_md *ctx, struct mc_xscratch *s)
+static __always_inline void to_tc_scratch(struct xdp_md *ctx, struct mc_xscratch *s)
 {
 	__u32 cookie = ++s->handover_seq | 1; /* never 0: 0 is "none" */
-	if (!to_tc(ctx, s, MC_META_FROM_SCRATCH, cookie))
-		return 0;
+	to_tc(ctx, s, MC_META_FROM_SCRATCH, cookie);
 	s->handover = cookie;
-	return 1;
 }
 
 static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
@@ -209,8 +207,7 @@ static __always_inline int reply(struct xdp_md *ctx, struct mc_xscratch *s)
 	 * short request, or a UDP length shorter than the IP one) must not trail the reply. */
 	int have = (int)((long)ctx->data_end - (long)ctx->data);
 	if (!resize(ctx, (int)(hdrs + body) - have)) {
-		if (!to_tc_scratch(ctx, s)) /* no room to grow the frame here; the skb has */
-			mc_count(MC_V_TOO_BIG);
+		to_tc_scratch(ctx, s); /* no room to grow the frame here; the skb has */
 		return XDP_PASS;
 	}
 	if (store_l2l4(ctx, 0, s, body) || reply_payload(ctx, 0, s, hdrs))

@@ -254,11 +254,13 @@ class Dataplane:
             if record is None or record.version != cfg.version:
                 raise DataplaneError("reconcile: the pinned record is not this version")
             self._write_config(cfg, self.pins.state_dir(record))
-            sets.switch(self.pins, record.set)
             if any(d.name != record.set for d in sets.pinned_dirs(self.pins)):
                 # An interrupted program swap may have run its new ingress (and its cache)
-                # for a while: writes then invalidated only that cache. Empty them all.
+                # for a while: writes then invalidated only that cache. Empty the recorded
+                # one before its ingress is back: after, it would serve what those writes
+                # replaced until the flush (test_failing_applies saw it, ~1 ms).
                 self._flush(record, memcached_restarted=False)
+            sets.switch(self.pins, record.set)
             self.pins.retire(record)
             self._commit(dataclasses.replace(record,
                                              interfaces=tuple(self._attach(cfg, record)),
@@ -388,7 +390,11 @@ class Dataplane:
                 swap_ms = (time.perf_counter() - t0) * 1000
         except Exception:
             if switched and record is not None:
-                sets.switch(self.pins, record.set)  # back before the new set's pins go
+                # The new ingress ran: writes since invalidated only its cache. The recorded
+                # one is emptied before its ingress is back (as reconcile does), and it is
+                # back before the new set's pins go.
+                self._flush(record, memcached_restarted=False)
+                sets.switch(self.pins, record.set)
             sets.discard(self.pins, set_id)
             raise
         return set_id, swap_ms

@@ -195,8 +195,9 @@ def describe(host, regressions):
 def analyse(readings, thresholds=None):
     """One host's bake from its readings: start (the rollout's first), before (just before its
     apply), bake_start and after (the bake window, once the probe passed), and peers:
-    [[start, now], ...] of hosts not yet changed. Returns the judge() result with the windows
-    it judged."""
+    [[start, now], ...] of hosts not yet changed, and peers_lost: the names of those that
+    answered at the start but not for this bake (left out, and noted: a peer that goes away
+    says nothing about this host). Returns the judge() result with the windows it judged."""
     t = dict(DEFAULT_THRESHOLDS)
     t.update({k: v for k, v in (thresholds or {}).items() if v is not None})
     before = window(readings.get("start"), readings.get("before"), t["min_requests"])
@@ -205,5 +206,7 @@ def analyse(readings, thresholds=None):
     peers = [window(p[0], p[1], 0) for p in readings.get("peers") or [] if len(p) == 2]
     peers = [p for p in peers if p.get("valid")]
     out = judge(before, after, peers, t)
+    out["notes"] = out["notes"] + ["peer %s did not answer: left out of the comparison" % h
+                                   for h in readings.get("peers_lost") or []]
     out.update(before=before, after=after, peers=len(peers))
     return out

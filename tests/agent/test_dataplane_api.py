@@ -14,8 +14,9 @@ from pymemcache.client.base import Client
 from mcache_agent import constants
 from mcache_agent import udp_client as uc
 from mcache_agent.config import check_semantics
-from mcache_agent.dataplane import identity, libbpf, sets
+from mcache_agent.dataplane import DataplaneError, identity, libbpf, sets
 from mcache_agent.dataplane.pins import PinDir
+from mcache_agent.dataplane.readings import STATE_BYTES
 from tests.dataplane.nsutil import NsClient, Pair, in_ns, make_config, sh
 
 
@@ -192,6 +193,69 @@ def test_a_program_change_keeps_every_map_whose_layout_it_leaves(pair):
     assert map_ids(pins) == before, "a map was made anew though its layout is the same"
     assert [d.name for d in (pair.pin / "views").iterdir()] == [new.set]
     served_by_kernel(pair, b"kept-across", b"upgrade")
+
+
+class SwapFails(Exception):
+    pass
+
+
+def state_gen(pins: PinDir) -> int:
+    rec = pins.record()
+    assert rec is not None
+    raw = pins.read0(pins.state_dir(rec) / "state", STATE_BYTES) or bytes(8)
+    return int.from_bytes(raw[:8], "little")
+
+
+@pytest.mark.parametrize(("step", "state"), [("ingress", "kept"), ("switched", "kept"),
+                                           ("ingress", "renewed"), ("switched", "renewed")])
+def test_a_program_swap_that_fails_after_its_ingress_ran_never_serves_the_old_cache(
+        pair, monkeypatch, step, state):
+    """A program swap onto a new cache fails after its ingress took traffic (at "ingress":
+    inside the swap; at "switched": after it, as when an interface goes away while it is
+    attached). A write in between invalidated only the new cache: the recorded cache is
+    emptied before its ingress is back, and the GET after the failure reads the write. With
+    the state map kept, the new set's flush empties the old cache too; with a new state map
+    (a changed layout, simulated as in the test below) only the flush of the old one does."""
+    c = NsClient(pair, pair.c)
+    v = 180 + 2 * ["ingress", "switched"].index(step) + 4 * ["kept", "renewed"].index(state)
+    running = make_config(text(pair, v))
+    with in_ns(pair.s):
+        pair.dp.apply(running, None)
+    key = f"swap-fails-{step}-{state}".encode()
+    c.cached(key, b"old")
+    pins = PinDir(pair.pin)
+    if state == "renewed":
+        rec = pins.record()
+        ids = rec.identities
+        pins.store_path("state", ids["state"]).rename(pins.store_path("state", "0" * 16))
+        pins.write_record(dataclasses.replace(
+            rec, maps=tuple(sorted({**ids, "state": "0" * 16}.items()))))
+    rec, gen = pins.record(), state_gen(pins)
+    switched_back_at: list[int] = []
+    real_switch = sets.switch
+
+    def switch(pin_dir: PinDir, set_id: str) -> None:
+        if set_id == rec.set:
+            switched_back_at.append(state_gen(pins))
+        real_switch(pin_dir, set_id)
+
+    def fault(at: str) -> None:
+        if at == step:
+            c.mc.set(key, b"new")  # read by the new ingress alone
+            raise SwapFails(f"the swap fails at {at}")
+
+    monkeypatch.setattr(sets, "switch", switch)
+    monkeypatch.setattr(pair.dp, "fault", fault)
+    cfg = make_config(text(pair, v + 1, entries=8192))
+    if state == "renewed":
+        assert "state" in " ".join(pair.dp.plan(cfg, running).reasons)
+    with in_ns(pair.s), pytest.raises(DataplaneError, match="the swap fails"):
+        pair.dp.apply(cfg, running)
+    assert pins.record() == rec
+    assert switched_back_at and switched_back_at[0] > gen, (
+        "the recorded cache's ingress came back before the cache was emptied")
+    assert c.udp_get(key) == {key: b"new"}
+    c.mc.close()
 
 
 def test_a_changed_layout_renews_that_map_alone(pair):

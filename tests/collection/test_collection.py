@@ -20,6 +20,7 @@ PLUGINS = {"module": ["mcache.fleet.config", "mcache.fleet.memcached_check", "mc
                       "mcache.fleet.rollback", "mcache.fleet.signals", "mcache.fleet.status",
                       "mcache.fleet.versions"],
            "lookup": ["mcache.fleet.release"],
+           "callback": ["mcache.fleet.rollout_record"],
            "filter": ["mcache.fleet.config_faults", "mcache.fleet.canary_verdict",
                       "mcache.fleet.canary_describe"]}
 # ansible-test keeps its venvs under $HOME/.ansible/test: one place of its own, kept between

@@ -127,6 +127,12 @@ def test_deploy_canary_rollback_then_a_reboot_comes_back_on_the_version_rolled_b
     ok(run(lab, "deploy.yml", *desired(configs, 11)))
     ok(run(lab, "canary.yml", *desired(configs, 12)))
     assert all(current(h) == 12 and startup_version(h) == 12 for h in lab.hosts)
+    # the bake off (labctl.run), the run is recorded all the same: status shows this run
+    rec = json.loads((lab.inventory / ".mcache-rollouts" / "last-rollout.json").read_text())
+    assert rec["version"] == 12 and rec["result"] == "done", rec
+    assert {w["verdict"] for w in rec["waves"]} == {"not baked"}, rec
+    assert {h: v["to_version"] for w in rec["waves"] for h, v in w["hosts"].items()} == {
+        h.name: 12 for h in lab.hosts}, rec
     ok(run(lab, "rollback.yml", "-e", json.dumps({"mcache_rollback_reason": REASON})))
     for h in lab.hosts:
         st = status(h)

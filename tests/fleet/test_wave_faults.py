@@ -22,8 +22,14 @@ same playbook that converges every reachable host to one version.
                                      the host is prepared (agent started again), the config
                                      applied again, the wave goes on; the rerun has nothing to do
 
+  a peer lost in another's bake     (third test) mc-lab-3's sshd dies while mc-lab-1 bakes: it
+                                     is left out of mc-lab-1's and mc-lab-2's comparisons (they
+                                     are judged on the peers that answer, and say so), their
+                                     waves go on, and its own wave stops the rollout
+
 Named to run after test_wave_canary.py on the same lab (versions 44 and up), or alone on a
-fresh lab (the first deploy prepares it). The second test uses versions 50 and up.
+fresh lab (the first deploy prepares it). The second test uses versions 50 to 52, the third
+53 and 54.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ BAKE = ["-e", "mcache_config_bake_s=2"]
 def configs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("faults")
     base = (CONFIGS / "v1.yml").read_text()
-    for n in range(44, 53):
+    for n in range(44, 55):
         (d / f"v{n}.yml").write_text(base.replace("version: 1\n", f"version: {n}\n")
                                      .replace("ttl_ms: 60000", f"ttl_ms: {60000 - n}"))
     return d
@@ -91,6 +97,10 @@ def reboot(lab, index: int) -> None:
     r = lab_sh("reboot", str(index), init=lab.init)
     assert r.returncode == 0, r.stderr
     lab.hosts[:] = lab_hosts()
+
+
+def last_rollout(lab) -> dict:
+    return json.loads((lab.inventory / ".mcache-rollouts" / "last-rollout.json").read_text())
 
 
 def versions_of(lab) -> dict[str, int | None]:
@@ -131,6 +141,11 @@ def test_faults_under_a_rollout_and_the_rerun_converges(lab, configs, load):
     res = canary(lab, configs, 45)
     assert res.returncode != 0 and "probe failed" in flat(res), flat(res)[-3000:]
     assert versions_of(lab) == {h.name: 44 for h in lab.hosts}
+    # no wave was recorded (the canary failed before its bake): the record says why it ended
+    rec = last_rollout(lab)
+    assert rec["version"] == 45 and rec["waves"] == [], rec
+    assert rec["result"].startswith("stopped: mc-lab-1 failed at "), rec["result"]
+    assert "probe failed" in rec["result"], rec["result"]
     assert 45 not in stored(h2) and 45 not in stored(h3)
     reboot(lab, 1)  # memcached back (the host's init starts it)
     res = canary(lab, configs, 45)
@@ -270,3 +285,37 @@ def test_a_host_lost_at_its_wave_and_an_agent_killed_in_its_apply(lab, configs, 
     ok(res)
     assert ran_on(res.stdout, "Bake - show what each changed host's signals did") == set()
     assert versions_of(lab) == {h.name: 52 for h in lab.hosts}
+
+
+@pytest.mark.parametrize("lab", ["plain"], indirect=True)
+def test_a_peer_lost_during_another_hosts_bake_is_left_out(lab, configs, load):
+    ok(run(lab, "deploy.yml", "-e", f"mcache_config_file={configs / 'v53.yml'}"))
+    lost: list[str] = []
+
+    def lose_host_3(line: str) -> None:
+        # the first wave (mc-lab-1) starts its bake: mc-lab-3 still answered at the start
+        if "Bake - read the signals of the changed hosts over the bake" in line and not lost:
+            lost.append(line)
+            for pid in pids(lab.host(3), "sshd"):
+                kill(lab.host(3), pid)
+
+    res = canary_watched(lab, configs, 54, lose_host_3, "-e", "mcache_config_bake_s=3")
+    out = flat(res)
+    assert lost and res.returncode != 0, out[-3000:]
+    # the bakes of mc-lab-1 and mc-lab-2 were judged, on the peer that answered, and passed
+    assert ran_on(res.stdout, "Bake - show what each changed host's signals did") == {
+        "mc-lab-1", "mc-lab-2"}, out[-4000:]
+    assert out.count("peer mc-lab-3 did not answer: left out of the comparison") >= 2, \
+        out[-4000:]
+    # its own wave finds it unreachable: the rollout stops there
+    assert "fatal: [mc-lab-3]: UNREACHABLE" in res.stdout, out[-3000:]
+    assert versions_of(lab) == {"mc-lab-1": 54, "mc-lab-2": 54, "mc-lab-3": 53}
+    # the record says what stopped the run (the rollout_record callback: no wave could)
+    rec = last_rollout(lab)
+    assert rec["version"] == 54 and [w["verdict"] for w in rec["waves"]] == ["pass", "pass"]
+    assert rec["result"].startswith("stopped: mc-lab-3 unreachable at "), rec["result"]
+    reboot(lab, 3)  # sshd back, on 53
+    res = canary(lab, configs, 54)
+    ok(res)
+    assert ran_on(res.stdout, "Bake - show what each changed host's signals did") == {"mc-lab-3"}
+    assert versions_of(lab) == {h.name: 54 for h in lab.hosts}

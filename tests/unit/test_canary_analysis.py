@@ -92,6 +92,15 @@ def test_peers_catch_a_regression_without_a_baseline() -> None:
     assert any("no window before the change" in n for n in res["notes"])
 
 
+def test_a_peer_lost_in_the_bake_is_left_out_and_noted() -> None:
+    before, after = healthy(0, 30), healthy(31, 36, base=10_000)
+    peer = healthy(0, 36)
+    res = ca.analyse({"start": before[0], "before": before[1], "bake_start": after[0],
+                      "after": after[1], "peers": [list(peer)], "peers_lost": ["mc-lab-3"]})
+    assert res["verdict"] == "pass" and res["peers"] == 1
+    assert "peer mc-lab-3 did not answer: left out of the comparison" in res["notes"]
+
+
 def test_denied_share_rising_is_a_regression() -> None:
     start, before = healthy(0, 30)
     bake_start = reading(31, hit=3000, miss=60, denied=0)
