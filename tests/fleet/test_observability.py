@@ -16,7 +16,6 @@ version 10 (test_truth.py deploys 11 and up), or alone on a fresh lab (the deplo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -30,6 +29,7 @@ import pytest
 from pymemcache.client.base import Client
 
 from mcache_agent import udp_client as uc
+from tests import pyfile
 from tests.fleet.labctl import AGENT, REPO, TIMES, ok, recap, run
 from tests.fleet.promlab import until
 from tests.fleet.test_fleet import agent_release, start_agent, stop_agent
@@ -45,11 +45,7 @@ ALERT_TIMES: dict[str, float] = {}
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
-    spec = importlib.util.spec_from_file_location(
-        "mcache_dashboard", REPO / "dashboards" / "mcache_dashboard.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = pyfile.load("mcache_dashboard", REPO / "dashboards" / "mcache_dashboard.py")
     return mod.panel_queries(json.loads((REPO / "dashboards" / "mcache.json").read_text()))
 
 
@@ -219,10 +215,7 @@ def test_a_default_fleet_is_scraped_graphed_and_quiet_and_each_fault_fires_and_c
             for r in prom.query("mcache_build_info")} == {release}
     print("alert timings (s): " + ", ".join(f"{k}: {v:.1f}" for k, v in ALERT_TIMES.items()))
     if png := os.environ.get("MCACHE_DASHBOARD_PNG"):  # the README's picture (docs/dashboard.png)
-        spec = importlib.util.spec_from_file_location("render", REPO / "dashboards" / "render.py")
-        assert spec and spec.loader
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        mod = pyfile.load("render", REPO / "dashboards" / "render.py")
         print("dashboard drawn:", mod.render(prom.api.removesuffix("/api/v1"), Path(png),
                                              minutes=(time.monotonic() - t0) / 60 + 0.5))
 

@@ -4,7 +4,6 @@ exports. (tests/fleet/test_observability.py runs each query against a real Prome
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -13,17 +12,14 @@ from types import ModuleType
 
 import yaml
 
+from tests import pyfile
+
 REPO = Path(__file__).resolve().parents[2]
 JSON = REPO / "dashboards" / "mcache.json"
 
 
 def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "mcache_dashboard", REPO / "dashboards" / "mcache_dashboard.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return pyfile.load("mcache_dashboard", REPO / "dashboards" / "mcache_dashboard.py")
 
 
 def test_the_committed_dashboard_is_the_generators_output() -> None:

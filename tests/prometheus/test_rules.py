@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from tests import pyfile
+
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "prometheus" / "mcache.rules.yml"
 TESTS = REPO / "prometheus" / "mcache.rules.test.yml"
@@ -64,13 +66,7 @@ def test_rules_read_only_metrics_the_agent_exports() -> None:
 
 
 def _mixin():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mcache_mixin", REPO / "prometheus" / "mixin.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return pyfile.load("mcache_mixin", REPO / "prometheus" / "mixin.py")
 
 
 def test_the_committed_rules_are_the_generators_output() -> None:

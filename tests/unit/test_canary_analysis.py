@@ -3,17 +3,15 @@ signals readings, and which before/after/peer differences count as a regression.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "plugins" / "module_utils" / "canary_analysis.py"
-_spec = importlib.util.spec_from_file_location("canary_analysis", _PATH)
-assert _spec and _spec.loader
-ca = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ca)
+from tests import pyfile
+
+ca = pyfile.load("canary_analysis", Path(__file__).resolve().parents[2] / "plugins" /
+                 "module_utils" / "canary_analysis.py")
 
 
 def reading(t: float, boot: str = "b1", started: float = 1.0, probe_failures: int = 0,

@@ -17,7 +17,6 @@ Reading and checking alone (parse_config + check_semantics) must take under a se
 from __future__ import annotations
 
 import concurrent.futures
-import importlib.util
 import json
 import os
 import re
@@ -49,6 +48,7 @@ from mcache_agent.config import (
 from mcache_agent.daemon import Agent
 from mcache_agent.dataplane import ApplyResult, Plan
 from mcache_agent.versions import VersionStore
+from tests import pyfile
 
 REPO = Path(__file__).resolve().parents[2]
 # The bounds of the issue: reading and checking one file, and validating it as a process
@@ -847,11 +847,7 @@ def test_the_agent_refuses_it_as_invalid(agent: Agent, c: Case) -> None:
 
 @pytest.fixture(scope="module")
 def config_faults() -> Any:
-    spec = importlib.util.spec_from_file_location("mcache_filter_config",
-                                                  REPO / "plugins" / "filter" / "config.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = pyfile.load("mcache_filter_config", REPO / "plugins" / "filter" / "config.py")
     assert module.FilterModule().filters()["config_faults"] is module.config_faults
     return module.config_faults
 
