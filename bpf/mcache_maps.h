@@ -303,6 +303,23 @@ static __always_inline int mc_locate(__u32 hash, __u32 *idx)
 }
 
 /*
+ * The slot a lookup of hash reads, by mc_locate (*way -1: no way holds it, *idx is the
+ * bucket's first and its slot is not to be touched), and what its entry is judged by (j).
+ * NULL when there is no cache or state map (never, once loaded): the request passes.
+ */
+static __always_inline struct mc_slot *mc_lookup_slot(__u32 hash, __u32 *idx, int *way,
+						      struct mc_judge *j, __u64 ttl_ns)
+{
+	*way = mc_locate(hash, idx);
+	if (*way == MC_NO_CACHE)
+		return NULL;
+	struct mc_slot *slot = mc_cache.lookup(idx);
+	if (!slot || !mc_judge_now(j, ttl_ns))
+		return NULL;
+	return slot;
+}
+
+/*
  * The way to fill with hash: the one that holds (or held) it, else a free one, else the one
  * filled longest ago. A hint: the fill takes the chosen slot's lock and its guard, and a way
  * that another fill takes meanwhile is simply overwritten (invalidation clears the key in

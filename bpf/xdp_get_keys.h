@@ -31,12 +31,10 @@ static __always_inline int get_key(struct xdp_md *ctx, struct mc_xscratch *s,
 	if (kl == 0 || kl > MC_MAX_KEY)
 		return XDP_PASS;
 	__u32 idx;
-	int way = mc_locate(hash, &idx);
-	if (way == MC_NO_CACHE)
-		return XDP_PASS;
-	struct mc_slot *slot = mc_cache.lookup(&idx);
+	int way;
 	struct mc_judge j;
-	if (!slot || !mc_judge_now(&j, cfg->ttl_ns))
+	struct mc_slot *slot = mc_lookup_slot(hash, &idx, &way, &j, cfg->ttl_ns);
+	if (!slot)
 		return XDP_PASS;
 	int ok = 0, expired = 0;
 
@@ -140,12 +138,10 @@ static __always_inline int mget_key(struct mc_xscratch *s, struct mc_config *cfg
 	s->tok.end = pos + 7 + kl; /* where the slot's part goes, parked in map memory */
 
 	__u32 idx;
-	int way = mc_locate(hash, &idx);
-	if (way == MC_NO_CACHE)
-		return MC_MG_PASS;
-	struct mc_slot *slot = mc_cache.lookup(&idx);
+	int way;
 	struct mc_judge j;
-	if (!slot || !mc_judge_now(&j, cfg->ttl_ns))
+	struct mc_slot *slot = mc_lookup_slot(hash, &idx, &way, &j, cfg->ttl_ns);
+	if (!slot)
 		return MC_MG_PASS;
 	int ok = 0, expired = 0;
 	ko = MC_LOAD(k->off) & MC_BUF_MASK;

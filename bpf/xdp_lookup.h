@@ -219,12 +219,10 @@ static __always_inline int get_one(struct xdp_md *ctx, struct mc_xscratch *s,
 	if (kl == 0 || kl > MC_MAX_KEY)
 		return XDP_PASS;
 	__u32 idx;
-	int way = mc_locate(hash, &idx);
-	if (way == MC_NO_CACHE)
-		return XDP_PASS;
-	struct mc_slot *slot = mc_cache.lookup(&idx);
+	int way;
 	struct mc_judge j;
-	if (!slot || !mc_judge_now(&j, cfg->ttl_ns))
+	struct mc_slot *slot = mc_lookup_slot(hash, &idx, &way, &j, cfg->ttl_ns);
+	if (!slot)
 		return XDP_PASS;
 	int expired = 0, unservable = 0;
 	s->one_tail = 0;
